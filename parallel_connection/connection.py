@@ -1,0 +1,345 @@
+"""ParallelConnection and connect(): one DB-API connection over every shard."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.pool
+
+from .cursor import ParallelCursor
+from .errors import NotSupportedError, ShardInfo, dsn_secrets, shard_error
+from .fanout import FanOut
+
+__all__ = ["ParallelConnection", "connect"]
+
+MERGE_MODES = ("auto", "union")
+
+
+class ParallelConnection:
+    """One DB-API 2.0 connection over a list of shard connections.
+
+    ``connections`` are psycopg2 connections, one per shard, in shard order.
+    Statements run on all of them at once on a thread pool that lives as long
+    as this object. Hand the connections back with :meth:`putconn` (when they
+    came from your pools) or :meth:`close`.
+    """
+
+    Warning = psycopg2.Warning
+    Error = psycopg2.Error
+    InterfaceError = psycopg2.InterfaceError
+    DatabaseError = psycopg2.DatabaseError
+    DataError = psycopg2.DataError
+    OperationalError = psycopg2.OperationalError
+    IntegrityError = psycopg2.IntegrityError
+    InternalError = psycopg2.InternalError
+    ProgrammingError = psycopg2.ProgrammingError
+    NotSupportedError = NotSupportedError
+
+    def __init__(
+        self,
+        connections: Sequence[Any],
+        *,
+        statement_timeout: float | None = None,
+        max_workers: int | None = None,
+        pools: Sequence[psycopg2.pool.AbstractConnectionPool] | None = None,
+        secrets: set[str] | None = None,
+    ) -> None:
+        if not connections:
+            raise psycopg2.InterfaceError("ParallelConnection needs at least one shard connection")
+        self._connections = list(connections)
+        self._pools = list(pools) if pools is not None else None
+        self._closed = False
+        self._shards = [ShardInfo.from_connection(i, c) for i, c in enumerate(self._connections)]
+        self._secrets = set(secrets or ())
+        for conn in self._connections:
+            self._secrets |= dsn_secrets(None, [_password_of(conn)])
+        self._fanout = FanOut(self._shards, self._cancel_shard, self._secrets, max_workers)
+        self.statement_timeout = statement_timeout
+        if statement_timeout is not None:
+            self._set_statement_timeout(statement_timeout)
+
+    # -- shards -------------------------------------------------------------
+
+    @property
+    def connections(self) -> list[Any]:
+        """The shard connections, in shard order."""
+        return list(self._connections)
+
+    @property
+    def shards(self) -> list[ShardInfo]:
+        """Where each shard lives (index, host, port, dbname)."""
+        return list(self._shards)
+
+    @property
+    def pools(self) -> list[psycopg2.pool.AbstractConnectionPool] | None:
+        """The pools this connection owns (from :func:`connect`), else None."""
+        return list(self._pools) if self._pools is not None else None
+
+    # -- cursors ------------------------------------------------------------
+
+    def cursor(self, name: str | None = None, *, merge: str = "auto", **kwargs: Any) -> ParallelCursor:
+        """A new cursor: one shard cursor per shard, ``kwargs`` passed through.
+
+        ``name`` opens server-side cursors that stream. ``merge="union"``
+        returns the plain union of the shards' rows, for statements the user
+        knows to be shard-local.
+        """
+        self._check_open()
+        if merge not in MERGE_MODES:
+            raise psycopg2.ProgrammingError(f"merge must be one of {MERGE_MODES}, not {merge!r}")
+        shard_cursors = []
+        try:
+            for conn in self._connections:
+                shard_cursors.append(conn.cursor(name, **kwargs) if name else conn.cursor(**kwargs))
+        except BaseException as exc:
+            for cur in shard_cursors:
+                cur.close()
+            raise shard_error(exc, self._shards[len(shard_cursors)], self._secrets) from None
+        return ParallelCursor(self, shard_cursors, name=name, merge=merge)
+
+    # -- transactions and session -------------------------------------------
+
+    def commit(self) -> None:
+        """Commit on every shard (each shard commits on its own: not two-phase)."""
+        self._check_open()
+        self._fanout.run(lambda i: self._connections[i].commit())
+
+    def rollback(self) -> None:
+        """Roll back on every shard."""
+        self._check_open()
+        self._fanout.run(lambda i: self._connections[i].rollback())
+
+    def cancel(self) -> None:
+        """Cancel whatever statement each shard is running."""
+        self._check_open()
+        self._fanout.run(self._cancel_shard)
+
+    @property
+    def autocommit(self) -> bool:
+        return bool(self._connections[0].autocommit)
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        self._check_open()
+        self._fanout.run(lambda i: setattr(self._connections[i], "autocommit", value))
+
+    def set_session(self, *args: Any, **kwargs: Any) -> None:
+        """``set_session`` on every shard (isolation_level, readonly, deferrable, autocommit)."""
+        self._check_open()
+        self._fanout.run(lambda i: self._connections[i].set_session(*args, **kwargs))
+
+    @property
+    def isolation_level(self) -> int | None:
+        return self._connections[0].isolation_level
+
+    @isolation_level.setter
+    def isolation_level(self, value: int | None) -> None:
+        self._check_open()
+        self._fanout.run(lambda i: setattr(self._connections[i], "isolation_level", value))
+
+    @property
+    def readonly(self) -> bool | None:
+        return self._connections[0].readonly
+
+    @readonly.setter
+    def readonly(self, value: bool | None) -> None:
+        self._check_open()
+        self._fanout.run(lambda i: setattr(self._connections[i], "readonly", value))
+
+    @property
+    def encoding(self) -> str:
+        return self._connections[0].encoding
+
+    def set_client_encoding(self, encoding: str) -> None:
+        self._check_open()
+        self._fanout.run(lambda i: self._connections[i].set_client_encoding(encoding))
+
+    @property
+    def server_version(self) -> int:
+        """The oldest server version among the shards."""
+        return min(c.server_version for c in self._connections)
+
+    @property
+    def notices(self) -> list[str]:
+        """Every shard's notices, each prefixed with its shard."""
+        return [f"{s}: {n}" for s, c in zip(self._shards, self._connections, strict=False) for n in c.notices]
+
+    def get_transaction_status(self) -> int:
+        """The least healthy transaction status among the shards."""
+        return max(c.get_transaction_status() for c in self._connections)
+
+    # -- lifetime ------------------------------------------------------------
+
+    @property
+    def closed(self) -> int:
+        """0 while usable; 1 once closed or handed back; 2 if a shard is broken."""
+        if self._closed:
+            return 1
+        return 2 if any(c.closed for c in self._connections) else 0
+
+    def putconn(self, pools: Sequence[psycopg2.pool.AbstractConnectionPool], close: bool = False) -> None:
+        """Give every shard connection back to its own pool (``pools`` in shard order).
+
+        A broken connection goes back with ``close=True``, so no pool slot leaks.
+        """
+        if len(pools) != len(self._connections):
+            raise psycopg2.InterfaceError(
+                f"putconn needs one pool per shard: got {len(pools)} pools "
+                f"for {len(self._connections)} shards"
+            )
+        self._shutdown()
+        errors = []
+        for shard, conn, pool in zip(self._shards, self._connections, pools, strict=False):
+            try:
+                pool.putconn(conn, close=close or _broken(conn))
+            except Exception as exc:
+                errors.append(shard_error(exc, shard, self._secrets))
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        """Close every shard connection (or hand it back to the pools :func:`connect` made)."""
+        if self._closed:
+            raise psycopg2.InterfaceError("connection already closed")
+        if self._pools is not None:
+            pools = self._pools
+            self.putconn(pools)
+            for pool in pools:
+                pool.closeall()
+            return
+        self._shutdown()
+        for conn in self._connections:
+            conn.close()
+
+    def __enter__(self) -> ParallelConnection:
+        self._check_open()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        """Commit (or roll back on an error); a connection from :func:`connect` is also closed."""
+        try:
+            if not self._closed and not self.closed:
+                if exc_type is None:
+                    self.commit()
+                else:
+                    self.rollback()
+        finally:
+            if self._pools is not None and not self._closed:
+                self.close()
+
+    def __repr__(self) -> str:
+        shards = ", ".join(str(s) for s in self._shards)
+        return f"<ParallelConnection closed={self.closed} [{shards}]>"
+
+    def __del__(self) -> None:
+        fanout = getattr(self, "_fanout", None)
+        if fanout is not None:
+            fanout.close()
+
+    # -- helpers --------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise psycopg2.InterfaceError("connection already closed")
+
+    def _shutdown(self) -> None:
+        self._closed = True
+        self._fanout.close()
+
+    def _cancel_shard(self, index: int) -> None:
+        conn = self._connections[index]
+        if not conn.closed:
+            conn.cancel()
+
+    def _set_statement_timeout(self, seconds: float) -> None:
+        millis = max(1, round(seconds * 1000))
+
+        def apply(i: int) -> None:
+            conn = self._connections[i]
+            was_idle = conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+            with conn.cursor() as cur:
+                cur.execute("SET statement_timeout = %s", (millis,))
+            if was_idle and not conn.autocommit:
+                conn.commit()
+
+        self._fanout.run(apply)
+
+
+def _password_of(conn: Any) -> str | None:
+    try:
+        return conn.info.password
+    except Exception:
+        return None
+
+
+def _broken(conn: Any) -> bool:
+    return bool(conn.closed) or (
+        conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
+    )
+
+
+def connect(
+    dsns: Sequence[str] | str,
+    *,
+    minconn: int = 1,
+    maxconn: int = 4,
+    statement_timeout: float | None = None,
+    connect_timeout: float | None = None,
+    max_workers: int | None = None,
+    **connect_kwargs: Any,
+) -> ParallelConnection:
+    """Open one ThreadedConnectionPool per DSN and a ParallelConnection over them.
+
+    ``maxconn`` caps each shard's pool (range jobs borrow from it). Closing
+    the connection, or leaving ``with``, hands everything back and closes
+    the pools. ``statement_timeout`` and ``connect_timeout`` are in seconds.
+    """
+    if isinstance(dsns, str):
+        dsns = [dsns]
+    dsns = list(dsns)
+    if not dsns:
+        raise psycopg2.InterfaceError("connect needs at least one DSN")
+    if connect_timeout is not None:
+        connect_kwargs["connect_timeout"] = max(1, round(connect_timeout))
+    secrets = set()
+    for dsn in dsns:
+        secrets |= dsn_secrets(dsn, [connect_kwargs.get("password")])
+    where = {k: v for k, v in connect_kwargs.items() if k in ("host", "port", "dbname")}
+    shards = [ShardInfo.from_dsn(i, dsn, **where) for i, dsn in enumerate(dsns)]
+
+    def open_pool(i: int) -> psycopg2.pool.ThreadedConnectionPool:
+        try:
+            return psycopg2.pool.ThreadedConnectionPool(minconn, maxconn, dsn=dsns[i], **connect_kwargs)
+        except Exception as exc:
+            raise shard_error(exc, shards[i], secrets) from None
+
+    with ThreadPoolExecutor(len(dsns)) as executor:
+        futures = [executor.submit(open_pool, i) for i in range(len(dsns))]
+    pools = [f.result() for f in futures if f.exception() is None]
+    failed = [f.exception() for f in futures if f.exception() is not None]
+    if failed:
+        for pool in pools:
+            pool.closeall()
+        raise failed[0]  # type: ignore[misc]
+    connections = []
+    try:
+        for shard, pool in zip(shards, pools, strict=False):
+            try:
+                connections.append(pool.getconn())
+            except Exception as exc:
+                raise shard_error(exc, shard, secrets) from None
+        return ParallelConnection(
+            connections,
+            statement_timeout=statement_timeout,
+            max_workers=max_workers,
+            pools=pools,
+            secrets=secrets,
+        )
+    except BaseException:
+        for pool in pools:
+            pool.closeall()
+        raise

@@ -1,0 +1,333 @@
+"""ParallelCursor: one DB-API cursor over one cursor per shard.
+
+The cursor only wires things together: it runs the statement on every shard
+through the connection's fan-out, turns each shard's result into a stream of
+batches and hands the streams to a merge operator whose rows it serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.sql
+
+from .merge.union import union
+from .streams import ShardStream
+
+if TYPE_CHECKING:
+    from .connection import ParallelConnection
+
+__all__ = ["ParallelCursor"]
+
+Row = Any
+Merge = Callable[[Sequence[ShardStream]], Iterator[list[Row]]]
+
+
+class _Rows:
+    """The merged rows, served one, many or all at a time."""
+
+    def __init__(self, batches: Iterator[list[Row]]) -> None:
+        self._batches = batches
+        self._batch: list[Row] = []
+        self._pos = 0
+
+    def _refill(self) -> bool:
+        for batch in self._batches:
+            if batch:
+                self._batch, self._pos = batch, 0
+                return True
+        return False
+
+    def fetchone(self) -> Row | None:
+        if self._pos >= len(self._batch) and not self._refill():
+            return None
+        row = self._batch[self._pos]
+        self._pos += 1
+        return row
+
+    def fetchmany(self, size: int) -> list[Row]:
+        out: list[Row] = []
+        while len(out) < size:
+            if self._pos >= len(self._batch) and not self._refill():
+                break
+            take = self._batch[self._pos : self._pos + size - len(out)]
+            self._pos += len(take)
+            out.extend(take)
+        return out
+
+    def fetchall(self) -> list[Row]:
+        out = self._batch[self._pos :] if self._pos else self._batch
+        self._batch, self._pos = [], 0
+        if not isinstance(out, list):
+            out = list(out)
+        for batch in self._batches:
+            if out:
+                out.extend(batch)
+            else:
+                out = batch if isinstance(batch, list) else list(batch)
+        return out
+
+
+class ParallelCursor:
+    """A DB-API 2.0 cursor whose statements run on every shard at once."""
+
+    def __init__(
+        self,
+        connection: ParallelConnection,
+        shard_cursors: list[Any],
+        *,
+        name: str | None = None,
+        merge: str = "auto",
+    ) -> None:
+        self._connection = connection
+        self._cursors = shard_cursors
+        self._name = name
+        self._merge_mode = merge
+        self.arraysize = 1
+        self._itersize = 2000
+        self._closed = False
+        self._reset()
+
+    # -- DB-API attributes ------------------------------------------------------
+
+    @property
+    def connection(self) -> ParallelConnection:
+        return self._connection
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._connection.closed != 0
+
+    @property
+    def description(self) -> tuple[Any, ...] | None:
+        return self._description
+
+    @property
+    def rowcount(self) -> int:
+        if self._name is not None and self._rows is not None:
+            counts = [c.rowcount for c in self._cursors]
+            return -1 if -1 in counts else sum(counts)
+        return self._rowcount
+
+    @property
+    def rownumber(self) -> int:
+        return self._rownumber
+
+    @property
+    def lastrowid(self) -> None:
+        return None
+
+    @property
+    def query(self) -> bytes | None:
+        return self._cursors[0].query
+
+    @property
+    def statusmessage(self) -> str | None:
+        return self._statusmessage
+
+    @property
+    def itersize(self) -> int:
+        return self._itersize
+
+    @itersize.setter
+    def itersize(self, value: int) -> None:
+        self._itersize = int(value)
+        for cur in self._cursors:
+            cur.itersize = self._itersize
+
+    @property
+    def shard_cursors(self) -> list[Any]:
+        """The underlying psycopg2 cursors, one per shard, in shard order."""
+        return list(self._cursors)
+
+    # -- executing ----------------------------------------------------------------
+
+    def execute(self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None) -> None:
+        """Run ``query`` on every shard at once; its rows are then ready to fetch."""
+        self._check_open()
+        self._reset()
+        streaming = self._name is not None
+        batch_size = self._itersize
+
+        def run(i: int) -> list[Row] | None:
+            cur = self._cursors[i]
+            cur.execute(query, vars)
+            return cur.fetchmany(batch_size) if streaming else None
+
+        firsts = self._connection._fanout.run(run)
+        self._after_execute(union, firsts, batch_size)
+
+    def executemany(self, query: str | bytes | psycopg2.sql.Composable, vars_list: Iterable[Any]) -> None:
+        """Run ``query`` once per parameter set, on every shard."""
+        self._check_open()
+        if self._name is not None:
+            raise psycopg2.ProgrammingError("executemany cannot be used with a named cursor")
+        self._reset()
+        params = list(vars_list)
+        self._connection._fanout.run(lambda i: self._cursors[i].executemany(query, params))
+        self._after_execute(union, [None] * len(self._cursors), self._itersize)
+
+    def callproc(self, procname: str, parameters: Sequence[Any] | None = None) -> Sequence[Any] | None:
+        """Call a procedure on every shard; its result rows are the union."""
+        self._check_open()
+        self._reset()
+        results = self._connection._fanout.run(lambda i: self._cursors[i].callproc(procname, parameters))
+        self._after_execute(union, [None] * len(self._cursors), self._itersize)
+        return results[0]
+
+    def mogrify(self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None) -> bytes:
+        """The statement as it would be sent to each shard."""
+        self._check_open()
+        return self._cursors[0].mogrify(query, vars)
+
+    def _after_execute(self, merge: Merge, firsts: list[list[Row] | None], batch_size: int) -> None:
+        self._description = self._agreed_description()
+        counts = [c.rowcount for c in self._cursors]
+        self._rowcount = -1 if -1 in counts else sum(counts)
+        self._statusmessage = _combined_status([c.statusmessage for c in self._cursors], self._rowcount)
+        if self._description is None:
+            return
+        fanout = self._connection._fanout
+        self._streams = [
+            ShardStream(i, cur, fanout, batch_size=batch_size, first_batch=firsts[i])
+            for i, cur in enumerate(self._cursors)
+        ]
+        self._rows = _Rows(merge(self._streams))
+
+    def _agreed_description(self) -> tuple[Any, ...] | None:
+        descriptions = [c.description for c in self._cursors]
+        first = descriptions[0]
+        shape = _shape(first)
+        for index, other in enumerate(descriptions[1:], start=1):
+            if _shape(other) != shape:
+                shards = self._connection._shards
+                raise psycopg2.ProgrammingError(
+                    "the shards return different columns for this statement: "
+                    f"{shards[0]} gives {_show(first)} but {shards[index]} gives {_show(other)}; "
+                    "make the schemas agree, or select the columns explicitly"
+                )
+        return first
+
+    # -- fetching -----------------------------------------------------------------
+
+    def fetchone(self) -> Row | None:
+        row = self._results().fetchone()
+        if row is not None:
+            self._rownumber += 1
+        return row
+
+    def fetchmany(self, size: int | None = None) -> list[Row]:
+        rows = self._results().fetchmany(self.arraysize if size is None else size)
+        self._rownumber += len(rows)
+        return rows
+
+    def fetchall(self) -> list[Row]:
+        rows = self._results().fetchall()
+        self._rownumber += len(rows)
+        return rows
+
+    def __iter__(self) -> Iterator[Row]:
+        results = self._results()
+        while True:
+            batch = results.fetchmany(self._itersize)
+            if not batch:
+                return
+            self._rownumber += len(batch)
+            yield from batch
+
+    def scroll(self, value: int, mode: str = "relative") -> None:
+        raise psycopg2.NotSupportedError("scroll is not supported across shards; fetch the rows instead")
+
+    def nextset(self) -> None:
+        raise psycopg2.NotSupportedError("nextset is not supported by PostgreSQL")
+
+    def setinputsizes(self, sizes: Any) -> None:
+        """Does nothing, as the DB-API allows."""
+
+    def setoutputsize(self, size: int, column: int | None = None) -> None:
+        """Does nothing, as the DB-API allows."""
+
+    def _results(self) -> _Rows:
+        self._check_open()
+        if self._rows is None:
+            raise psycopg2.ProgrammingError("no results to fetch")
+        return self._rows
+
+    # -- lifetime -----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every shard cursor (server-side cursors too)."""
+        if self._closed:
+            return
+        self._closed = True
+        for stream in self._streams:
+            stream.close()
+        if self._connection.closed:
+            return
+        if self._name is None:
+            for cur in self._cursors:
+                cur.close()
+            return
+        with contextlib.suppress(psycopg2.Error):
+            self._connection._fanout.run(lambda i: self._cursors[i].close())
+
+    def __enter__(self) -> ParallelCursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<ParallelCursor {state} shards={len(self._cursors)} name={self._name!r}>"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise psycopg2.InterfaceError("cursor already closed")
+        if self._connection.closed:
+            raise psycopg2.InterfaceError("connection already closed")
+
+    def _reset(self) -> None:
+        for stream in getattr(self, "_streams", []):
+            stream.close()
+        self._streams: list[ShardStream] = []
+        self._rows: _Rows | None = None
+        self._description: tuple[Any, ...] | None = None
+        self._rowcount = -1
+        self._rownumber = 0
+        self._statusmessage: str | None = None
+
+
+def _shape(description: Sequence[Any] | None) -> list[tuple[str, int]] | None:
+    if description is None:
+        return None
+    return [(col.name, col.type_code) for col in description]
+
+
+def _show(description: Sequence[Any] | None) -> str:
+    if description is None:
+        return "no result set"
+    names = []
+    for col in description:
+        typ = psycopg2.extensions.string_types.get(col.type_code)
+        names.append(f"{col.name} {typ.name.lower() if typ else f'type {col.type_code}'}")
+    return "(" + ", ".join(names) + ")"
+
+
+def _combined_status(messages: list[str | None], rowcount: int) -> str | None:
+    """One status like a single server's: ``UPDATE 12`` for shards that updated 12 rows."""
+    present = [m for m in messages if m]
+    if not present:
+        return None
+    verbs = {m.rsplit(" ", 1)[0] if m.rsplit(" ", 1)[-1].isdigit() else m for m in present}
+    if len(verbs) == 1 and rowcount >= 0 and present[0].rsplit(" ", 1)[-1].isdigit():
+        return f"{verbs.pop()} {rowcount}"
+    return present[0]

@@ -1,0 +1,112 @@
+"""One shard's result rows as a stream of batches.
+
+A client-side cursor already holds every row, so its stream is one batch. A
+named (server-side) cursor's stream fetches ``itersize`` rows at a time and
+keeps the next batch in flight on the connection's thread pool while the
+caller works on the current one: memory stays bounded by shards x itersize.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .fanout import FanOut
+
+__all__ = ["ShardStream"]
+
+Row = Any
+
+
+class ShardStream:
+    """Batches of one shard's rows, the next one fetched in the background."""
+
+    def __init__(
+        self,
+        index: int,
+        cursor: Any,
+        fanout: FanOut,
+        *,
+        batch_size: int,
+        first_batch: list[Row] | None = None,
+    ) -> None:
+        self.index = index
+        self._cursor = cursor
+        self._fanout = fanout
+        self._batch_size = batch_size
+        self._future: Future[list[Row]] | None = None
+        self._finished = False
+        if first_batch is not None:
+            self._future = _done(first_batch)
+            if len(first_batch) < batch_size:
+                self._finished = True
+
+    @property
+    def streaming(self) -> bool:
+        return self._cursor.name is not None
+
+    def ready(self) -> bool:
+        """True when the next batch can be taken without waiting."""
+        return self._future is None or self._future.done()
+
+    def future(self) -> Future[list[Row]] | None:
+        """The batch in flight, if any (to wait on several shards at once)."""
+        return self._future
+
+    def next_batch(self) -> list[Row]:
+        """The next batch of rows; an empty list once the shard has no more."""
+        if not self.streaming:
+            if self._finished:
+                return []
+            self._finished = True
+            return self._call(self._cursor.fetchall)
+        if self._future is None:
+            if self._finished:
+                return []
+            self._future = self._fanout.submit(self._fetch)
+        future, self._future = self._future, None
+        try:
+            batch = future.result()
+        except BaseException as exc:
+            self._finished = True
+            raise self._fanout.error(exc, self.index) from None
+        if len(batch) < self._batch_size:
+            self._finished = True
+        if not self._finished:
+            self._future = self._fanout.submit(self._fetch)
+        return batch
+
+    def __iter__(self) -> Iterator[list[Row]]:
+        while batch := self.next_batch():
+            yield batch
+
+    def rows(self) -> Iterator[Row]:
+        """Every remaining row, one at a time."""
+        for batch in self:
+            yield from batch
+
+    def close(self) -> None:
+        """Stop prefetching (waiting for a fetch already under way)."""
+        self._finished = True
+        future, self._future = self._future, None
+        if future is not None:
+            with contextlib.suppress(BaseException):
+                future.result()
+
+    def _fetch(self) -> list[Row]:
+        return self._cursor.fetchmany(self._batch_size)
+
+    def _call(self, fn: Any) -> list[Row]:
+        try:
+            return fn()
+        except BaseException as exc:
+            raise self._fanout.error(exc, self.index) from None
+
+
+def _done(value: list[Row]) -> Future[list[Row]]:
+    future: Future[list[Row]] = Future()
+    future.set_result(value)
+    return future

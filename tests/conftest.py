@@ -1,0 +1,75 @@
+"""Real PostgreSQL servers for the whole suite: 3 shards and 1 reference server.
+
+Set PARALLEL_CONNECTION_TEST_DSNS to ``shard0;shard1;shard2;reference`` (the
+last DSN is the reference server) to use servers of your own instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg2
+import pytest
+
+import parallel_connection
+from parallel_connection.local import LocalCluster
+from parallel_connection.sample import load_sample
+
+SAMPLE_ORDERS = 3000
+
+
+@dataclass
+class Servers:
+    shard_dsns: list[str]
+    reference_dsn: str
+    cluster: LocalCluster | None
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    given = os.environ.get("PARALLEL_CONNECTION_TEST_DSNS")
+    if given:
+        dsns = [d.strip() for d in given.split(";") if d.strip()]
+        if len(dsns) < 2:
+            raise pytest.UsageError("PARALLEL_CONNECTION_TEST_DSNS needs shard DSNs and a reference DSN")
+        yield Servers(dsns[:-1], dsns[-1], None)
+        return
+    with LocalCluster(3, reference=True) as cluster:
+        assert cluster.reference_dsn is not None
+        yield Servers(cluster.shard_dsns, cluster.reference_dsn, cluster)
+
+
+@pytest.fixture(scope="session")
+def sample(servers: Servers) -> Servers:
+    """The sample schema, loaded once per session (tests must not change it)."""
+    load_sample(servers.shard_dsns, servers.reference_dsn, orders=SAMPLE_ORDERS)
+    return servers
+
+
+@pytest.fixture
+def pdb(sample: Servers) -> Iterator[parallel_connection.ParallelConnection]:
+    conn = parallel_connection.connect(sample.shard_dsns)
+    yield conn
+    if not conn._closed:
+        conn.close()
+
+
+@pytest.fixture
+def ref(sample: Servers) -> Iterator[psycopg2.extensions.connection]:
+    conn = psycopg2.connect(sample.reference_dsn)
+    yield conn
+    conn.close()
+
+
+def run_on_all(dsns: list[str], sql: str, params: object = None) -> None:
+    """Run one statement on each server, autocommit (for test set-up)."""
+    for dsn in dsns:
+        conn = psycopg2.connect(dsn)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+        finally:
+            conn.close()
