@@ -47,11 +47,15 @@ class ParallelConnection:
         max_workers: int | None = None,
         pools: Sequence[psycopg2.pool.AbstractConnectionPool] | None = None,
         secrets: set[str] | None = None,
+        dsns: Sequence[str] | None = None,
+        connect_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if not connections:
             raise psycopg2.InterfaceError("ParallelConnection needs at least one shard connection")
         self._connections = list(connections)
         self._pools = list(pools) if pools is not None else None
+        self._dsns = list(dsns) if dsns is not None else None
+        self._connect_kwargs = dict(connect_kwargs or {})
         self._closed = False
         self._shards = [ShardInfo.from_connection(i, c) for i, c in enumerate(self._connections)]
         self._secrets = set(secrets or ())
@@ -78,6 +82,19 @@ class ParallelConnection:
     def pools(self) -> list[psycopg2.pool.AbstractConnectionPool] | None:
         """The pools this connection owns (from :func:`connect`), else None."""
         return list(self._pools) if self._pools is not None else None
+
+    @property
+    def dsns(self) -> list[str] | None:
+        """The shards' DSNs when made by :func:`connect` (for workers that connect themselves).
+
+        They may hold passwords: pass them to workers, never print them.
+        """
+        return list(self._dsns) if self._dsns is not None else None
+
+    @property
+    def connect_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments :func:`connect` passed to every shard connection."""
+        return dict(self._connect_kwargs)
 
     # -- cursors ------------------------------------------------------------
 
@@ -338,6 +355,8 @@ def connect(
             max_workers=max_workers,
             pools=pools,
             secrets=secrets,
+            dsns=dsns,
+            connect_kwargs=connect_kwargs,
         )
     except BaseException:
         for pool in pools:

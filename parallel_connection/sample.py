@@ -61,9 +61,13 @@ SELECT g,
        ARRAY['t' || (g % 5), 't' || (g % 3)],
        jsonb_build_object('g', g, 'even', g % 2 = 0),
        md5(g::text)::uuid
-FROM generate_series(1, %(rows)s) AS g
-WHERE {_CUSTOMER_ID} %% %(shards)s = %(shard)s OR %(shard)s < 0
+FROM generate_series(1, :rows) AS g
+WHERE {_CUSTOMER_ID} % :shards = :shard OR :shard < 0
 """
+# Literal % doubled for psycopg2; :name marks the parameters.
+_ORDERS = _ORDERS.replace("%", "%%")
+for _name in ("rows", "shards", "shard"):
+    _ORDERS = _ORDERS.replace(f":{_name}", f"%({_name})s")
 
 _CUSTOMERS = f"""
 INSERT INTO customers

@@ -1,0 +1,90 @@
+"""Core fan-out: latency added by running on 3 shards, and union throughput."""
+
+from __future__ import annotations
+
+import psycopg2
+
+import parallel_connection
+
+from .common import BenchEnv, best_of, median_of, report
+
+ROWS = 1_000_000
+
+_LOAD = """
+DROP TABLE IF EXISTS bench_union;
+CREATE TABLE bench_union AS
+SELECT g AS id, (g * 7919) %% 5000 AS customer_id, ((g * 37) %% 100000) / 100.0 AS amount,
+       'status ' || (g %% 4) AS status
+FROM generate_series(1::bigint, %(rows)s) AS g
+WHERE g %% %(shards)s = %(shard)s;
+"""
+
+
+def run(env: BenchEnv) -> None:
+    fanout_latency(env)
+    union_throughput(env)
+
+
+def fanout_latency(env: BenchEnv) -> None:
+    sql = "SELECT pg_sleep(0.05)"
+    single = psycopg2.connect(env.shard_dsns[0])
+    pdb = parallel_connection.connect(env.shard_dsns)
+    try:
+
+        def one() -> None:
+            with single.cursor() as cur:
+                cur.execute(sql)
+                cur.fetchall()
+
+        def fan() -> None:
+            with pdb.cursor() as cur:
+                cur.execute(sql)
+                cur.fetchall()
+
+        one(), fan()
+        t_one = median_of(one, 21)
+        t_fan = median_of(fan, 21)
+    finally:
+        single.close()
+        pdb.close()
+    report(env, "fan-out latency: pg_sleep(0.05) on 3 shards / on 1 shard", t_fan / t_one, at_most=1.10)
+
+
+def union_throughput(env: BenchEnv) -> None:
+    for shard, dsn in enumerate(env.shard_dsns):
+        conn = psycopg2.connect(dsn)
+        with conn, conn.cursor() as cur:
+            cur.execute(_LOAD, {"rows": ROWS, "shards": len(env.shard_dsns), "shard": shard})
+        conn.close()
+    sql = "SELECT id, customer_id, amount, status FROM bench_union"
+    raw = [psycopg2.connect(d) for d in env.shard_dsns]
+    pdb = parallel_connection.connect(env.shard_dsns)
+    counts: dict[str, int] = {}
+    try:
+
+        def sequential() -> None:
+            rows = []
+            for conn in raw:
+                with conn.cursor() as cur:
+                    cur.execute(sql)
+                    rows.extend(cur.fetchall())
+            counts["raw"] = len(rows)
+
+        def parallel() -> None:
+            with pdb.cursor() as cur:
+                cur.execute(sql)
+                counts["pdb"] = len(cur.fetchall())
+
+        t_raw = best_of(sequential, 3)
+        t_pdb = best_of(parallel, 3)
+    finally:
+        for conn in raw:
+            conn.close()
+        pdb.close()
+    assert counts["raw"] == counts["pdb"] == ROWS, counts
+    report(
+        env,
+        f"union fetchall of {ROWS:,} rows: throughput vs raw psycopg2 shard after shard",
+        t_raw / t_pdb,
+        at_least=1.0,
+    )

@@ -1,0 +1,82 @@
+"""What every benchmark shares: the servers, a timer and one way to report a ratio."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from parallel_connection.local import LocalCluster
+
+
+@dataclass
+class BenchEnv:
+    """The throwaway servers a benchmark run uses: 3 shards and a reference server."""
+
+    cluster: LocalCluster
+    results: list[Result] = field(default_factory=list)
+
+    @property
+    def shard_dsns(self) -> list[str]:
+        return self.cluster.shard_dsns
+
+    @property
+    def reference_dsn(self) -> str:
+        assert self.cluster.reference_dsn is not None
+        return self.cluster.reference_dsn
+
+
+@dataclass
+class Result:
+    name: str
+    value: float
+    unit: str
+    target: str
+    met: bool | None
+
+    def line(self) -> str:
+        verdict = {True: "MET", False: "MISSED", None: "info"}[self.met]
+        return f"{self.name:<62} {self.value:>9.3f}{self.unit:<3} target {self.target:<10} {verdict}"
+
+
+def best_of(fn: Callable[[], object], repeat: int = 5) -> float:
+    """The fastest of ``repeat`` runs of ``fn``, in seconds."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def median_of(fn: Callable[[], object], repeat: int = 5) -> float:
+    """The median of ``repeat`` runs of ``fn``, in seconds."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def report(
+    env: BenchEnv,
+    name: str,
+    value: float,
+    *,
+    unit: str = "x",
+    at_most: float | None = None,
+    at_least: float | None = None,
+) -> Result:
+    """Print one figure and whether it meets its target."""
+    if at_most is not None:
+        target, met = f"<= {at_most:g}{unit}", value <= at_most
+    elif at_least is not None:
+        target, met = f">= {at_least:g}{unit}", value >= at_least
+    else:
+        target, met = "-", None
+    result = Result(name, value, unit, target, met)
+    env.results.append(result)
+    print(result.line(), flush=True)
+    return result
