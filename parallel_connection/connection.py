@@ -10,6 +10,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.pool
 
+from .cancel import cancel
 from .cursor import ParallelCursor
 from .errors import NotSupportedError, ShardInfo, dsn_secrets, shard_error
 from .fanout import FanOut
@@ -270,7 +271,7 @@ class ParallelConnection:
     def _cancel_shard(self, index: int) -> None:
         conn = self._connections[index]
         if not conn.closed:
-            conn.cancel()
+            cancel(conn)
 
     def _set_statement_timeout(self, seconds: float) -> None:
         millis = max(1, round(seconds * 1000))

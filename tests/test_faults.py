@@ -13,7 +13,9 @@ import pytest
 
 import parallel_connection
 from parallel_connection import ParallelConnection
+from parallel_connection.fanout import CANCEL_GRACE
 from parallel_connection.local import PASSWORD_GROUP, LocalCluster
+from parallel_connection.proxy import TcpProxy
 
 SECRET = "s3cr3t-Pa55"
 
@@ -232,3 +234,38 @@ def test_password_login_never_leaks(spare):
         assert SECRET not in str(info.value), "a password echoed in data is redacted too"
         assert SECRET not in repr(pdb.shards)
         pdb.rollback()
+
+
+def test_ctrl_c_does_not_wait_for_a_black_holed_shard(sample):
+    with TcpProxy.for_dsn(sample.shard_dsns[1]) as proxy:
+        dsns = [sample.shard_dsns[0], proxy.dsn(sample.shard_dsns[1]), sample.shard_dsns[2]]
+        pdb = parallel_connection.connect(dsns)
+        proxy.black_hole = True
+
+        def interrupt() -> None:
+            time.sleep(0.5)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=interrupt).start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt), pdb.cursor() as cur:
+            cur.execute("SELECT pg_sleep(30)")
+        assert time.monotonic() - start < 0.5 + CANCEL_GRACE + 0.5
+        for dsn in (sample.shard_dsns[0], sample.shard_dsns[2]):
+            assert _wait_until(lambda d=dsn: _active(d, "SELECT pg_sleep(30)%") == 0, 1)
+        proxy.reset()
+        pdb.close()
+
+
+def test_connection_reset_mid_statement_names_the_shard(sample):
+    with TcpProxy.for_dsn(sample.shard_dsns[2]) as proxy:
+        dsns = [sample.shard_dsns[0], sample.shard_dsns[1], proxy.dsn(sample.shard_dsns[2])]
+        pdb = parallel_connection.connect(dsns)
+        pools = pdb.pools
+        threading.Timer(0.5, proxy.reset).start()
+        start = time.monotonic()
+        with pytest.raises(psycopg2.OperationalError, match=r"^shard 2 \(127\.0\.0\.1:"), pdb.cursor() as cur:
+            cur.execute("SELECT pg_sleep(30)")
+        assert time.monotonic() - start < 3
+        pdb.close()
+        assert all(not p._used for p in pools)
