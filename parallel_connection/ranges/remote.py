@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import pickle
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,8 @@ __all__ = ["RemoteJob", "close_worker_connections", "run_remote"]
 
 _local = threading.local()
 _all_lock = threading.Lock()
-_all: list[Any] = []
+_all: weakref.WeakSet[Any] = weakref.WeakSet()
+_registered = False
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,12 @@ def _acquire(job: RemoteJob) -> Any:
         return conn
     conn = psycopg2.connect(job.dsn, **job.connect_kwargs)
     cache[_key(job)] = conn
+    global _registered
     with _all_lock:
-        if not _all:
+        if not _registered:
+            _registered = True
             atexit.register(close_worker_connections)
-        _all.append(conn)
+        _all.add(conn)
     return conn
 
 
@@ -87,7 +91,8 @@ def run_remote(job: RemoteJob) -> Outcome:
 def close_worker_connections() -> None:
     """Close every connection this process's workers opened."""
     with _all_lock:
-        conns, _all[:] = list(_all), []
+        conns = list(_all)
+        _all.clear()
     for conn in conns:
         with contextlib.suppress(Exception):
             conn.close()
