@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
@@ -13,6 +13,9 @@ import psycopg2.pool
 from .cursor import ParallelCursor
 from .errors import NotSupportedError, ShardInfo, dsn_secrets, shard_error
 from .fanout import FanOut
+
+if TYPE_CHECKING:
+    from .ranges import ScanReport
 
 __all__ = ["ParallelConnection", "connect"]
 
@@ -120,7 +123,9 @@ class ParallelConnection:
 
     # -- range jobs -----------------------------------------------------------
 
-    def scan_ranges(self, table: str | Sequence[str], id_column: str, work: Any, **options: Any) -> Any:
+    def scan_ranges(
+        self, table: str | Sequence[str], id_column: str, work: Any, **options: Any
+    ) -> ScanReport:
         """Split ``table.id_column`` into ranges on every shard and run ``work`` once per range.
 
         ``work`` is SQL using ``%(start)s`` and ``%(end)s`` (both included; the

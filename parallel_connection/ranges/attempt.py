@@ -13,6 +13,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
+import psycopg2.pool
 
 from .spec import IdRange, Work
 
@@ -50,6 +51,8 @@ class Outcome:
 
 def is_transient(exc: BaseException, conn: Any = None) -> bool:
     """True for failures worth retrying on a fresh connection (lost connection, 40001, 40P01, 57P0x...)."""
+    if isinstance(exc, psycopg2.pool.PoolError):
+        return "exhausted" in str(exc)
     if not isinstance(exc, psycopg2.Error):
         return False
     code = exc.pgcode
