@@ -8,7 +8,7 @@ import psycopg2
 import pytest
 from conftest import run_on_all
 
-SUM = "SELECT count(*) AS n, pg_sleep(0.01) FROM ranges_snap WHERE id BETWEEN %(start)s AND %(end)s"
+SUM = "SELECT count(*) AS n FROM ranges_snap, pg_sleep(0.01) WHERE id BETWEEN %(start)s AND %(end)s"
 
 
 @pytest.fixture

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from ..errors import ShardInfo
 from .spec import IdRange
 
 __all__ = ["RangeFailure", "RangeResult", "ScanIncomplete", "ScanReport"]
+
+SUMMABLE = (numbers.Number, timedelta)
 
 
 class ScanIncomplete(RuntimeError):
@@ -79,7 +83,7 @@ class ScanReport:
     def totals(self, *, partial: bool = False) -> dict[str, Any]:
         """Field-by-field sums of every dict a range returned (a dict, or each dict of a list).
 
-        NULLs (None) are skipped, as SQL's ``sum`` does. Raises
+        Fields must be numbers (or timedeltas); NULLs (None) are skipped, as SQL's ``sum`` does. Raises
         :class:`ScanIncomplete` if a range failed or did not run, unless
         ``partial=True``.
         """
@@ -91,16 +95,16 @@ class ScanReport:
                 for key, value in row.items():
                     if value is None:
                         sums.setdefault(key, None)
-                    elif sums.get(key) is None:
-                        sums[key] = value
-                    else:
-                        try:
-                            sums[key] = sums[key] + value
-                        except TypeError:
-                            raise TypeError(
-                                f"field {key!r} cannot be summed: {type(sums[key]).__name__} "
-                                f"+ {type(value).__name__}"
-                            ) from None
+                        continue
+                    try:
+                        if not isinstance(value, SUMMABLE):
+                            raise TypeError
+                        sums[key] = value if sums.get(key) is None else sums[key] + value
+                    except TypeError:
+                        raise TypeError(
+                            f"field {key!r} cannot be summed: {type(sums.get(key)).__name__} "
+                            f"+ {type(value).__name__}"
+                        ) from None
         return sums
 
     def rerun(self) -> ScanReport:

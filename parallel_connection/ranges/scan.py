@@ -134,7 +134,7 @@ class Scan:
             warnings.warn(
                 f"{nulls} rows of {self.target.name} have a NULL {self.target.column}: they are in no "
                 "range (report.null_id_rows)",
-                stacklevel=4,
+                stacklevel=5,
             )
         return plans
 
