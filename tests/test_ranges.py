@@ -210,9 +210,16 @@ class Tracker:
 
 def test_max_parallelism_is_never_exceeded(pdb):
     tracker = Tracker()
-    report = pdb.scan_ranges("orders", "id", tracker, rows_per_range=200, max_parallelism=4, progress=False)
+    held = []
+
+    def work(cur, id_range):
+        held.append(sum(len(p._used) for p in pdb.pools) - len(pdb.pools))
+        return tracker(cur, id_range)
+
+    report = pdb.scan_ranges("orders", "id", work, rows_per_range=200, max_parallelism=4, progress=False)
     assert report.totals()["ranges"] == tracker.calls >= 30
     assert tracker.peak == 4
+    assert max(held) <= 4, "borrowed connections, busy or idle, never exceed max_parallelism"
 
 
 def test_per_shard_cap_follows_the_pool_and_connections_are_reused(sample):

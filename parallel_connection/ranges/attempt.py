@@ -137,10 +137,12 @@ def run_with_retries(
             stopped = stop is not None and stop.is_set()
             if transient and attempts <= retries and not stopped:
                 delay = min(MAX_BACKOFF, backoff * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
-                if stop is not None:
-                    stop.wait(delay)
-                else:
+                if stop is None:
                     time.sleep(delay)
+                elif stop.wait(delay):
+                    return Outcome(
+                        error=exc, attempts=attempts, seconds=time.monotonic() - began, cancelled=True
+                    )
                 continue
             return Outcome(error=exc, attempts=attempts, seconds=time.monotonic() - began, cancelled=stopped)
         release(conn, False)
