@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
@@ -14,6 +14,9 @@ from .cancel import cancel
 from .cursor import ParallelCursor
 from .errors import NotSupportedError, ShardInfo, dsn_secrets, shard_error
 from .fanout import FanOut
+
+if TYPE_CHECKING:
+    from .ranges import ScanReport
 
 __all__ = ["ParallelConnection", "connect"]
 
@@ -118,6 +121,28 @@ class ParallelConnection:
                 cur.close()
             raise shard_error(exc, self._shards[len(shard_cursors)], self._secrets) from None
         return ParallelCursor(self, shard_cursors, name=name, merge=merge)
+
+    # -- range jobs -----------------------------------------------------------
+
+    def scan_ranges(
+        self, table: str | Sequence[str], id_column: str, work: Any, **options: Any
+    ) -> ScanReport:
+        """Split ``table.id_column`` into ranges on every shard and run ``work`` once per range.
+
+        ``work`` is SQL using ``%(start)s`` and ``%(end)s`` (both included; the
+        value is its rows as dicts, or its rowcount if it returns none) or a
+        callable ``work(cursor, id_range)``. Each range is one transaction,
+        committed when it finishes. Options (all keyword): ``rows_per_range``,
+        ``split`` ("width" or "rows"), ``where`` and ``params`` (trusted SQL
+        filtering the bounds), ``max_parallelism``, ``retries``,
+        ``retry_backoff``, ``progress``, ``checkpoint``, ``snapshot``,
+        ``executor``, ``smoke_test``. Returns a
+        :class:`parallel_connection.ranges.ScanReport`.
+        """
+        from .ranges import scan_ranges
+
+        self._check_open()
+        return scan_ranges(self, table, id_column, work, **options)
 
     # -- transactions and session -------------------------------------------
 
