@@ -8,6 +8,7 @@ be thrown away: durability settings are off.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import glob
 import json
 import os
@@ -20,7 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["LocalCluster", "LocalServer", "find_bindir"]
+__all__ = ["SHARDS_DIR_VARIABLE", "LocalCluster", "LocalServer", "default_base_dir", "find_bindir"]
+
+SHARDS_DIR_VARIABLE = "PARALLEL_CONNECTION_SHARDS_DIR"
+"""The environment variable naming the folder ``parallel-connection shards`` uses by default."""
 
 PASSWORD_GROUP = "pc_password_login"
 """Roles in this group must log in with a password (scram); all others are trusted."""
@@ -64,6 +68,23 @@ def find_bindir() -> Path:
         "PostgreSQL server binaries (initdb, pg_ctl) not found: install PostgreSQL "
         "(Debian: apt-get install postgresql) or set PG_BINDIR"
     )
+
+
+def default_base_dir() -> Path:
+    """Where ``parallel-connection shards`` keeps its servers unless told otherwise.
+
+    ``$PARALLEL_CONNECTION_SHARDS_DIR``, else a per-user folder in the
+    temporary directory (throwaway data, and reachable by the ``postgres``
+    user when the servers are started by root).
+    """
+    given = os.environ.get(SHARDS_DIR_VARIABLE)
+    if given:
+        return Path(given)
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = str(os.geteuid())
+    return Path(tempfile.gettempdir()) / f"parallel_connection-{user}" / "shards"
 
 
 def _free_port() -> int:
@@ -164,6 +185,20 @@ class LocalCluster:
                 shutil.rmtree(self.base_dir, ignore_errors=True)
             else:
                 (self.base_dir / "cluster.json").unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        """Stop every server and delete what :meth:`start` created (and ``base_dir`` if left empty)."""
+        self.stop()
+        if self.base_dir is None or not self.base_dir.exists():
+            return
+        for name in [Path(s.datadir).name for s in self.servers] + ["template"]:
+            shutil.rmtree(self.base_dir / name, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.base_dir.rmdir()
+
+    def running(self) -> bool:
+        """True when any of the servers is running."""
+        return any(Path(s.datadir, "postmaster.pid").exists() for s in self.servers)
 
     def stop_server(self, index: int, mode: str = "immediate") -> None:
         """Stop one server (for fault tests); ``start_server`` brings it back."""
