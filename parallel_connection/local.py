@@ -153,6 +153,7 @@ class LocalCluster:
         os.chmod(self.base_dir, 0o755)
         if os.geteuid() == 0:
             shutil.chown(self.base_dir, "postgres", "postgres")
+            self._check_reachable(self.base_dir)
         names = [f"shard{i}" for i in range(self.n_shards)]
         if self.with_reference:
             names.append("reference")
@@ -232,6 +233,14 @@ class LocalCluster:
             "servers": [asdict(s) for s in self.servers],
         }
         (self.base_dir / "cluster.json").write_text(json.dumps(state, indent=2))
+
+    def _check_reachable(self, folder: Path) -> None:
+        """Servers started by root run as ``postgres``, which must reach ``folder``."""
+        if subprocess.run(self._as_owner(["test", "-w", str(folder)]), capture_output=True).returncode:
+            raise RuntimeError(
+                f"the postgres user cannot write to {folder} (servers started by root run as "
+                "postgres): choose a folder it can reach, e.g. under /tmp"
+            )
 
     def _as_owner(self, argv: list[str]) -> list[str]:
         if os.geteuid() == 0:
