@@ -370,7 +370,11 @@ def run_shards_up(args: argparse.Namespace, secrets: set[str]) -> Exit:
             raise Failure(Exit.LOCAL_SHARDS, _one_line(exc)) from None
         raise
     _print_lines(cluster.shard_dsns)
-    _say(f'ready: export {DSNS_VARIABLE}="$({PROG} shards dsns)"; stop them with `{PROG} shards down`')
+    where = f" --dir {shlex.quote(str(args.dir))}" if args.dir else ""
+    _say(
+        f'ready: export {DSNS_VARIABLE}="$({PROG} shards dsns{where})"; '
+        f"stop them with `{PROG} shards down{where}`"
+    )
     return Exit.OK
 
 
