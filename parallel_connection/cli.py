@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import enum
 import os
+import re
 import shlex
 import signal
 import sys
@@ -30,6 +31,9 @@ __all__ = ["DSNS_VARIABLE", "Exit", "main", "parse_dsn_lines"]
 
 PROG = "parallel-connection"
 DSNS_VARIABLE = "PARALLEL_CONNECTION_DSNS"
+
+_GLUED = re.compile(r";\s*(?:host|hostaddr|port|dbname|user|service)\s*=|;\s*postgres(?:ql)?://", re.I)
+"""Two DSNs joined by ``;`` (another tool's separator): libpq would read them as one."""
 
 
 class Exit(enum.IntEnum):
@@ -232,6 +236,12 @@ def read_dsns(given: Sequence[str], path: str | None) -> list[str]:
             raise Failure(Exit.USAGE, f"cannot read --dsn-file {path}: {exc.strerror}") from None
     else:
         dsns = parse_dsn_lines(os.environ.get(DSNS_VARIABLE, ""))
+    for dsn in dsns:
+        if _GLUED.search(dsn):
+            raise Failure(
+                Exit.USAGE,
+                "a DSN looks like several joined with ';': give one DSN per line (or one --dsn each)",
+            )
     if not dsns:
         raise Failure(
             Exit.USAGE,

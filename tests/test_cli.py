@@ -173,6 +173,11 @@ def test_no_shards_is_a_usage_error(sample):
     assert_fails(run(["query", "SELECT 1"], dsns=None), 2, "PARALLEL_CONNECTION_DSNS", "--dsn")
 
 
+def test_dsns_joined_with_semicolons_are_refused_not_read_as_one(sample):
+    glued = ";".join(sample.shard_dsns)
+    assert_fails(run(["query", "SELECT 1"], dsns=[glued]), 2, "one DSN per line")
+
+
 def test_dsn_and_dsn_file_together_is_a_usage_error(sample, tmp_path):
     ran = run(["query", "--dsn", sample.shard_dsns[0], "--dsn-file", str(tmp_path / "x"), "SELECT 1"])
     assert_fails(ran, 2, "not both")
