@@ -113,3 +113,13 @@ def test_init_scripts_load_each_shards_rows_with_psql(scratch_dsns):
         assert customers == CUSTOMERS
         total += rows
     assert total == ORDERS
+
+
+def test_readme_shows_the_compose_password_and_ports():
+    readme = (ROOT / "README.rst").read_text()
+    found = services()
+    (password,) = {s["environment"]["POSTGRES_PASSWORD"] for s in found.values()}
+    ports = sorted(int(s["ports"][0].split(":")[1]) for s in found.values())
+    assert f"PGPASSWORD={password}" in readme
+    assert f"ports {ports[0]}-{ports[-1]}" in readme
+    assert "--dsn-file docker/dsns.txt" in readme
