@@ -15,7 +15,7 @@ import re
 import shlex
 import signal
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -87,12 +87,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Failure as exc:
         _say(f"{_LABELS[exc.code]}: {exc}", secrets)
         return exc.code
+    except psycopg2.Error as exc:
+        code = _classify(exc)
+        _say(f"{_LABELS[code]}: {_one_line(exc)}", secrets)
+        return code
     except KeyboardInterrupt:
         _say("interrupted: the shards' statements were cancelled", secrets)
         return Exit.INTERRUPTED
     except BrokenPipeError:
         _silence_stdout()
         return Exit.BROKEN_PIPE
+    except Exception as exc:  # a bug: still one line, never a password
+        _say(f"{_LABELS[Exit.ERROR]}: {type(exc).__name__}: {_one_line(exc)}", secrets)
+        return Exit.ERROR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +151,12 @@ def _add_query(commands: Any) -> None:
         help="with --union: add a first column NAME holding each row's shard index",
     )
     query.add_argument(
+        "--stream",
+        action="store_true",
+        help="fetch the rows in batches through server-side cursors: memory stays bounded "
+        "(SELECT and VALUES only; csv and json write as rows arrive)",
+    )
+    query.add_argument(
         "-p",
         "--param",
         action="append",
@@ -192,6 +205,8 @@ def run_query(args: argparse.Namespace, secrets: set[str]) -> Exit:
     """``parallel-connection query``."""
     if args.shard_column is not None and not args.union:
         raise Failure(Exit.USAGE, "--shard-column needs --union: merged rows come from no single shard")
+    if args.sql == "-" and args.dsn_file == "-":
+        raise Failure(Exit.USAGE, "only one of SQL and --dsn-file can be read from stdin")
     dsns = read_dsns(args.dsn, args.dsn_file)
     for dsn in dsns:
         secrets |= dsn_secrets(dsn)
@@ -200,17 +215,18 @@ def run_query(args: argparse.Namespace, secrets: set[str]) -> Exit:
     fmt = args.format or ("table" if sys.stdout.isatty() else "csv")
     pdb = _connect(dsns, args.connect_timeout, args.timeout)
     try:
-        pdb.autocommit = True
-        with pdb.cursor(merge="union" if args.union else "auto") as cur:
-            _guard(cur.execute, sql, params)
+        pdb.autocommit = not args.stream  # server-side cursors live in a transaction
+        name = "parallel_connection_cli" if args.stream else None
+        with pdb.cursor(name, merge="union" if args.union else "auto") as cur:
+            cur.execute(sql, params)
             if cur.description is None:
                 print(cur.statusmessage or "OK", file=sys.stderr)
                 return Exit.OK
             columns = [col.name for col in cur.description]
-            rows: Iterable[Sequence[Any]] = _guarded(iter(cur))
+            rows: Iterable[Sequence[Any]] = cur
             if args.shard_column is not None:
                 columns.insert(0, args.shard_column)
-                rows = ((index, *row) for index, row in _guarded(cur.shard_rows()))
+                rows = ((index, *row) for index, row in cur.shard_rows())
             if fmt == "json" and len(set(columns)) < len(columns):
                 raise Failure(
                     Exit.USAGE,
@@ -218,6 +234,8 @@ def run_query(args: argparse.Namespace, secrets: set[str]) -> Exit:
                 )
             write_rows(fmt, columns, rows, sys.stdout, null=args.null, header=not args.no_header)
             sys.stdout.flush()
+        if args.stream:
+            pdb.commit()
     finally:
         _close(pdb)
     return Exit.OK
@@ -274,24 +292,6 @@ def _connect(dsns: list[str], connect_timeout: float, timeout: float | None) -> 
         raise Failure(Exit.BAD_DSN, _one_line(exc)) from None
     except psycopg2.Error as exc:
         raise Failure(Exit.UNREACHABLE, _one_line(exc)) from None
-
-
-def _guard(fn: Any, *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except psycopg2.Error as exc:
-        raise Failure(_classify(exc), _one_line(exc)) from None
-
-
-def _guarded(rows: Iterator[Any]) -> Iterator[Any]:
-    while True:
-        try:
-            row = next(rows)
-        except StopIteration:
-            return
-        except psycopg2.Error as exc:
-            raise Failure(_classify(exc), _one_line(exc)) from None
-        yield row
 
 
 def _classify(exc: psycopg2.Error) -> Exit:

@@ -132,6 +132,22 @@ def test_union_returns_every_shards_copy_of_a_copied_table(sample):
     assert sorted((r["shard"], r["id"]) for r in got) == [(s, i) for s in range(3) for i in (1, 2)]
 
 
+def test_streaming_gives_the_same_rows(sample):
+    sql = "SELECT * FROM orders"
+    buffered = run(["query", sql, "--format", "json"], dsns=sample.shard_dsns)
+    streamed = run(["query", "--stream", sql, "--format", "json"], dsns=sample.shard_dsns)
+    assert streamed.returncode == 0, streamed.stderr
+    assert len(streamed.stdout.splitlines()) == 3002
+    assert sorted(streamed.stdout.splitlines()) == sorted(buffered.stdout.splitlines())
+
+
+def test_a_bug_is_one_line_too(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "connect", lambda *a, **k: 1 / 0)
+    code = cli.main(["query", "--dsn", "host=nowhere password=secret", "SELECT 1"])
+    assert code == 1
+    assert capsys.readouterr().err == "parallel-connection: error: ZeroDivisionError: division by zero\n"
+
+
 def test_null_and_no_header_options(sample):
     sql = "SELECT id, note FROM orders WHERE id = 7"
     ran = run(["query", sql, "--null", "NULL", "--no-header"], dsns=sample.shard_dsns)
@@ -321,7 +337,10 @@ class _RefusingConnection:
 
     autocommit = False
 
-    def cursor(self, **kwargs: Any) -> Any:
+    def commit(self) -> None:
+        pass
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
         return self
 
     def execute(self, query: Any, vars: Any = None) -> None:
