@@ -393,6 +393,11 @@ def run_shards_dsns(args: argparse.Namespace, secrets: set[str]) -> Exit:
     cluster = _attach(args.dir)
     if cluster is None:
         raise Failure(Exit.LOCAL_SHARDS, f"no shards are up in {args.dir or default_base_dir()}")
+    if not cluster.running():
+        raise Failure(
+            Exit.LOCAL_SHARDS,
+            f"the shards in {cluster.base_dir} are not running: `{PROG} shards down`, then `shards up`",
+        )
     if args.export:
         _print_lines([f"export {DSNS_VARIABLE}={shlex.quote(chr(10).join(cluster.shard_dsns))}"])
     else:

@@ -198,8 +198,14 @@ class LocalCluster:
             self.base_dir.rmdir()
 
     def running(self) -> bool:
-        """True when any of the servers is running."""
-        return any(Path(s.datadir, "postmaster.pid").exists() for s in self.servers)
+        """True when every server is running (``pg_ctl status``)."""
+        if self._bindir is None:
+            self._bindir = find_bindir()
+        status = [str(self._bindir / "pg_ctl"), "status", "-D"]
+        return bool(self.servers) and all(
+            subprocess.run(self._as_owner([*status, s.datadir]), capture_output=True).returncode == 0
+            for s in self.servers
+        )
 
     def stop_server(self, index: int, mode: str = "immediate") -> None:
         """Stop one server (for fault tests); ``start_server`` brings it back."""

@@ -27,7 +27,7 @@ from conftest import run_on_all
 import parallel_connection
 from parallel_connection import cli
 from parallel_connection.formats import text
-from parallel_connection.local import PASSWORD_GROUP, _free_port
+from parallel_connection.local import PASSWORD_GROUP, LocalCluster, _free_port
 from parallel_connection.sample import shard_of
 
 COLUMNS = (
@@ -230,12 +230,19 @@ def test_unreachable_shard_exits_4_naming_it(sample):
     assert_fails(ran, 4, "cannot connect", f"shard 1 (127.0.0.1:{port}/postgres)")
 
 
-def test_wrong_password_exits_4_without_showing_it(sample):
+def test_passwords_come_from_libpq_and_a_wrong_one_exits_4_unseen(sample, tmp_path):
     role = "cli_password_user"
     run_on_all(sample.shard_dsns, f"DROP ROLE IF EXISTS {role}")
     run_on_all(sample.shard_dsns, f"CREATE ROLE {role} LOGIN PASSWORD 'right' IN ROLE {PASSWORD_GROUP}")
     try:
         dsns = [f"{d} user={role}" for d in sample.shard_dsns]
+        passfile = tmp_path / "pgpass"
+        passfile.write_text(f"127.0.0.1:*:*:{role}:right\n")
+        passfile.chmod(0o600)
+        whoami = "SELECT current_user AS who"
+        ok = run(["query", "--union", whoami], env=cli_env(dsns, PGPASSFILE=str(passfile)))
+        assert ok.stdout.splitlines() == ["who"] + [role] * 3, ok.stderr
+        assert run(["query", "--union", whoami], env=cli_env(dsns, PGPASSWORD="right")).returncode == 0
         ran = run(["query", "SELECT 1"], env=cli_env(dsns, PGPASSWORD="secret"))
         line = assert_fails(ran, 4, "cannot connect", "password authentication failed")
         assert re.search(r"shard \d \(127\.0\.0\.1:\d+/postgres\)", line)
@@ -392,6 +399,9 @@ def test_shards_up_dsns_down(server_dir):
 
         again = run(["shards", "up", *where], env=cli_env())
         assert_fails(again, 8, "already up", str(folder))
+
+        LocalCluster.attach(folder).stop_server(1)
+        assert_fails(run(["shards", "dsns", *where], env=cli_env()), 8, "not running")
     finally:
         down = run(["shards", "down", *where], env=cli_env())
     assert down.returncode == 0, down.stderr
