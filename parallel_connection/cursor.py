@@ -112,9 +112,9 @@ class ParallelCursor:
 
     @property
     def rowcount(self) -> int:
+        """Rows the statement produced (summed); for a named cursor, rows read so far."""
         if self._name is not None and self._rows is not None:
-            counts = [c.rowcount for c in self._cursors]
-            return -1 if -1 in counts else sum(counts)
+            return sum(s.fetched for s in self._streams)
         return self._rowcount
 
     @property
@@ -337,11 +337,17 @@ def _shape(description: Sequence[Any] | None) -> list[tuple[str, int]] | None:
 def _show(description: Sequence[Any] | None) -> str:
     if description is None:
         return "no result set"
-    names = []
-    for col in description:
-        typ = psycopg2.extensions.string_types.get(col.type_code)
-        names.append(f"{col.name} {typ.name.lower() if typ else f'type {col.type_code}'}")
+    names = [f"{c.name} {_TYPE_NAMES.get(c.type_code, f'(type oid {c.type_code})')}" for c in description]
     return "(" + ", ".join(names) + ")"
+
+
+_TYPE_NAMES = {
+    16: "boolean", 17: "bytea", 20: "bigint", 21: "smallint", 23: "integer", 25: "text",
+    114: "json", 700: "real", 701: "double precision", 1007: "integer[]", 1009: "text[]",
+    1016: "bigint[]", 1042: "character", 1043: "character varying", 1082: "date",
+    1083: "time", 1114: "timestamp", 1184: "timestamptz", 1186: "interval", 1700: "numeric",
+    2950: "uuid", 3802: "jsonb",
+}  # fmt: skip
 
 
 def _combined_status(messages: list[str | None], rowcount: int) -> str | None:

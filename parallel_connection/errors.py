@@ -91,16 +91,20 @@ def describe_dsn(dsn: str, *, index: int | None = None, **kwargs: Any) -> dict[s
     """
     try:
         params = psycopg2.extensions.parse_dsn(dsn)
+        failure = None
     except psycopg2.ProgrammingError as exc:
+        failure = str(exc).strip()
+    if failure is not None:
+        # Raised outside the except block, so the original (which may quote
+        # the password) is not even kept as __context__.
         reason = _QUOTED.sub(
-            lambda m: f'"{m.group(1)}"' if m.group(1).lower() in _SAFE_WORDS else '"***"',
-            str(exc).strip(),
+            lambda m: f'"{m.group(1)}"' if m.group(1).lower() in _SAFE_WORDS else '"***"', failure
         )
         reason = redact(reason, dsn_secrets(dsn))
         where = f"shard {index}: " if index is not None else ""
         raise psycopg2.ProgrammingError(
             f"{where}{reason} (the DSN itself is not shown; check its quoting and key=value pairs)"
-        ) from None
+        )
     params.update({k: str(v) for k, v in kwargs.items() if v is not None})
     params.pop("password", None)
     return params

@@ -39,6 +39,8 @@ class ShardStream:
         self._batch_size = batch_size
         self._future: Future[list[Row]] | None = None
         self._finished = False
+        self.fetched = len(first_batch) if first_batch else 0
+        """Rows read from the server so far (delivered or waiting in memory)."""
         if first_batch is not None:
             self._future = _done(first_batch)
             if len(first_batch) < batch_size:
@@ -62,7 +64,9 @@ class ShardStream:
             if self._finished:
                 return []
             self._finished = True
-            return self._call(self._cursor.fetchall)
+            batch = self._call(self._cursor.fetchall)
+            self.fetched += len(batch)
+            return batch
         if self._future is None:
             if self._finished:
                 return []
@@ -97,7 +101,9 @@ class ShardStream:
                 future.result()
 
     def _fetch(self) -> list[Row]:
-        return self._cursor.fetchmany(self._batch_size)
+        batch = self._cursor.fetchmany(self._batch_size)
+        self.fetched += len(batch)
+        return batch
 
     def _call(self, fn: Any) -> list[Row]:
         try:

@@ -1,0 +1,234 @@
+"""Failures look like one connection's failures, only clearer: the shard named, the rest cancelled."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psycopg2
+import psycopg2.pool
+import pytest
+
+import parallel_connection
+from parallel_connection import ParallelConnection
+from parallel_connection.local import PASSWORD_GROUP, LocalCluster
+
+SECRET = "s3cr3t-Pa55"
+
+
+def _port(dsn: str) -> int:
+    return int(psycopg2.extensions.parse_dsn(dsn)["port"])
+
+
+def _active(dsn: str, pattern: str) -> int:
+    """How many backends on ``dsn`` are running a statement like ``pattern``."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND query LIKE %s AND pid <> pg_backend_pid()",
+                (pattern,),
+            )
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def _wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_first_failure_cancels_the_other_shards(pdb, sample):
+    port0 = _port(sample.shard_dsns[0])
+    sql = (
+        "SELECT pg_sleep(CASE WHEN current_setting('port')::int = %s THEN 0 ELSE 20 END), "
+        "1 / (current_setting('port')::int - %s)"
+    )
+    start = time.monotonic()
+    with pytest.raises(psycopg2.errors.DivisionByZero) as info, pdb.cursor() as cur:
+        cur.execute(sql, (port0, port0))
+    assert time.monotonic() - start < 3
+    message = str(info.value)
+    assert message.startswith(f"shard 0 (127.0.0.1:{port0}/")
+    assert "division by zero" in message
+    assert info.value.pgcode == "22012"
+    assert info.value.shard.index == 0
+    for dsn in sample.shard_dsns[1:]:
+        assert _wait_until(lambda d=dsn: _active(d, "SELECT pg_sleep(CASE%") == 0, 2)
+    pdb.rollback()
+    with pdb.cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchall() == [(1,)] * 3
+
+
+def test_terminated_backend_names_its_shard_and_is_not_reused(sample):
+    pdb = parallel_connection.connect(sample.shard_dsns, maxconn=2)
+    pools = pdb.pools
+    victim = pdb.connections[1].info.backend_pid
+
+    def kill() -> None:
+        time.sleep(0.5)
+        conn = psycopg2.connect(sample.shard_dsns[1])
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (victim,))
+        conn.close()
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    start = time.monotonic()
+    with pytest.raises(psycopg2.OperationalError) as info, pdb.cursor() as cur:
+        cur.execute("SELECT pg_sleep(20)")
+    killer.join()
+    assert time.monotonic() - start < 4
+    assert str(info.value).startswith("shard 1 (")
+    assert pdb.closed == 2
+    broken = pdb.connections[1]
+    pdb.close()
+    assert broken.closed
+    assert all(not p._used for p in pools), "a pool slot leaked"
+    for dsn in sample.shard_dsns:
+        assert _wait_until(lambda d=dsn: _active(d, "SELECT pg_sleep(20)%") == 0, 2)
+
+
+def test_broken_connection_goes_back_to_its_pool_closed(sample):
+    pools = [psycopg2.pool.ThreadedConnectionPool(1, 2, dsn=d) for d in sample.shard_dsns]
+    try:
+        pdb = ParallelConnection([p.getconn() for p in pools])
+        victim = pdb.connections[2]
+        killer = psycopg2.connect(sample.shard_dsns[2])
+        killer.autocommit = True
+        with killer.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (victim.info.backend_pid,))
+        killer.close()
+        with pytest.raises(psycopg2.OperationalError, match=r"^shard 2"), pdb.cursor() as cur:
+            cur.execute("SELECT 1")
+        pdb.putconn(pools)
+        assert victim.closed
+        assert victim not in pools[2]._pool
+        assert all(not p._used for p in pools)
+    finally:
+        for pool in pools:
+            pool.closeall()
+
+
+def test_ctrl_c_cancels_every_shard_and_rollback_recovers(pdb, sample):
+    def interrupt() -> None:
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt).start()
+    cur = pdb.cursor()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        cur.execute("SELECT pg_sleep(30)")
+    assert time.monotonic() - start < 1.5
+    for dsn in sample.shard_dsns:
+        assert _wait_until(lambda d=dsn: _active(d, "SELECT pg_sleep(30)%") == 0, 1)
+    pdb.rollback()
+    cur.execute("SELECT 2")
+    assert cur.fetchall() == [(2,)] * 3
+
+
+def test_shards_with_different_columns_are_refused(pdb, sample):
+    with pdb.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE drift (a int, b text)")
+        pdb.connections[2].cursor().execute("DROP TABLE drift; CREATE TEMP TABLE drift (a int, b int)")
+        with pytest.raises(psycopg2.ProgrammingError) as info:
+            cur.execute("SELECT * FROM drift")
+    message = str(info.value)
+    assert "different columns" in message
+    assert "shard 0" in message and "shard 2" in message
+    assert "b text" in message and "b integer" in message
+    pdb.rollback()
+
+
+def test_bad_sql_keeps_its_class_and_code(pdb):
+    with pytest.raises(psycopg2.errors.UndefinedTable) as info, pdb.cursor() as cur:
+        cur.execute("SELECT * FROM no_such_table")
+    assert info.value.pgcode == "42P01"
+    assert str(info.value).split(" (")[0] in {"shard 0", "shard 1", "shard 2"}
+    assert isinstance(info.value.__cause__, psycopg2.errors.UndefinedTable)
+    pdb.rollback()
+
+
+@pytest.fixture(scope="module")
+def spare():
+    """Two servers of our own, so tests may stop one."""
+    with LocalCluster(2) as cluster:
+        yield cluster
+
+
+def test_stopped_server_is_named_and_nothing_leaks(spare):
+    pdb = parallel_connection.connect(spare.shard_dsns)
+    pools = pdb.pools
+    spare.stop_server(1)
+    try:
+        with pytest.raises(psycopg2.OperationalError) as info, pdb.cursor() as cur:
+            cur.execute("SELECT 1")
+        assert str(info.value).startswith(f"shard 1 (127.0.0.1:{_port(spare.shard_dsns[1])}/")
+        pdb.close()
+        assert all(not p._used for p in pools)
+        with pytest.raises(psycopg2.OperationalError) as info:
+            parallel_connection.connect(spare.shard_dsns)
+        assert str(info.value).startswith("shard 1 (")
+    finally:
+        spare.start_server(1)
+
+
+def test_unreachable_shard_error_never_shows_the_password(spare):
+    dsns = [spare.shard_dsns[0], f"host=127.0.0.1 port=1 dbname=x user=u password={SECRET}"]
+    with pytest.raises(psycopg2.OperationalError) as info:
+        parallel_connection.connect(dsns, connect_timeout=2)
+    assert str(info.value).startswith("shard 1 (127.0.0.1:1/x)")
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+    uri = f"postgresql://u:{SECRET}@127.0.0.1:1/x"
+    with pytest.raises(psycopg2.OperationalError) as info:
+        parallel_connection.connect([uri])
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        f"host=127.0.0.1 password={SECRET} oops",
+        f"host=127.0.0.1 password='{SECRET}",
+        f"host=127.0.0.1 {SECRET}=1",
+        f"postgresql://u:{SECRET}@127.0.0.1:5432/db?bogus%zz=1",
+    ],
+)
+def test_dsn_parse_errors_never_show_the_password(dsn):
+    with pytest.raises(psycopg2.ProgrammingError) as info:
+        parallel_connection.connect(["host=127.0.0.1", dsn])
+    assert str(info.value).startswith("shard 1: ")
+    assert SECRET not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__context__ is None
+
+
+def test_password_login_never_leaks(spare):
+    conn = psycopg2.connect(spare.shard_dsns[0])
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("DROP ROLE IF EXISTS pc_pw_user")
+        cur.execute(f"CREATE ROLE pc_pw_user LOGIN PASSWORD %s IN ROLE {PASSWORD_GROUP}", (SECRET,))
+    conn.close()
+    good = spare.shard_dsns[0].replace("user=postgres", f"user=pc_pw_user password={SECRET}")
+    wrong = good.replace(SECRET, SECRET + "x")
+    with pytest.raises(psycopg2.OperationalError) as info:
+        parallel_connection.connect([wrong])
+    assert "password authentication failed" in str(info.value)
+    assert SECRET not in str(info.value)
+    with parallel_connection.connect([good]) as pdb:
+        assert SECRET not in repr(pdb)
+        with pytest.raises(psycopg2.Error) as info, pdb.cursor() as cur:
+            cur.execute("SELECT %s::int", (SECRET,))
+        assert SECRET not in str(info.value), "a password echoed in data is redacted too"
+        assert SECRET not in repr(pdb.shards)
+        pdb.rollback()
