@@ -15,7 +15,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.sql
 
-from .merge.union import union
+from .merge.union import tagged_union, union
 from .streams import ShardStream
 
 if TYPE_CHECKING:
@@ -242,6 +242,28 @@ class ParallelCursor:
                 return
             self._rownumber += len(batch)
             yield from batch
+
+    def shard_rows(self) -> Iterator[tuple[int, Row]]:
+        """Every row with the index of the shard it came from.
+
+        Only for a ``cursor(merge="union")`` (merged rows have no single
+        shard), and only before the first fetch.
+        """
+        if self._merge_mode != "union":
+            raise psycopg2.ProgrammingError(
+                'shard_rows() needs a cursor(merge="union"): merged rows come from no single shard'
+            )
+        self._results()
+        if self._rownumber:
+            raise psycopg2.ProgrammingError("shard_rows() must come before any fetch")
+        self._rows = _Rows(iter(()))
+        return self._tagged_rows()
+
+    def _tagged_rows(self) -> Iterator[tuple[int, Row]]:
+        for index, batch in tagged_union(self._streams):
+            self._rownumber += len(batch)
+            for row in batch:
+                yield index, row
 
     def scroll(self, value: int, mode: str = "relative") -> None:
         raise psycopg2.NotSupportedError("scroll is not supported across shards; fetch the rows instead")
