@@ -1,7 +1,8 @@
 """The ``parallel-connection`` command line, thin over the library.
 
-``query`` prints a statement's merged rows; ``shards`` starts, lists and
-stops throwaway local shards. Every failure is one line on stderr and an exit
+``query`` prints a statement's merged rows; ``scan`` runs a job per id range
+and prints the reduced report; ``shards`` starts, lists and stops throwaway
+local shards. Every failure is one line on stderr and an exit
 code of its own (see :class:`Exit`), never a traceback or a password.
 """
 
@@ -15,6 +16,7 @@ import re
 import shlex
 import signal
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -26,6 +28,8 @@ from .connection import ParallelConnection, connect
 from .errors import NotSupportedError, dsn_secrets, redact
 from .formats import FORMATS, write_rows
 from .local import SHARDS_DIR_VARIABLE, LocalCluster, default_base_dir
+from .ranges import ScanReport
+from .ranges.rows import each_range, failure_line, reduced, summary_line
 
 __all__ = ["DSNS_VARIABLE", "Exit", "main", "parse_dsn_lines"]
 
@@ -37,7 +41,14 @@ _GLUED = re.compile(r";\s*(?:host|hostaddr|port|dbname|user|service)\s*=|;\s*pos
 
 
 class Exit(enum.IntEnum):
-    """The command line's exit codes, one per class of failure."""
+    """The command line's exit codes, one per class of failure.
+
+    0 success; 1 any other error; 2 usage; 3 bad DSN; 4 cannot connect to a
+    shard; 5 SQL error; 6 not supported across shards; 7 a shard failed while
+    the statement ran; 8 local shards could not be started, found or stopped;
+    9 ``scan``: some ranges still failed after retries; 130 interrupted
+    (Ctrl-C, SIGTERM); 141 stdout closed early.
+    """
 
     OK = 0
     ERROR = 1
@@ -48,6 +59,7 @@ class Exit(enum.IntEnum):
     NOT_SUPPORTED = 6
     SHARD_FAILED = 7
     LOCAL_SHARDS = 8
+    RANGES_FAILED = 9
     INTERRUPTED = 130
     BROKEN_PIPE = 141
 
@@ -61,6 +73,7 @@ _LABELS = {
     Exit.NOT_SUPPORTED: "not supported across shards",
     Exit.SHARD_FAILED: "shard failed",
     Exit.LOCAL_SHARDS: "local shards",
+    Exit.RANGES_FAILED: "ranges failed",
 }
 
 
@@ -116,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_query(commands)
+    _add_scan(commands)
     _add_shards(commands)
     return parser
 
@@ -241,6 +255,180 @@ def run_query(args: argparse.Namespace, secrets: set[str]) -> Exit:
     return Exit.OK
 
 
+# -- scan -----------------------------------------------------------------------
+
+SCAN_PER_SHARD = 2
+"""Ranges running at once on each shard unless --max-parallelism says otherwise."""
+
+
+def _add_scan(commands: Any) -> None:
+    scan = commands.add_parser(
+        "scan",
+        parents=[_connection_options()],
+        help="run a job once per id range on every shard and print the reduced report",
+        description=(
+            "Cut TABLE.ID_COLUMN (an indexed integer column) into ranges on every shard and "
+            "run WORK once per range, each range in a transaction of its own. WORK is SQL "
+            "using %%(start)s and %%(end)s (both included; write a literal %% as %%%%). "
+            "stdout gets the ranges' rows summed field by field as one row (or, for a WORK "
+            "without rows such as an UPDATE, the rowcount), stderr a summary line. Ranges "
+            "that still fail after retries are listed on stderr, exit code 9."
+        ),
+    )
+    scan.add_argument("table", metavar="TABLE", help="the table, as name or schema.name")
+    scan.add_argument("id_column", metavar="ID_COLUMN", help="its integer id column")
+    scan.add_argument("work", metavar="WORK", help="the SQL run on each range; - reads it from stdin")
+    scan.add_argument(
+        "--rows-per-range", type=_positive, default=25_000, metavar="N", help="range size (default: 25000)"
+    )
+    scan.add_argument(
+        "--split",
+        choices=("width", "rows"),
+        default="width",
+        help="width: N ids per range (default); rows: about N rows per range, however sparse the ids",
+    )
+    scan.add_argument(
+        "--where", metavar="SQL", help="a filter for the ids to cover (trusted SQL; may use %%(NAME)s)"
+    )
+    scan.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a value for %%(NAME)s in WORK and --where (repeatable)",
+    )
+    scan.add_argument(
+        "--max-parallelism",
+        type=_positive,
+        metavar="N",
+        help=f"ranges running at once over all shards (default: {SCAN_PER_SHARD} per shard)",
+    )
+    scan.add_argument(
+        "--retries",
+        type=_not_negative,
+        default=3,
+        metavar="N",
+        help="retries of a range after a transient failure (lost connection, deadlock...; default: 3)",
+    )
+    scan.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="record finished ranges in PATH; running the same scan again skips them",
+    )
+    scan.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="every range of a shard reads one snapshot, so totals hold still while writes go on",
+    )
+    scan.add_argument(
+        "--smoke-test", action="store_true", help="run only the first range of each shard, then stop"
+    )
+    scan.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: only when stderr is a terminal)",
+    )
+    scan.add_argument(
+        "--each",
+        action="store_true",
+        help="print every range's rows, led by shard, start and end columns, instead of their sums",
+    )
+    scan.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="output format (default: table on a terminal, csv otherwise)",
+    )
+    scan.add_argument(
+        "--null", default="", metavar="TEXT", help="how table and csv show NULL (default: empty)"
+    )
+    scan.add_argument("--no-header", action="store_true", help="leave out the header (table and csv)")
+    scan.set_defaults(command=run_scan)
+
+
+def run_scan(args: argparse.Namespace, secrets: set[str]) -> Exit:
+    """``parallel-connection scan``."""
+    if args.work == "-" and args.dsn_file == "-":
+        raise Failure(Exit.USAGE, "only one of WORK and --dsn-file can be read from stdin")
+    dsns = read_dsns(args.dsn, args.dsn_file)
+    for dsn in dsns:
+        secrets |= dsn_secrets(dsn)
+    work = sys.stdin.read() if args.work == "-" else args.work
+    parallelism = args.max_parallelism or SCAN_PER_SHARD * len(dsns)
+    per_shard = -(-parallelism // len(dsns))
+    pdb = _connect(dsns, args.connect_timeout, args.timeout, maxconn=per_shard + 1)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = pdb.scan_ranges(
+                args.table,
+                args.id_column,
+                work,
+                rows_per_range=args.rows_per_range,
+                split=args.split,
+                where=args.where,
+                params=_params(args.param),
+                max_parallelism=parallelism,
+                retries=args.retries,
+                progress=args.progress,
+                checkpoint=args.checkpoint,
+                snapshot=args.snapshot,
+                smoke_test=args.smoke_test,
+            )
+    finally:
+        _close(pdb)
+    for warning in caught:
+        if "NULL" not in str(warning.message):  # the summary line counts NULL ids
+            _say(f"warning: {warning.message}", secrets)
+    if args.each or report.ok:
+        _write_scan(args, report)
+    _say(summary_line(report, len(dsns)), secrets)
+    return _scan_outcome(args, report, secrets)
+
+
+def _write_scan(args: argparse.Namespace, report: ScanReport) -> None:
+    try:
+        columns, rows = each_range(report) if args.each else _one_row(report)
+    except (TypeError, ValueError) as exc:
+        raise Failure(Exit.USAGE, f"{exc} (or print each range's rows with --each)") from None
+    if not columns:
+        return
+    if args.format == "json" and len(set(columns)) < len(columns):
+        raise Failure(Exit.USAGE, "JSON objects need distinct column names: name the columns with AS")
+    fmt = args.format or ("table" if sys.stdout.isatty() else "csv")
+    write_rows(fmt, columns, rows, sys.stdout, null=args.null, header=not args.no_header)
+    sys.stdout.flush()
+
+
+def _one_row(report: ScanReport) -> tuple[list[str], list[tuple[Any, ...]]]:
+    columns, row = reduced(report)
+    return columns, [row]
+
+
+def _scan_outcome(args: argparse.Namespace, report: ScanReport, secrets: set[str]) -> Exit:
+    kept = f"--checkpoint {shlex.quote(args.checkpoint)}" if args.checkpoint else None
+    rerun = (
+        f"run the same command again: {kept} skips the finished ranges"
+        if kept
+        else "add --checkpoint PATH to keep finished ranges, so that a rerun does only the rest"
+    )
+    if report.interrupted:
+        finished = sum(not r.resumed for r in report.results)
+        _say(f"interrupted: {finished} ranges finished before the stop; {rerun}", secrets)
+        return Exit.INTERRUPTED
+    if report.failed:
+        label = _LABELS[Exit.RANGES_FAILED]
+        for failure in report.failed:
+            _say(f"{label}: {failure_line(failure)}", secrets)
+        _say(f"{label}: {len(report.failed)} ranges failed after retries; {rerun}", secrets)
+        return Exit.RANGES_FAILED
+    return Exit.OK
+
+
+# -- where the shards come from --------------------------------------------------
+
+
 def read_dsns(given: Sequence[str], path: str | None) -> list[str]:
     """The shards' DSNs from ``--dsn``, ``--dsn-file`` or ``$PARALLEL_CONNECTION_DSNS``."""
     if given and path:
@@ -285,9 +473,13 @@ def _params(pairs: Sequence[str]) -> dict[str, str] | None:
     return params or None
 
 
-def _connect(dsns: list[str], connect_timeout: float, timeout: float | None) -> ParallelConnection:
+def _connect(
+    dsns: list[str], connect_timeout: float, timeout: float | None, *, maxconn: int = 1
+) -> ParallelConnection:
     try:
-        return connect(dsns, minconn=1, maxconn=1, connect_timeout=connect_timeout, statement_timeout=timeout)
+        return connect(
+            dsns, minconn=1, maxconn=maxconn, connect_timeout=connect_timeout, statement_timeout=timeout
+        )
     except psycopg2.ProgrammingError as exc:
         raise Failure(Exit.BAD_DSN, _one_line(exc)) from None
     except psycopg2.Error as exc:
@@ -434,6 +626,13 @@ def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
+def _not_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {number}")
     return number
 
 

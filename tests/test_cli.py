@@ -6,6 +6,7 @@ import csv
 import datetime
 import decimal
 import io
+import itertools
 import json
 import os
 import re
@@ -429,3 +430,192 @@ def test_shards_up_as_root_says_when_postgres_cannot_reach_the_folder(tmp_path):
     ran = run(["shards", "up", "--dir", str(tmp_path / "shards")], env=cli_env())
     assert_fails(ran, 8, "postgres user cannot write")
     assert not (tmp_path / "shards").exists()
+
+
+# -- scan: a job per id range ---------------------------------------------------------
+
+SCAN_TOTALS = """
+    SELECT count(*) AS orders, sum(amount) AS amount, count(note) AS notes
+    FROM orders WHERE id BETWEEN %(start)s AND %(end)s
+"""
+SCAN_SUMMARY = re.compile(
+    r"^parallel-connection: scan: (\d+) ranges on 3 shards, (\d+) done(?: \((\d+) from the checkpoint\))?, "
+    r"(\d+) failed(?:, (\d+) not run)?, \d+ rows returned or changed, "
+    r"0 rows with a NULL id not scanned \(\d+\.\d s\)$",
+    re.MULTILINE,
+)
+
+
+def reference_totals(ref: Any) -> list[str]:
+    _, rows = direct(ref, "SELECT count(*), sum(amount), count(note) FROM orders")
+    return [text(v) for v in rows[0]]
+
+
+def test_scan_prints_the_ranges_summed_like_one_database(sample, ref):
+    ran = run(["scan", "orders", "id", SCAN_TOTALS, "--rows-per-range", "500"], dsns=sample.shard_dsns)
+    assert ran.returncode == 0, ran.stderr
+    assert list(csv.reader(io.StringIO(ran.stdout))) == [["orders", "amount", "notes"], reference_totals(ref)]
+    summary = SCAN_SUMMARY.fullmatch(ran.stderr.strip())
+    assert summary, ran.stderr
+    assert summary.group(1) == summary.group(2) and int(summary.group(1)) >= 15
+
+
+def test_scan_each_prints_every_ranges_rows_with_its_shard_and_bounds(sample, ref):
+    work = "SELECT count(*) AS orders, min(id) AS first FROM orders WHERE id BETWEEN %(start)s AND %(end)s"
+    args = ["scan", "orders", "id", work, "--rows-per-range", "700", "--each", "--format", "json"]
+    ran = run(args, dsns=sample.shard_dsns)
+    assert ran.returncode == 0, ran.stderr
+    rows = json.loads(ran.stdout)
+    assert {r["shard"] for r in rows} == {0, 1, 2}
+    assert sum(r["orders"] for r in rows) == 3000
+    for shard in range(3):
+        spans = sorted((r["start"], r["end"]) for r in rows if r["shard"] == shard)
+        assert all(a[1] + 1 == b[0] for a, b in itertools.pairwise(spans))  # no gap, no overlap
+    assert all(r["first"] is None or r["start"] <= r["first"] <= r["end"] for r in rows)
+
+
+def test_scan_reads_work_from_stdin_with_params_and_a_filter(sample, ref):
+    work = "SELECT count(*) AS paid FROM orders WHERE id BETWEEN %(start)s AND %(end)s AND status = %(s)s"
+    args = ["scan", "orders", "id", "-", "-p", "s=paid", "--where", "id > 1000", "--split", "rows"]
+    ran = run([*args, "--no-header"], dsns=sample.shard_dsns, stdin=work)
+    assert ran.returncode == 0, ran.stderr
+    _, expected = direct(ref, "SELECT count(*) FROM orders WHERE status = 'paid' AND id > 1000")
+    assert ran.stdout == f"{expected[0][0]}\n"
+
+
+def test_scan_of_an_update_prints_its_rowcount(sample):
+    run_on_all(sample.shard_dsns, "DROP TABLE IF EXISTS cli_scan_copy")
+    run_on_all(
+        sample.shard_dsns, "CREATE TABLE cli_scan_copy AS SELECT id, NULL::numeric AS gross FROM orders"
+    )
+    try:
+        backfill = (
+            "UPDATE cli_scan_copy SET gross = 1 WHERE id BETWEEN %(start)s AND %(end)s AND gross IS NULL"
+        )
+        first = run(
+            ["scan", "cli_scan_copy", "id", backfill, "--rows-per-range", "1000"], dsns=sample.shard_dsns
+        )
+        assert first.returncode == 0, first.stderr
+        assert first.stdout == "rowcount\n3000\n"
+        assert "warning: cli_scan_copy.id leads no index" in first.stderr
+        again = run(["scan", "cli_scan_copy", "id", backfill], dsns=sample.shard_dsns)
+        assert again.stdout == "rowcount\n0\n"
+    finally:
+        run_on_all(sample.shard_dsns, "DROP TABLE IF EXISTS cli_scan_copy")
+
+
+def test_scan_smoke_test_runs_the_first_range_of_each_shard_with_a_progress_bar(sample):
+    args = ["scan", "orders", "id", SCAN_TOTALS, "--rows-per-range", "500", "--smoke-test", "--progress"]
+    ran = run(args, dsns=sample.shard_dsns)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == ""  # the sums of a few ranges would look like an answer
+    assert "ranges: 100%" in ran.stderr and "3/3" in ran.stderr
+    assert "smoke test (first range of each shard): 3 ranges on 3 shards, 3 done, 0 failed" in ran.stderr
+    each = run([*args[:-1], "--each", "--no-header"], dsns=sample.shard_dsns)
+    assert sorted(line.split(",")[0] for line in each.stdout.splitlines()) == ["0", "1", "2"]
+    assert "ranges:" not in each.stderr  # no bar unless asked for, off a terminal
+
+
+def test_scan_refuses_a_bad_table_or_column_before_any_work(sample, tmp_path):
+    checkpoint = tmp_path / "never.jsonl"
+    work = "SELECT count(*) AS n FROM orders WHERE id BETWEEN %(start)s AND %(end)s"
+    for table, column, words in [
+        ("no_such_table", "id", ["table no_such_table does not exist"]),
+        ("orders", "nope", ["has no column nope"]),
+        ("orders", "status", ["orders.status is text", "integer column"]),
+    ]:
+        ran = run(["scan", table, column, work, "--checkpoint", str(checkpoint)], dsns=sample.shard_dsns)
+        line = assert_fails(ran, 5, "SQL error", *words)
+        assert re.search(r"shard \d \(127\.0\.0\.1:\d+/postgres\)", line)
+    no_bounds = run(["scan", "orders", "id", "SELECT 1 AS one"], dsns=sample.shard_dsns)
+    assert_fails(no_bounds, 5, "%(start)s and %(end)s")
+    assert not checkpoint.exists()
+    zero = run(["scan", "orders", "id", work, "--rows-per-range", "0"], dsns=sample.shard_dsns)
+    assert zero.returncode == 2 and "--rows-per-range: must be at least 1" in zero.stderr
+
+
+def test_scan_failed_ranges_exit_9_and_the_checkpoint_reruns_only_them(sample, ref, tmp_path):
+    """A range failing for good is listed (shard, ids, error); a rerun with the checkpoint does the rest."""
+    run_on_all(sample.shard_dsns, "DROP TABLE IF EXISTS cli_scan_block")
+    run_on_all(sample.shard_dsns, "CREATE TABLE cli_scan_block AS SELECT 1500::bigint AS id")
+    work = """
+        SELECT count(*) AS orders, sum(amount) AS amount, count(note) AS notes,
+               1 / (1 - (SELECT count(*) FROM cli_scan_block WHERE id BETWEEN %(start)s AND %(end)s)) AS ok
+        FROM orders WHERE id BETWEEN %(start)s AND %(end)s
+    """
+    checkpoint = tmp_path / "scan.jsonl"
+    dsns = [f"{d} password=secret" for d in sample.shard_dsns]
+    args = ["scan", "orders", "id", work, "--rows-per-range", "500", "--checkpoint", str(checkpoint)]
+    try:
+        failed = run(args, dsns=dsns)
+        assert failed.returncode == 9, failed
+        assert failed.stdout == ""  # no sums that miss ranges
+        assert "secret" not in failed.stderr and "Traceback" not in failed.stderr
+        summary = SCAN_SUMMARY.search(failed.stderr)
+        assert summary and summary.group(4) == "3", failed.stderr
+        lines = [line for line in failed.stderr.splitlines() if "ranges failed:" in line]
+        assert len(lines) == 4, failed.stderr
+        for shard, line in enumerate(lines[:3]):
+            match = re.fullmatch(
+                rf"parallel-connection: ranges failed: shard {shard} \(127\.0\.0\.1:\d+/postgres\) "
+                r"ids (\d+)-(\d+): division by zero",
+                line,
+            )
+            assert match and int(match.group(1)) <= 1500 <= int(match.group(2)), line
+        assert lines[3].endswith(
+            f"3 ranges failed after retries; run the same command again: "
+            f"--checkpoint {checkpoint} skips the finished ranges"
+        )
+
+        run_on_all(sample.shard_dsns, "TRUNCATE cli_scan_block")
+        rerun = run(args, dsns=dsns)
+        assert rerun.returncode == 0, rerun.stderr
+        summary = SCAN_SUMMARY.fullmatch(rerun.stderr.strip())
+        assert summary, rerun.stderr
+        total, done, resumed, failures, not_run = summary.groups()
+        assert (int(done), int(resumed), int(failures), not_run) == (int(total), int(total) - 3, 0, None)
+        header, row = list(csv.reader(io.StringIO(rerun.stdout)))
+        assert header == ["orders", "amount", "notes", "ok"]
+        assert row[:3] == reference_totals(ref) and row[3] == total
+    finally:
+        run_on_all(sample.shard_dsns, "DROP TABLE IF EXISTS cli_scan_block")
+
+
+def test_scan_interrupted_exits_130_keeping_finished_ranges_in_the_checkpoint(sample, ref, tmp_path):
+    checkpoint = tmp_path / "slow.jsonl"
+    work = """
+        SELECT count(*) AS orders, sum(amount) AS amount, count(note) AS notes
+        FROM orders, pg_sleep(0.2) WHERE id BETWEEN %(start)s AND %(end)s
+    """
+    args = ["scan", "orders", "id", work, "--rows-per-range", "100", "--max-parallelism", "3"]
+    args += ["--checkpoint", str(checkpoint)]
+    proc = subprocess.Popen(
+        [*MODULE, *args],
+        env=cli_env(sample.shard_dsns),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not checkpoint.exists() or len(checkpoint.read_text().splitlines()) < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, "no range finished"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert out == "" and "Traceback" not in err
+    assert re.search(r"interrupted: \d+ ranges finished before the stop; run the same command again", err)
+    kept = len(checkpoint.read_text().splitlines())
+    summary = SCAN_SUMMARY.search(err)
+    assert summary, err
+    total, done, _, _, not_run = summary.groups()
+    assert int(done) == kept and int(not_run) == int(total) - kept > 0
+
+    rerun = run(args, dsns=sample.shard_dsns)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = SCAN_SUMMARY.fullmatch(rerun.stderr.strip())
+    assert summary and int(summary.group(3)) == kept, rerun.stderr
+    assert list(csv.reader(io.StringIO(rerun.stdout)))[1] == reference_totals(ref)
