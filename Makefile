@@ -17,6 +17,9 @@ test: $(STAMP)
 	$(PY) -m ruff check parallel_connection tests benchmarks
 	$(PY) -m pytest
 
+demo: $(STAMP)
+	$(PY) -m parallel_connection.demo
+
 bench: $(STAMP)
 	$(PY) -m benchmarks
 

@@ -28,7 +28,7 @@ SELECT c, 'customer ' || c, (ARRAY['NL', 'DE', 'FR', 'US', NULL])[c % 5 + 1]
 FROM generate_series(1, 5000) AS c;
 INSERT INTO orders
 SELECT g,
-       ((g * 7919) % 5000 + 1),
+       ((g::bigint * 7919) % 5000 + 1),
        CASE WHEN g % 97 = 0 THEN NULL
             ELSE (ARRAY['new', 'paid', 'shipped', 'cancelled'])[g % 4 + 1] END,
        ((g * 37) % 100000) / 100.0,
@@ -42,6 +42,6 @@ SELECT g,
        jsonb_build_object('g', g, 'even', g % 2 = 0),
        md5(g::text)::uuid
 FROM generate_series(1, 100000) AS g
-WHERE ((g * 7919) % 5000 + 1) % 3 = 1 OR 1 < 0;
+WHERE ((g::bigint * 7919) % 5000 + 1) % 3 = 1 OR 1 < 0;
 VACUUM ANALYZE orders;
 VACUUM ANALYZE customers;

@@ -43,7 +43,7 @@ CREATE INDEX orders_customer_id ON orders (customer_id);
 
 CUSTOMERS = 5000
 
-_CUSTOMER_ID = f"((g * 7919) % {CUSTOMERS} + 1)"
+_CUSTOMER_ID = f"((g::bigint * 7919) % {CUSTOMERS} + 1)"
 
 _ORDERS = f"""
 INSERT INTO orders
