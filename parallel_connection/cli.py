@@ -421,7 +421,7 @@ def _scan_outcome(args: argparse.Namespace, report: ScanReport, secrets: set[str
         label = _LABELS[Exit.RANGES_FAILED]
         for failure in report.failed:
             _say(f"{label}: {failure_line(failure)}", secrets)
-        _say(f"{label}: {len(report.failed)} ranges failed after retries; {rerun}", secrets)
+        _say(f"{label}: {len(report.failed)} ranges failed; {rerun}", secrets)
         return Exit.RANGES_FAILED
     return Exit.OK
 

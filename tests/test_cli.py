@@ -563,7 +563,7 @@ def test_scan_failed_ranges_exit_9_and_the_checkpoint_reruns_only_them(sample, r
             )
             assert match and int(match.group(1)) <= 1500 <= int(match.group(2)), line
         assert lines[3].endswith(
-            f"3 ranges failed after retries; run the same command again: "
+            f"3 ranges failed; run the same command again: "
             f"--checkpoint {checkpoint} skips the finished ranges"
         )
 

@@ -11,6 +11,7 @@ NAME="$(parallel-connection ...)"`` sets NAME for the lines that follow.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 import shutil
@@ -25,6 +26,8 @@ from cli_runner import SCRIPT, cli_env, run, run_on_terminal
 from parallel_connection import cli
 
 README = Path(__file__).resolve().parent.parent / "README.rst"
+PLANNER_MARK = ".. needs the merge planner"
+PLANNER = importlib.util.find_spec("parallel_connection.plan") is not None
 
 _BLOCK = re.compile(r"^\.\. code-block:: (\w+)\n\n((?:(?:[ \t]+.*)?\n)+)", re.MULTILINE)
 
@@ -44,13 +47,29 @@ def test_readme_has_python_examples():
     assert len(readme_blocks("python")) >= 3
 
 
+def needs_planner(line: int) -> bool:
+    """Whether the block at ``line`` is marked (by an RST comment) as needing the merge planner."""
+    before = [text for text in README.read_text().splitlines()[: line - 1] if text.strip()]
+    return bool(before) and before[-1].startswith(PLANNER_MARK)
+
+
 def test_readme_python_blocks_run(sample):
+    """Every block runs; one marked as needing the merge planner is expected to fail until it lands."""
     namespace: dict[str, object] = {"dsns": list(sample.shard_dsns)}
+    waiting = []
     for line, code in readme_blocks("python"):
+        expect_failure = needs_planner(line) and not PLANNER
         try:
             exec(compile(code, f"README.rst:{line}", "exec"), namespace)
         except Exception as exc:  # pragma: no cover - the failure message is the point
+            if expect_failure:
+                waiting.append(line)
+                continue
             pytest.fail(f"README.rst code block at line {line} failed: {exc!r}")
+        if expect_failure:
+            pytest.fail(f"README.rst code block at line {line} passes without the merge planner")
+    if waiting:
+        pytest.xfail(f"README.rst blocks at lines {waiting} need the merge planner (issue 3), not merged yet")
 
 
 # -- console blocks ----------------------------------------------------------------
