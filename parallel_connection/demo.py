@@ -225,7 +225,7 @@ def _sql(text: str) -> None:
 
 
 def _table(columns: list[str], rows: list[tuple[Any, ...]]) -> None:
-    write_rows("table", columns, rows, sys.stdout)
+    write_rows("table", columns, rows, sys.stdout, null="NULL")
     print()
 
 
