@@ -22,7 +22,7 @@ import psycopg2
 from .connection import ParallelConnection, connect
 from .formats import write_rows
 from .local import LocalCluster
-from .sample import load_sample
+from .sample import CUSTOMERS, load_sample
 
 __all__ = ["main"]
 
@@ -66,25 +66,38 @@ MATCH = "matches the single-database answer"
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; return its exit code (0: every answer checked out)."""
     parser = argparse.ArgumentParser(prog="python -m parallel_connection.demo", description=__doc__)
-    parser.add_argument("--orders", type=int, default=1_000_000, help="sample orders (default: 1000000)")
-    parser.add_argument("--shards", type=int, default=3, help="throwaway shards (default: 3)")
+    parser.add_argument(
+        "--orders", type=_positive, default=1_000_000, help="sample orders (default: 1000000)"
+    )
+    parser.add_argument("--shards", type=_positive, default=3, help="throwaway shards (default: 3)")
     args = parser.parse_args(argv)
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupted = threading.Event()
+
+    def interrupt(signum: int, frame: object) -> NoReturn:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt)
     cluster = LocalCluster(args.shards, reference=True)
+    ok = False
     try:
         ok = _run(cluster, args.orders)
-    except KeyboardInterrupt:
-        print("\ninterrupted", flush=True)
-        return 130
     except Exception as exc:
-        print(f"\ndemo FAILED: {type(exc).__name__}: {exc}", flush=True)
-        return 1
+        if not interrupted.is_set():  # else an error from unwinding the interrupt (a cancelled statement)
+            print(f"\ndemo FAILED: {type(exc).__name__}: {exc}", flush=True)
+            return 1
+    except KeyboardInterrupt:
+        pass
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)  # cleanup must finish
         _step("stopping the servers", cluster.stop)
+    if interrupted.is_set():
+        print("interrupted")
+        return 130
     print("demo finished: every answer matches the single database" if ok else "demo FAILED (see above)")
     return 0 if ok else 1
 
@@ -112,11 +125,11 @@ def _counts(pdb: ParallelConnection) -> None:
     with pdb.cursor(merge="union") as cur:
         cur.execute("SELECT count(*) FROM orders")
         counts = [f"shard {shard}: {n:,}" for shard, (n,) in cur.shard_rows()]
-    print(f"  orders per shard: {', '.join(counts)}; customers (5,000) are copied to every shard\n")
+    print(f"  orders per shard: {', '.join(counts)}; customers ({CUSTOMERS:,}) are copied to every shard\n")
 
 
 def _explore(pdb: ParallelConnection) -> None:
-    _heading("(a) Explore: one statement runs on every shard; the rows come back as one result")
+    print("(a) Explore: one statement runs on every shard; the rows come back as one result")
     print("    (the plain union, cursor(merge='union'); shard_rows() names each row's shard):")
     _sql(EXPLORE)
     with pdb.cursor(merge="union") as cur:
@@ -127,7 +140,7 @@ def _explore(pdb: ParallelConnection) -> None:
 
 
 def _report(pdb: ParallelConnection, ref: Any) -> bool:
-    _heading("(b) Report: a GROUP BY across the shards, merged by the default cursor, and checked")
+    print("(b) Report: a GROUP BY across the shards, merged by the default cursor, and checked")
     print("    against the same report computed by the single database:")
     _sql(REPORT)
     try:
@@ -136,7 +149,7 @@ def _report(pdb: ParallelConnection, ref: Any) -> bool:
             columns = [c.name for c in cur.description]
             merged = [tuple(row) for row in cur.fetchall()]
     except psycopg2.Error as exc:
-        print(f"  MISMATCH: the merged cursor refused the report: {exc}\n")
+        print(f"  FAILED: the merged cursor refused the report: {exc}\n")
         return False
     _table(columns, merged)
     with ref.cursor() as cur:
@@ -146,11 +159,13 @@ def _report(pdb: ParallelConnection, ref: Any) -> bool:
 
 
 def _ranges(pdb: ParallelConnection, ref: Any, *, rows_per_range: int) -> bool:
-    _heading("(c) Range job: scan_ranges cuts orders.id into ranges on every shard and runs one")
+    print("(c) Range job: scan_ranges cuts orders.id into ranges on every shard and runs one")
     print("    small query per range; report.totals() sums the ranges' counts and amounts:")
     _sql(RANGE_SHOWN)
     began = time.monotonic()
     smoke = pdb.scan_ranges("orders", "id", RANGE_WORK, rows_per_range=rows_per_range, smoke_test=True)
+    if smoke.interrupted:
+        raise KeyboardInterrupt
     if smoke.failed:
         print(f"  smoke test FAILED: {smoke.failed[0].error}")
         return False
@@ -158,6 +173,8 @@ def _ranges(pdb: ParallelConnection, ref: Any, *, rows_per_range: int) -> bool:
     report = pdb.scan_ranges(
         "orders", "id", RANGE_WORK, rows_per_range=rows_per_range, max_parallelism=6, progress=True
     )
+    if report.interrupted:
+        raise KeyboardInterrupt
     done = f"{len(report.results)} ranges finished, {len(report.failed)} failed"
     print(f"  {done} ({time.monotonic() - began:.1f} s with the smoke test)")
     if not report.ok:
@@ -214,10 +231,6 @@ def _interruptible(action: Callable[[], T]) -> T:
     return outcome["value"]
 
 
-def _heading(text: str) -> None:
-    print(text)
-
-
 def _sql(text: str) -> None:
     for line in text.strip().splitlines():
         print(f"    {line}")
@@ -229,8 +242,11 @@ def _table(columns: list[str], rows: list[tuple[Any, ...]]) -> None:
     print()
 
 
-def _interrupt(signum: int, frame: object) -> NoReturn:
-    raise KeyboardInterrupt
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,8 +118,16 @@ def test_demo_stops_its_servers_and_removes_their_data(demo):
     assert list(demo.folder.iterdir()) == []
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_demo_interrupted_stops_its_servers(folder, signum):
+@pytest.mark.parametrize(
+    ("signum", "after"),
+    [
+        (signal.SIGINT, "starting 4 servers ... done"),  # while loading the sample
+        (signal.SIGTERM, "starting 4 servers ... done"),
+        (signal.SIGINT, "(c) Range job"),
+    ],
+    ids=["SIGINT-loading", "SIGTERM-loading", "SIGINT-range-job"],
+)
+def test_demo_interrupted_stops_its_servers(folder, signum, after):
     proc = subprocess.Popen(
         [*DEMO, "--orders", "300000"],
         env=demo_env(folder),
@@ -131,11 +138,10 @@ def test_demo_interrupted_stops_its_servers(folder, signum):
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            if line.startswith("starting 4 servers ... done"):
+            if line.startswith(after):
                 break
         else:
-            pytest.fail("the servers never started")
-        time.sleep(0.2)  # loading the sample
+            pytest.fail(f"the demo never printed {after!r}")
         assert servers_under(folder), "no server to stop"
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
