@@ -269,7 +269,7 @@ def _add_scan(commands: Any) -> None:
         description=(
             "Cut TABLE.ID_COLUMN (an indexed integer column) into ranges on every shard and "
             "run WORK once per range, each range in a transaction of its own. WORK is SQL "
-            "using %%(start)s and %%(end)s (both included; write a literal %% as %%%%). "
+            "using %(start)s and %(end)s (both included; write a literal % as %%). "
             "stdout gets the ranges' rows summed field by field as one row (or, for a WORK "
             "without rows such as an UPDATE, the rowcount), stderr a summary line. Ranges "
             "that still fail after retries are listed on stderr, exit code 9."
