@@ -160,7 +160,10 @@ class ParallelCursor:
         def run(i: int) -> list[Row] | None:
             cur = self._cursors[i]
             cur.execute(query, vars)
-            return cur.fetchmany(batch_size) if streaming else None
+            if streaming:
+                return cur.fetchmany(batch_size)
+            # Converting this shard's rows here overlaps with the shards still running.
+            return cur.fetchall() if cur.description is not None else None
 
         firsts = self._connection._fanout.run(run)
         self._after_execute(union, firsts, batch_size)
