@@ -1,4 +1,4 @@
-"""Cancel a shard's running statement without blocking the whole process.
+"""Shard connections that stop answering: cancel their statement, cut them, tell them broken.
 
 psycopg2's ``connection.cancel()`` holds the GIL while libpq sends the cancel
 request, so a shard that does not answer (a network black hole) freezes every
@@ -8,30 +8,31 @@ which releases the GIL for the call.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg2
+import psycopg2._psycopg
+import psycopg2.extensions
 
-__all__ = ["cancel"]
+__all__ = ["broken", "cancel", "cancel_all", "sever"]
 
 
 @functools.cache
 def _libpq() -> ctypes.CDLL | None:
-    """The libpq psycopg2 is linked with, or None where it can't be found."""
+    """psycopg2's own libpq (symbols resolve through its extension module), or None."""
     try:
-        with open("/proc/self/maps") as maps:
-            paths = [line.split()[-1] for line in maps if "libpq" in line and "/" in line]
-    except OSError:
+        lib = ctypes.CDLL(psycopg2._psycopg.__file__)
+        lib.PQgetCancel.restype = ctypes.c_void_p
+    except (OSError, AttributeError):
         return None
-    if not paths:
-        return None
-    try:
-        lib = ctypes.CDLL(paths[0])
-    except OSError:
-        return None
-    lib.PQgetCancel.restype = ctypes.c_void_p
     lib.PQgetCancel.argtypes = [ctypes.c_void_p]
     lib.PQcancel.restype = ctypes.c_int
     lib.PQcancel.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
@@ -56,3 +57,45 @@ def cancel(conn: Any) -> None:
             raise psycopg2.OperationalError(errbuf.value.decode(errors="replace").strip())
     finally:
         lib.PQfreeCancel(handle)
+
+
+def sever(conn: Any) -> None:
+    """Cut ``conn``'s socket, so a thread stuck waiting on a silent server returns at once."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+    except (OSError, psycopg2.Error):
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def broken(conn: Any) -> bool:
+    """True when ``conn`` can no longer be used (closed, or its server gone)."""
+    return bool(conn.closed) or (
+        conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
+    )
+
+
+def cancel_all(conns: Iterable[Any], timeout: float) -> None:
+    """Cancel every connection's statement at once; wait at most ``timeout`` seconds for the requests.
+
+    Each request has a thread of its own, so a cancel never queues behind the
+    work it is meant to stop, and a server that does not answer holds up
+    nobody for longer than ``timeout``.
+    """
+    threads = [threading.Thread(target=_quiet_cancel, args=(conn,), daemon=True) for conn in conns]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _quiet_cancel(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        if not conn.closed:
+            cancel(conn)

@@ -498,10 +498,10 @@ def _classify(exc: psycopg2.Error) -> Exit:
 def _one_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     message = lines[0] if lines else type(exc).__name__
-    diag = getattr(exc.__cause__, "diag", None)
-    hint = getattr(diag, "message_hint", None)
-    if hint:
-        message += f" (hint: {hint.strip()})"
+    pgerror = getattr(exc, "pgerror", None) or ""
+    hints = [line[len("HINT:") :].strip() for line in pgerror.splitlines() if line.startswith("HINT:")]
+    if hints:
+        message += f" (hint: {hints[0]})"
     return message
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.pool
 
-from .cancel import cancel
+from .cancel import broken
 from .cursor import ParallelCursor
 from .errors import NotSupportedError, ShardInfo, dsn_secrets, shard_error
 from .fanout import FanOut
@@ -65,8 +66,8 @@ class ParallelConnection:
         self._secrets = set(secrets or ())
         for conn in self._connections:
             self._secrets |= dsn_secrets(None, [_password_of(conn)])
-        self._fanout = FanOut(self._shards, self._cancel_shard, self._secrets, max_workers)
-        self.statement_timeout = statement_timeout
+        self._fanout = FanOut(self._shards, self._connections, self._secrets, max_workers)
+        self._statement_timeout = statement_timeout
         if statement_timeout is not None:
             self._set_statement_timeout(statement_timeout)
 
@@ -86,6 +87,11 @@ class ParallelConnection:
     def pools(self) -> list[psycopg2.pool.AbstractConnectionPool] | None:
         """The pools this connection owns (from :func:`connect`), else None."""
         return list(self._pools) if self._pools is not None else None
+
+    @property
+    def statement_timeout(self) -> float | None:
+        """The statement timeout (seconds) every shard connection was given, if any."""
+        return self._statement_timeout
 
     @property
     def dsns(self) -> list[str] | None:
@@ -159,7 +165,7 @@ class ParallelConnection:
     def cancel(self) -> None:
         """Cancel whatever statement each shard is running."""
         self._check_open()
-        self._fanout.run(self._cancel_shard)
+        self._fanout.cancel_all(range(len(self._connections)))
 
     @property
     def autocommit(self) -> bool:
@@ -236,23 +242,31 @@ class ParallelConnection:
             )
         self._shutdown()
         errors = []
-        for shard, conn, pool in zip(self._shards, self._connections, pools, strict=False):
+        for shard, conn, pool in zip(self._shards, self._connections, pools, strict=True):
             try:
-                pool.putconn(conn, close=close or _broken(conn))
+                pool.putconn(conn, close=close or broken(conn))
+            except psycopg2.Error:
+                # Its rollback failed: the connection is no good; free its slot anyway.
+                with contextlib.suppress(Exception):
+                    pool.putconn(conn, close=True)
             except Exception as exc:
                 errors.append(shard_error(exc, shard, self._secrets))
         if errors:
             raise errors[0]
 
     def close(self) -> None:
-        """Close every shard connection (or hand it back to the pools :func:`connect` made)."""
+        """Close every shard connection (or hand it back to the pools :func:`connect` made).
+
+        As the DB-API asks, closing a closed connection raises InterfaceError.
+        """
         if self._closed:
             raise psycopg2.InterfaceError("connection already closed")
         if self._pools is not None:
-            pools = self._pools
-            self.putconn(pools)
-            for pool in pools:
-                pool.closeall()
+            try:
+                self.putconn(self._pools)
+            finally:
+                for pool in self._pools:
+                    pool.closeall()
             return
         self._shutdown()
         for conn in self._connections:
@@ -291,12 +305,8 @@ class ParallelConnection:
 
     def _shutdown(self) -> None:
         self._closed = True
+        self._fanout.release_stuck()
         self._fanout.close()
-
-    def _cancel_shard(self, index: int) -> None:
-        conn = self._connections[index]
-        if not conn.closed:
-            cancel(conn)
 
     def _set_statement_timeout(self, seconds: float) -> None:
         millis = max(1, round(seconds * 1000))
@@ -319,10 +329,18 @@ def _password_of(conn: Any) -> str | None:
         return None
 
 
-def _broken(conn: Any) -> bool:
-    return bool(conn.closed) or (
-        conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
-    )
+def _with_statement_timeout(dsns: list[str], seconds: float, connect_kwargs: dict[str, Any]) -> list[str]:
+    """Add ``-c statement_timeout`` to the libpq options every new connection starts with."""
+    setting = f"-c statement_timeout={max(1, round(seconds * 1000))}"
+    if connect_kwargs.get("options"):
+        connect_kwargs["options"] = f"{connect_kwargs['options']} {setting}"
+        return dsns
+    return [
+        psycopg2.extensions.make_dsn(
+            dsn, options=f"{psycopg2.extensions.parse_dsn(dsn).get('options', '')} {setting}".strip()
+        )
+        for dsn in dsns
+    ]
 
 
 def connect(
@@ -353,6 +371,9 @@ def connect(
         secrets |= dsn_secrets(dsn, [connect_kwargs.get("password")])
     where = {k: v for k, v in connect_kwargs.items() if k in ("host", "port", "dbname")}
     shards = [ShardInfo.from_dsn(i, dsn, **where) for i, dsn in enumerate(dsns)]
+    if statement_timeout is not None:
+        # In the DSNs, so every connection the pools (or range workers) open gets it.
+        dsns = _with_statement_timeout(dsns, statement_timeout, connect_kwargs)
 
     def open_pool(i: int) -> psycopg2.pool.ThreadedConnectionPool:
         try:

@@ -28,15 +28,34 @@ Merge = Callable[[Sequence[ShardStream]], Iterator[list[Row]]]
 
 
 class _Rows:
-    """The merged rows, served one, many or all at a time."""
+    """The merged rows, served one, many or all at a time.
 
-    def __init__(self, batches: Iterator[list[Row]]) -> None:
+    A failure while fetching is raised again by every later fetch, so a
+    result that broke half-way never looks like one that ended.
+    """
+
+    def __init__(self, batches: Iterator[list[Row]], on_interrupt: Callable[[], None]) -> None:
         self._batches = batches
+        self._on_interrupt = on_interrupt
         self._batch: list[Row] = []
         self._pos = 0
+        self._error: BaseException | None = None
+
+    def _next_batch(self) -> list[Row] | None:
+        if self._error is not None:
+            raise self._error
+        try:
+            return next(self._batches, None)
+        except KeyboardInterrupt as exc:
+            self._error = psycopg2.OperationalError("fetching was interrupted; execute the statement again")
+            self._on_interrupt()
+            raise exc
+        except BaseException as exc:
+            self._error = exc
+            raise
 
     def _refill(self) -> bool:
-        for batch in self._batches:
+        while (batch := self._next_batch()) is not None:
             if batch:
                 self._batch, self._pos = batch, 0
                 return True
@@ -62,14 +81,18 @@ class _Rows:
     def fetchall(self) -> list[Row]:
         out = self._batch[self._pos :] if self._pos else self._batch
         self._batch, self._pos = [], 0
-        if not isinstance(out, list):
-            out = list(out)
-        for batch in self._batches:
+        while (batch := self._next_batch()) is not None:
             if out:
                 out.extend(batch)
             else:
-                out = batch if isinstance(batch, list) else list(batch)
+                out = batch
         return out
+
+    def __iter__(self) -> Iterator[Row]:
+        while self._pos < len(self._batch) or self._refill():
+            row = self._batch[self._pos]
+            self._pos += 1
+            yield row
 
 
 class ParallelCursor:
@@ -112,9 +135,9 @@ class ParallelCursor:
 
     @property
     def rowcount(self) -> int:
-        """Rows the statement produced (summed); for a named cursor, rows read so far."""
+        """Rows the statement produced (summed); for a named cursor, rows fetched so far."""
         if self._name is not None and self._rows is not None:
-            return sum(s.fetched for s in self._streams)
+            return self._rownumber
         return self._rowcount
 
     @property
@@ -160,7 +183,10 @@ class ParallelCursor:
         def run(i: int) -> list[Row] | None:
             cur = self._cursors[i]
             cur.execute(query, vars)
-            return cur.fetchmany(batch_size) if streaming else None
+            if streaming:
+                return cur.fetchmany(batch_size)
+            # Converting this shard's rows here overlaps with the shards still running.
+            return cur.fetchall() if cur.description is not None else None
 
         firsts = self._connection._fanout.run(run)
         self._after_execute(union, firsts, batch_size)
@@ -200,7 +226,7 @@ class ParallelCursor:
             ShardStream(i, cur, fanout, batch_size=batch_size, first_batch=firsts[i])
             for i, cur in enumerate(self._cursors)
         ]
-        self._rows = _Rows(merge(self._streams))
+        self._rows = _Rows(merge(self._streams), self._cancel_fetches)
 
     def _agreed_description(self) -> tuple[Any, ...] | None:
         descriptions = [c.description for c in self._cursors]
@@ -235,13 +261,9 @@ class ParallelCursor:
         return rows
 
     def __iter__(self) -> Iterator[Row]:
-        results = self._results()
-        while True:
-            batch = results.fetchmany(self._itersize)
-            if not batch:
-                return
-            self._rownumber += len(batch)
-            yield from batch
+        for row in self._results():
+            self._rownumber += 1
+            yield row
 
     def shard_rows(self) -> Iterator[tuple[int, Row]]:
         """Every row with the index of the shard it came from.
@@ -256,7 +278,7 @@ class ParallelCursor:
         self._results()
         if self._rownumber:
             raise psycopg2.ProgrammingError("shard_rows() must come before any fetch")
-        self._rows = _Rows(iter(()))
+        self._rows = _Rows(iter(()), self._cancel_fetches)
         return self._tagged_rows()
 
     def _tagged_rows(self) -> Iterator[tuple[int, Row]]:
@@ -310,6 +332,12 @@ class ParallelCursor:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<ParallelCursor {state} shards={len(self._cursors)} name={self._name!r}>"
+
+    def _cancel_fetches(self) -> None:
+        """Cancel the background fetches still running (after Ctrl-C)."""
+        busy = [s.index for s in self._streams if not s.ready()]
+        if busy:
+            self._connection._fanout.cancel_all(busy)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import psycopg2
 import psycopg2.extensions
@@ -69,8 +70,6 @@ def dsn_secrets(dsn: str | None, extra: Iterable[str | None] = ()) -> set[str]:
         for pattern in (_PASSWORD_URI, _PASSWORD_QUERY):
             for match in pattern.finditer(dsn):
                 found.add(match.group(1))
-                from urllib.parse import unquote
-
                 found.add(unquote(match.group(1)))
     return {s for s in found if s}
 
@@ -113,8 +112,8 @@ def describe_dsn(dsn: str, *, index: int | None = None, **kwargs: Any) -> dict[s
 def shard_error(exc: BaseException, shard: ShardInfo, secrets: Iterable[str] = ()) -> BaseException:
     """``exc`` re-made as the same class, its message naming ``shard``.
 
-    psycopg2 errors keep ``pgcode`` and ``pgerror``; the original (with its
-    ``diag``) stays reachable as ``__cause__``. Other exceptions get a note.
+    psycopg2 errors keep ``pgcode`` and ``pgerror`` (redacted). The original
+    is not chained: its text may hold a password the new message hides.
     """
     if isinstance(exc, psycopg2.Error):
         message = redact(f"{shard}: {str(exc).strip()}", secrets)
@@ -126,7 +125,6 @@ def shard_error(exc: BaseException, shard: ShardInfo, secrets: Iterable[str] = (
             }
         )
         new.shard = shard  # type: ignore[attr-defined]
-        new.__cause__ = exc
         new.__suppress_context__ = True
         return new
     if hasattr(exc, "add_note"):

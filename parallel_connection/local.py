@@ -21,6 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
 __all__ = ["SHARDS_DIR_VARIABLE", "LocalCluster", "LocalServer", "default_base_dir", "find_bindir"]
 
 SHARDS_DIR_VARIABLE = "PARALLEL_CONNECTION_SHARDS_DIR"
@@ -106,7 +110,9 @@ class LocalServer:
 
     @property
     def dsn(self) -> str:
-        return f"host={self.host} port={self.port} user={self.user} dbname={self.dbname}"
+        return psycopg2.extensions.make_dsn(
+            host=self.host, port=self.port, user=self.user, dbname=self.dbname
+        )
 
 
 class LocalCluster:
@@ -283,8 +289,8 @@ class LocalCluster:
             ]
         )
         conf = "".join(f"{k} = {v}\n" for k, v in _SETTINGS.items())
-        self._run_as_owner(["sh", "-c", f"cat >> {datadir}/postgresql.conf"], input=conf)
-        self._run_as_owner(["sh", "-c", f"cat > {datadir}/pg_hba.conf"], input=_HBA)
+        self._run_as_owner(["sh", "-c", 'cat >> "$1"', "sh", str(datadir / "postgresql.conf")], input=conf)
+        self._run_as_owner(["sh", "-c", 'cat > "$1"', "sh", str(datadir / "pg_hba.conf")], input=_HBA)
 
     def _start_server(self, server: LocalServer, create_db: bool = True) -> None:
         log = Path(server.datadir) / "server.log"
@@ -292,16 +298,14 @@ class LocalCluster:
             ["start", "-w", "-t", "60", "-D", server.datadir, "-l", str(log), "-o", f"-p {server.port}"]
         )
         if create_db and server.dbname != "postgres":
-            self._psql(server, f'CREATE DATABASE "{server.dbname}"')
+            self._psql(server, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(server.dbname)))
         self._psql(
             server,
             f"DO $$ BEGIN CREATE ROLE {PASSWORD_GROUP} NOLOGIN; "
             "EXCEPTION WHEN duplicate_object THEN NULL; END $$",
         )
 
-    def _psql(self, server: LocalServer, sql: str) -> None:
-        import psycopg2
-
+    def _psql(self, server: LocalServer, statement: str | sql.Composable) -> None:
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -316,7 +320,7 @@ class LocalCluster:
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
-                cur.execute(sql)
+                cur.execute(statement)
         finally:
             conn.close()
 

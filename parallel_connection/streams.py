@@ -43,7 +43,7 @@ class ShardStream:
         """Rows read from the server so far (delivered or waiting in memory)."""
         if first_batch is not None:
             self._future = _done(first_batch)
-            if len(first_batch) < batch_size:
+            if len(first_batch) < batch_size or not self.streaming:
                 self._finished = True
 
     @property
@@ -60,16 +60,14 @@ class ShardStream:
 
     def next_batch(self) -> list[Row]:
         """The next batch of rows; an empty list once the shard has no more."""
-        if not self.streaming:
-            if self._finished:
-                return []
-            self._finished = True
-            batch = self._call(self._cursor.fetchall)
-            self.fetched += len(batch)
-            return batch
         if self._future is None:
             if self._finished:
                 return []
+            if not self.streaming:
+                self._finished = True
+                batch = self._call(self._cursor.fetchall)
+                self.fetched += len(batch)
+                return batch
             self._future = self._fanout.submit(self._fetch)
         future, self._future = self._future, None
         try:

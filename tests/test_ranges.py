@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from collections import defaultdict
 
 import psycopg2
+import psycopg2.sql
 import pytest
 from conftest import run_on_all
 
@@ -356,3 +358,36 @@ def test_checkpoint_resumes_only_unfinished_ranges(pdb, tmp_path, ref):
     assert sum(r.resumed for r in second.results) == len(first.results)
     other = pdb.scan_ranges("orders", "id", COUNT_SQL, rows_per_range=250, checkpoint=path, progress=False)
     assert not any(r.resumed for r in other.results), "another job must not reuse these records"
+
+
+def count_where(column, cur, r):
+    cur.execute(
+        psycopg2.sql.SQL("SELECT count({}) FROM orders WHERE id BETWEEN %s AND %s").format(
+            psycopg2.sql.Identifier(column)
+        ),
+        (r.start, r.end),
+    )
+    return {"n": cur.fetchone()[0]}
+
+
+def test_checkpoint_tells_jobs_apart_by_the_values_they_carry(pdb, tmp_path, ref):
+    path = tmp_path / "scan.jsonl"
+    notes = pdb.scan_ranges(
+        "orders", "id", functools.partial(count_where, "note"), rows_per_range=500, checkpoint=path
+    )
+    ids = pdb.scan_ranges(
+        "orders", "id", functools.partial(count_where, "id"), rows_per_range=500, checkpoint=path
+    )
+    assert not any(r.resumed for r in ids.results)
+    assert ids.totals()["n"] == reference_totals(ref)[0]
+    assert notes.totals()["n"] < ids.totals()["n"]
+
+    def make(column):
+        return lambda cur, r: count_where(column, cur, r)
+
+    first = pdb.scan_ranges("orders", "id", make("note"), rows_per_range=500, checkpoint=path)
+    second = pdb.scan_ranges("orders", "id", make("id"), rows_per_range=500, checkpoint=path)
+    again = pdb.scan_ranges("orders", "id", make("id"), rows_per_range=500, checkpoint=path)
+    assert not any(r.resumed for r in first.results + second.results)
+    assert all(r.resumed for r in again.results)
+    assert second.totals() == again.totals() == ids.totals()

@@ -28,7 +28,10 @@ def test_named_cursor_reads_at_most_two_batches_ahead_per_shard(pdb):
         worst = 0
         while cur.fetchone() is not None:
             delivered += 1
-            worst = max(worst, cur.rowcount - delivered)
+            # Rows read from the servers but not yet handed to the caller.
+            read = sum(stream.fetched for stream in cur._streams)
+            worst = max(worst, read - delivered)
+            assert cur.rowcount == delivered
         assert delivered > 10 * itersize * 3
     # One batch being consumed and one in flight per shard, at most.
     assert worst <= 2 * itersize * 3
@@ -71,3 +74,35 @@ def test_named_cursor_needs_a_transaction_like_psycopg2(sample):
         with pytest.raises(psycopg2.ProgrammingError), pdb.cursor(name="nope") as cur:
             cur.execute("SELECT 1")
             cur.fetchall()
+
+
+def test_breaking_out_of_iteration_loses_no_row(pdb, ref):
+    with ref.cursor() as rcur:
+        rcur.execute("SELECT count(*) FROM orders")
+        expected = rcur.fetchone()[0]
+    for name in (None, "brk"):
+        with pdb.cursor(name=name) as cur:
+            cur.itersize = 100
+            cur.execute("SELECT id FROM orders")
+            seen = []
+            for row in cur:
+                seen.append(row)
+                if len(seen) == 10:
+                    break
+            seen += cur.fetchall()
+            assert cur.rownumber == expected
+        assert len(seen) == len({r[0] for r in seen}) == expected
+    pdb.rollback()
+
+
+def test_a_failed_fetch_fails_again_instead_of_looking_finished(pdb, sample):
+    port = int(psycopg2.extensions.parse_dsn(sample.shard_dsns[1])["port"])
+    sql = "SELECT 1 / (g - 50 * (current_setting('port')::int = %s)::int) FROM generate_series(1, 100) g"
+    with pdb.cursor(name="failing") as cur:
+        cur.itersize = 10
+        cur.execute(sql, (port,))
+        with pytest.raises(psycopg2.errors.DivisionByZero):
+            cur.fetchall()
+        with pytest.raises(psycopg2.errors.DivisionByZero):
+            cur.fetchone()
+    pdb.rollback()

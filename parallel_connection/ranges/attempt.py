@@ -15,6 +15,7 @@ import psycopg2.extensions
 import psycopg2.extras
 import psycopg2.pool
 
+from ..cancel import broken
 from .spec import IdRange, Work
 
 __all__ = ["Outcome", "is_transient", "run_range", "run_with_retries"]
@@ -61,13 +62,6 @@ def is_transient(exc: BaseException, conn: Any = None) -> bool:
     if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
         return conn is None or broken(conn)
     return False
-
-
-def broken(conn: Any) -> bool:
-    """True when ``conn`` can no longer be used (closed, or its server gone)."""
-    return bool(conn.closed) or (
-        conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
-    )
 
 
 def run_range(

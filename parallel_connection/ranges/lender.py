@@ -16,7 +16,7 @@ from typing import Any
 import psycopg2
 import psycopg2.pool
 
-from .attempt import broken
+from ..cancel import broken, cancel_all, sever
 
 __all__ = ["Lender", "pool_capacity"]
 
@@ -52,18 +52,28 @@ class Lender:
         with self._lock:
             if self._idle[shard]:
                 conn = self._idle[shard].pop()
-            elif self._pools is None or self._caps[shard] == 0:
+                self._busy.add(conn)
+                return conn
+            if self._pools is None or self._caps[shard] == 0:
                 conn = self._lend_own(shard)
-            else:
-                if self._held[shard] >= self._caps[shard]:
-                    raise psycopg2.pool.PoolError(f"shard {shard}: no free connection (scheduler bug)")
-                if sum(self._held) >= self._limit:
-                    self._drop_idle_elsewhere(shard)
-                conn = self._pools[shard].getconn()
-                self._held[shard] += 1
-                self.opened += 1
+                self._busy.add(conn)
+                return conn
+            if self._held[shard] >= self._caps[shard]:
+                raise psycopg2.pool.PoolError(f"shard {shard}: no free connection (scheduler bug)")
+            if sum(self._held) >= self._limit:
+                self._drop_idle_elsewhere(shard)
+            self._held[shard] += 1
+        # Connecting happens outside the lock: a shard slow to answer holds up no other shard.
+        try:
+            conn = self._pools[shard].getconn()
+        except BaseException:
+            with self._lock:
+                self._held[shard] -= 1
+            raise
+        with self._lock:
+            self.opened += 1
             self._busy.add(conn)
-            return conn
+        return conn
 
     def give_back(self, shard: int, conn: Any, discard: bool) -> None:
         """Make ``conn`` idle again, or (``discard``, or broken) close it and free its slot."""
@@ -77,14 +87,18 @@ class Lender:
             else:
                 self._idle[shard].append(conn)
 
-    def cancel_running(self) -> None:
+    def cancel_running(self, timeout: float = 1.0) -> None:
         """Cancel the statement of every connection lent out now."""
         with self._lock:
             busy = list(self._busy)
+        cancel_all(busy, timeout)
+
+    def sever_running(self) -> None:
+        """Cut the connections of ranges that ignored their cancel, so their threads return."""
+        with self._lock:
+            busy = list(self._busy)
         for conn in busy:
-            with contextlib.suppress(Exception):
-                if not conn.closed:
-                    conn.cancel()
+            sever(conn)
 
     def close(self) -> None:
         """Give every borrowed connection back to its pool; restore the own connections' settings."""

@@ -44,6 +44,10 @@ class ShardPlan:
     hi: int | None = None
 
 
+MAX_WIDTH_RANGES = 1_000_000
+"""More ranges than this on one shard means sparse ids (an outlier): refuse rather than stall."""
+
+
 def plan_shard(cur: Any, target: Target, options: ScanOptions) -> ShardPlan:
     """Check ``target`` on this shard, then bound and split its ids (raises before any work)."""
     check_target(cur, target)
@@ -59,6 +63,13 @@ def plan_shard(cur: Any, target: Target, options: ScanOptions) -> ShardPlan:
     if lo is None:
         return ShardPlan([], nulls)
     if options.split == "width":
+        ranges = (hi - lo) // options.rows_per_range + 1
+        if ranges > MAX_WIDTH_RANGES:
+            raise psycopg2.ProgrammingError(
+                f"ids run from {lo} to {hi}: split='width' with rows_per_range={options.rows_per_range} "
+                f"would make {ranges:,} ranges; use split='rows' (ranges of about that many rows, "
+                "whatever gaps the ids have) or a larger rows_per_range"
+            )
         return ShardPlan(split_width(lo, hi, options.rows_per_range), nulls, lo, hi)
     cur.execute(sql.SQL("SELECT count({c}) FROM {t} WHERE {w}").format(c=c, t=t, w=where))
     (count,) = cur.fetchone()

@@ -18,7 +18,8 @@ from typing import Any
 
 import psycopg2
 
-from .attempt import Outcome, broken, run_range, run_with_retries
+from ..cancel import broken
+from .attempt import Outcome, run_range, run_with_retries
 from .spec import IdRange, Work
 
 __all__ = ["RemoteJob", "close_worker_connections", "run_remote"]
@@ -83,9 +84,18 @@ def run_remote(job: RemoteJob) -> Outcome:
         try:
             pickle.dumps(outcome.error)
         except Exception:
-            outcome.error = RuntimeError(f"{type(outcome.error).__name__}: {outcome.error}")
+            outcome.error = _picklable(outcome.error)
         outcome.error.__traceback__ = None
     return outcome
+
+
+def _picklable(error: BaseException) -> BaseException:
+    """``error`` as something that can travel back from a worker, keeping its DB-API class."""
+    if isinstance(error, psycopg2.Error):
+        copy = type(error)(str(error))
+        copy.__setstate__({"pgcode": error.pgcode, "pgerror": error.pgerror})
+        return copy
+    return RuntimeError(f"{type(error).__name__}: {error}")
 
 
 def close_worker_connections() -> None:

@@ -33,6 +33,8 @@ __all__ = ["Scan"]
 POLL = 0.2
 """Seconds between checks of the running ranges (keeps Ctrl-C responsive)."""
 REMOTE_GRACE = 2.0
+LOCAL_GRACE = 1.0
+"""Seconds Ctrl-C waits for cancelled local ranges, before cutting their connections."""
 """Seconds to wait, after Ctrl-C, for ranges running on an executor to report."""
 
 
@@ -215,9 +217,13 @@ class Scan:
                 lender.cancel_running()
             for future in running:
                 future.cancel()
-            grace = None if lender is not None else REMOTE_GRACE
+            grace = LOCAL_GRACE if lender is not None else REMOTE_GRACE
             with contextlib.suppress(KeyboardInterrupt):
                 wait(running, timeout=grace)
+                if lender is not None and not all(f.done() for f in running):
+                    # Ranges that ignored their cancel: cut their connections.
+                    lender.sever_running()
+                    wait(running, timeout=grace)
             for future, r in list(running.items()):
                 if future.done() and not future.cancelled():
                     settle(future, r)
@@ -227,7 +233,7 @@ class Scan:
         finally:
             report.pending.extend(queue.drain())
             if pool is not None:
-                pool.shutdown(wait=True)
+                pool.shutdown(wait=not report.interrupted, cancel_futures=True)
             if lender is not None:
                 lender.close()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
+import pickle
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -91,18 +93,50 @@ class Work:
 
     def identity(self) -> str:
         """A fingerprint that changes when the job changes (keys checkpoint records)."""
-        if self.sql is not None:
-            text = "sql:" + self.sql
-        else:
-            fn = self.fn
-            name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
-            try:
-                body = inspect.getsource(fn)  # type: ignore[arg-type]
-            except (OSError, TypeError):
-                code = getattr(fn, "__code__", None)
-                body = repr((code.co_code, code.co_consts)) if code is not None else ""
-            text = f"fn:{name}:{body}"
+        text = "sql:" + self.sql if self.sql is not None else "fn:" + _fingerprint(self.fn)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _fingerprint(fn: Any) -> str:
+    """What makes a callable the job it is: its code and every value it carries.
+
+    A value that can't be pickled is taken by ``repr``; one that shows only a
+    memory address then changes every run, so such a job never resumes from
+    a checkpoint rather than resuming a different job's results.
+    """
+    if isinstance(fn, functools.partial):
+        return f"partial({_fingerprint(fn.func)}, {_value(fn.args)}, {_value(fn.keywords)})"
+    if inspect.ismethod(fn):
+        return f"method({_fingerprint(fn.__func__)}, {_value(fn.__self__)})"
+    target = fn if inspect.isfunction(fn) else type(fn)
+    name = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', '?')}"
+    try:
+        body = inspect.getsource(target)
+    except (OSError, TypeError):
+        code = getattr(target, "__code__", None)
+        body = repr((code.co_code, code.co_consts)) if code is not None else ""
+    carried: list[Any] = []
+    if inspect.isfunction(fn):
+        carried += [fn.__defaults__, fn.__kwdefaults__]
+        carried += [cell.cell_contents for cell in fn.__closure__ or () if _filled(cell)]
+    else:
+        carried.append(getattr(fn, "__dict__", None))
+    return f"{name}:{body}:{_value(carried)}"
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:
+        return False
+    return True
+
+
+def _value(value: Any) -> str:
+    try:
+        return pickle.dumps(value, protocol=4).hex()
+    except Exception:
+        return repr(value)
 
 
 @dataclass(frozen=True)
