@@ -488,6 +488,7 @@ def test_scan_of_an_update_prints_its_rowcount(sample):
     run_on_all(
         sample.shard_dsns, "CREATE TABLE cli_scan_copy AS SELECT id, NULL::numeric AS gross FROM orders"
     )
+    run_on_all(sample.shard_dsns, "INSERT INTO cli_scan_copy VALUES (NULL, NULL)")
     try:
         backfill = (
             "UPDATE cli_scan_copy SET gross = 1 WHERE id BETWEEN %(start)s AND %(end)s AND gross IS NULL"
@@ -498,6 +499,8 @@ def test_scan_of_an_update_prints_its_rowcount(sample):
         assert first.returncode == 0, first.stderr
         assert first.stdout == "rowcount\n3000\n"
         assert "warning: cli_scan_copy.id leads no index" in first.stderr
+        assert ", 3 rows with a NULL id not scanned (" in first.stderr
+        assert "NULL" not in first.stderr.replace("rows with a NULL id not scanned", "")  # said once
         again = run(["scan", "cli_scan_copy", "id", backfill], dsns=sample.shard_dsns)
         assert again.stdout == "rowcount\n0\n"
     finally:
