@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from parallel_connection.local import LocalCluster
+
 DEMO = [sys.executable, "-m", "parallel_connection.demo"]
 MATCH = "  -> matches the single-database answer"
 PLANNER = importlib.util.find_spec("parallel_connection.plan") is not None
@@ -42,23 +44,36 @@ def demo_env(folder: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def folder() -> Iterator[Path]:
+def scratch_folder() -> Path:
     path = Path(tempfile.mkdtemp(prefix="parallel_connection_demo_"))
     path.chmod(0o755)
+    return path
+
+
+def clean_up(folder: Path) -> None:
+    """Stop any server a failed test left under ``folder``, then delete it."""
+    for state in folder.glob("*/cluster.json"):
+        LocalCluster.attach(state.parent).stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def folder() -> Iterator[Path]:
+    path = scratch_folder()
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    clean_up(path)
 
 
 @pytest.fixture(scope="module")
 def demo() -> Iterator[DemoRun]:
-    path = Path(tempfile.mkdtemp(prefix="parallel_connection_demo_"))
-    path.chmod(0o755)
-    ran = subprocess.run(
-        [*DEMO, "--orders", "20000"], env=demo_env(path), capture_output=True, text=True, timeout=300
-    )
-    yield DemoRun(ran.returncode, ran.stdout, ran.stderr, path)
-    shutil.rmtree(path, ignore_errors=True)
+    path = scratch_folder()
+    try:
+        ran = subprocess.run(
+            [*DEMO, "--orders", "20000"], env=demo_env(path), capture_output=True, text=True, timeout=300
+        )
+        yield DemoRun(ran.returncode, ran.stdout, ran.stderr, path)
+    finally:
+        clean_up(path)
 
 
 def servers_under(folder: Path) -> list[str]:
