@@ -7,6 +7,7 @@ last DSN is the reference server) to use servers of your own instead.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,6 +28,10 @@ class Servers:
     cluster: LocalCluster | None
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 @pytest.fixture(scope="session")
 def servers() -> Iterator[Servers]:
     given = os.environ.get("PARALLEL_CONNECTION_TEST_DSNS")
@@ -36,6 +41,8 @@ def servers() -> Iterator[Servers]:
             raise pytest.UsageError("PARALLEL_CONNECTION_TEST_DSNS needs shard DSNs and a reference DSN")
         yield Servers(dsns[:-1], dsns[-1], None)
         return
+    # A run stopped with SIGTERM (a CI timeout, `timeout`) still stops its servers.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with LocalCluster(3, reference=True) as cluster:
         assert cluster.reference_dsn is not None
         yield Servers(cluster.shard_dsns, cluster.reference_dsn, cluster)
