@@ -12,7 +12,10 @@ import psycopg2.pool
 
 from .cursor import ParallelCursor
 from .errors import NotSupportedError, ShardInfo, dsn_secrets, shard_error
+from .facts import lookup_facts
 from .fanout import FanOut
+from .plan import ShardFacts
+from .rows import rebuildable
 
 __all__ = ["ParallelConnection", "connect"]
 
@@ -62,6 +65,7 @@ class ParallelConnection:
         for conn in self._connections:
             self._secrets |= dsn_secrets(None, [_password_of(conn)])
         self._fanout = FanOut(self._shards, self._cancel_shard, self._secrets, max_workers)
+        self._facts: ShardFacts | None = None
         self.statement_timeout = statement_timeout
         if statement_timeout is not None:
             self._set_statement_timeout(statement_timeout)
@@ -108,6 +112,11 @@ class ParallelConnection:
         self._check_open()
         if merge not in MERGE_MODES:
             raise psycopg2.ProgrammingError(f"merge must be one of {MERGE_MODES}, not {merge!r}")
+        factory = kwargs.get("cursor_factory") or self._connections[0].cursor_factory
+        # A merging cursor's shards return tuples; merged rows are rebuilt in the user's row type.
+        tuples = merge == "auto" and len(self._connections) > 1 and rebuildable(factory)
+        if tuples:
+            kwargs = {**kwargs, "cursor_factory": psycopg2.extensions.cursor}
         shard_cursors = []
         try:
             for conn in self._connections:
@@ -116,7 +125,13 @@ class ParallelConnection:
             for cur in shard_cursors:
                 cur.close()
             raise shard_error(exc, self._shards[len(shard_cursors)], self._secrets) from None
-        return ParallelCursor(self, shard_cursors, name=name, merge=merge)
+        return ParallelCursor(self, shard_cursors, name=name, merge=merge, row_factory=factory, tuples=tuples)
+
+    def _shard_facts(self) -> ShardFacts:
+        """The shards' collation and aggregate names, looked up on first use."""
+        if self._facts is None:
+            self._facts = lookup_facts(self._fanout, self._connections)
+        return self._facts
 
     # -- transactions and session -------------------------------------------
 

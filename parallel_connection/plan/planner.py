@@ -1,0 +1,57 @@
+"""Statement -> Plan, parsed once per statement template and cached."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import pglast
+from pglast import ast
+
+from .model import Plan, ShardFacts
+from .params import Template, shard_vars, to_pyformat, to_template
+from .select import plan_select, reads_tables
+from .syntax import deparse
+
+__all__ = ["CACHE_SIZE", "plan_statement"]
+
+CACHE_SIZE = 512
+
+
+def plan_statement(query: str, vars: Any, facts: ShardFacts) -> tuple[Plan, Any] | None:
+    """The plan for ``query`` and the parameters to send with ``plan.sql``.
+
+    None when the parameters can only be understood by rendering them into
+    the statement (``mogrify`` it, then plan the result without parameters).
+    """
+    template = to_template(query, vars)
+    if template is None:
+        return None
+    plan = _plan(template, facts)
+    return plan, shard_vars(template, vars)
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def _plan(template: Template, facts: ShardFacts) -> Plan:
+    try:
+        statements = pglast.parse_sql(template.text)
+    except pglast.parser.ParseError:
+        return Plan("union")  # the shards report the syntax error themselves
+    selects = [s.stmt for s in statements if isinstance(s.stmt, ast.SelectStmt)]
+    if not selects:
+        return Plan("union")
+    if len(statements) > 1:
+        for stmt in selects:
+            if reads_tables(stmt) and plan_select(stmt, facts.aggregates) is not None:
+                from .refusals import refuse
+
+                raise refuse("several statements in one execute() with a SELECT to merge")
+        return Plan("union")
+    stmt = selects[0]
+    if not reads_tables(stmt):
+        return Plan("first")
+    planned = plan_select(stmt, facts.aggregates)
+    if planned is None:
+        return Plan("union")
+    shard, client = planned
+    return Plan("merge", to_pyformat(deparse(shard), template.names), client, template.names)
