@@ -117,6 +117,8 @@ class ParallelConnection:
         tuples = merge == "auto" and len(self._connections) > 1 and rebuildable(factory)
         if tuples:
             kwargs = {**kwargs, "cursor_factory": psycopg2.extensions.cursor}
+        if merge == "auto" and len(self._connections) > 1:
+            self._shard_facts()  # now: a named cursor must not see the lookup's transaction end
         shard_cursors = []
         try:
             for conn in self._connections:
