@@ -292,7 +292,8 @@ class ParallelCursor:
         if self._name is not None:
             self._rows = _Rows(merge(self._streams), maker)
             return
-        rows = [row for batch in merge(self._streams) for row in batch]
+        batches = list(merge(self._streams))
+        rows = batches[0] if len(batches) == 1 else [row for batch in batches for row in batch]
         self._rowcount = len(rows)
         self._statusmessage = f"SELECT {len(rows)}"
         self._rows = _Rows(iter([rows]), maker)

@@ -67,7 +67,10 @@ def build_merge(
             key, reverse = row_key(client.order, types)
             rows = itertools.chain.from_iterable(ordered(streams, key, reverse, batch_size))
         elif client.order:
-            everything = [r for s in streams for r in s.rows()]
+            everything: list[Row] = []
+            for stream in streams:
+                for batch in stream:
+                    everything.extend(batch)
             fast_sort(everything, client.order, types)
             rows = everything
         else:
@@ -84,9 +87,8 @@ def build_merge(
 
 
 def _batches(rows: Iterable[Row], width: int | None, size: int) -> Iterator[list[Row]]:
-    if isinstance(rows, list) and width is None:
-        for start in range(0, len(rows), size):
-            yield rows[start : start + size]
+    if isinstance(rows, list):
+        yield rows if width is None else [row[:width] for row in rows]
         return
     iterator = iter(rows)
     while True:
