@@ -146,3 +146,15 @@ def test_statements_other_than_select_fan_out_unchanged():
         "CREATE TABLE x (a int)",
     ):
         assert plan(sql)[0].mode == "union"
+
+
+def test_statements_that_cannot_be_queries_are_not_parsed():
+    before = _plan.cache_info()
+    big = "INSERT INTO orders (id) VALUES " + ", ".join(f"({i})" for i in range(20000))
+    p, vars = plan_statement(big, None, FACTS)
+    assert p.mode == "union" and vars is None
+    assert _plan.cache_info().misses == before.misses
+    assert (
+        plan_statement("/* report */ -- daily\n SELECT id FROM orders ORDER BY id", None, FACTS)[0].mode
+        == "merge"
+    )

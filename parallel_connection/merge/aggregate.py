@@ -25,6 +25,7 @@ from .values import (
     check_order,
     equality_key,
     row_key,
+    type_name,
 )
 
 __all__ = ["Combiner"]
@@ -101,13 +102,13 @@ class Combiner:
         if kind == "count_distinct":
             element = ARRAY_ELEMENT.get(first_type)
             if element is None:
-                raise refuse(f"count(DISTINCT ...) on a column of type array type {first_type}")
+                raise refuse(f"count(DISTINCT ...) on values of type {type_name(first_type)}")
             check_equality(element, "count(DISTINCT ...)")
             norm = _normal(element)
             return _Aggregate(_union(norm), lambda s: len(s), set)
         if kind == "sum":
             if first_type not in SUMMABLE:
-                raise refuse(f"sum() over type {first_type}")
+                raise refuse(f"sum() over type {type_name(first_type)}")
             return _Aggregate(_add, _sum_final(first_type), lambda: None)
         if kind in ("min", "max"):
             check_order(first_type, text_order_c, f"{kind}()")
@@ -120,7 +121,9 @@ class Combiner:
                 return _Aggregate(_pairwise, lambda s: numeric.avg(s[0], s[1]) if s else None, lambda: None)
             if sum_type == FLOAT8:
                 return _Aggregate(_pairwise, lambda s: s[1] / s[0] if s and s[0] else None, lambda: None)
-            raise refuse(f"avg() over type {sum_type} (cast the argument to double precision or numeric)")
+            raise refuse(
+                f"avg() whose sum is {type_name(sum_type)} (cast the argument to double precision or numeric)"
+            )
         if kind == "var":
             sum_type = types[cols[1]]
             variant = partial.variant

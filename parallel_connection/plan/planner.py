@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -24,11 +25,24 @@ def plan_statement(query: str, vars: Any, facts: ShardFacts) -> tuple[Plan, Any]
     None when the parameters can only be understood by rendering them into
     the statement (``mogrify`` it, then plan the result without parameters).
     """
+    if not _may_be_query(query):
+        return Plan("union"), vars
     template = to_template(query, vars)
     if template is None:
         return None
     plan = _plan(template, facts)
     return plan, shard_vars(template, vars)
+
+
+_LEADING_COMMENTS = re.compile(r"\s*(?:(?:--[^\n]*\n?|/\*.*?\*/)\s*)*", re.DOTALL)
+_QUERY_WORDS = ("select", "with", "values", "table", "(")
+
+
+def _may_be_query(query: str) -> bool:
+    """False for statements that are surely not queries (INSERT, COPY, DDL...): they are never parsed."""
+    start = _LEADING_COMMENTS.match(query)
+    head = query[start.end() if start else 0 :][:6].lower()
+    return head.startswith(_QUERY_WORDS)
 
 
 @lru_cache(maxsize=CACHE_SIZE)
