@@ -172,3 +172,23 @@ def test_generated_aggregate_queries_match_one_database(pdb, conns, table, queri
     refused: list[str] = []
     run(pdb, conns, table, queries, refused)
     assert not refused, refused
+
+
+NUMERIC_SQL = (
+    "SELECT g, avg(x), avg(y), sum(y), var_samp(y), stddev(x), var_pop(x), stddev_pop(y), variance(x) "
+    "FROM mt GROUP BY g ORDER BY g"
+)
+
+
+@settings(SETTINGS, max_examples=30)
+@given(table=tables())
+def test_integer_and_numeric_aggregates_have_exactly_postgresqls_digits(pdb, conns, table):
+    pdb.rollback()
+    load(*conns, *table)
+    cur = pdb.cursor()
+    cur.execute(NUMERIC_SQL)
+    got = [tuple(map(str, row)) for row in cur.fetchall()]
+    with conns[1].cursor() as rcur:
+        rcur.execute(NUMERIC_SQL)
+        want = [tuple(map(str, row)) for row in rcur.fetchall()]
+    assert got == want
