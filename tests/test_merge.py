@@ -405,3 +405,20 @@ def test_float_nan_and_infinity_sort_like_postgresql(pdb, spread):
     got, want, _ = both(pdb, spread[1], "SELECT f FROM mt ORDER BY f DESC")
     assert [repr(v) for (v,) in got] == [repr(v) for (v,) in want]
     assert math.isnan(got[1][0])
+
+
+def test_a_column_collation_the_merge_cannot_reproduce_is_refused(pdb, conns):
+    words = [["a", "B"], ["b"], ["A"]]
+    for conn, rows in [*zip(conns[0], words, strict=True), (conns[1], sum(words, []))]:
+        with conn.cursor() as cur:
+            cur.execute('DROP TABLE IF EXISTS ci; CREATE TABLE ci (s text COLLATE "und-x-icu")')
+            psycopg2.extras.execute_values(cur, "INSERT INTO ci VALUES %s", [(w,) for w in rows])
+        conn.commit()
+    for name in (None, "ci_stream"):
+        cur = pdb.cursor(name) if name else pdb.cursor()
+        with pytest.raises(NotSupportedError, match='COLLATE "C"'):
+            cur.execute("SELECT s FROM ci ORDER BY s")
+            cur.fetchall()
+        pdb.rollback()
+    got, want, _ = both(pdb, conns[1], 'SELECT s FROM ci ORDER BY s COLLATE "C"')
+    assert got == want

@@ -15,10 +15,10 @@ from typing import Any
 from ..plan.model import ClientPlan
 from ..streams import ShardStream
 from .aggregate import Combiner
-from .ordered import ordered
+from .ordered import check_sorted, ordered
 from .rowops import bind, distinct, distinct_on, having, offset_limit
 from .union import union
-from .values import check_equality, check_order, fast_sort, row_key
+from .values import COLLATED, check_equality, check_order, fast_sort, row_key
 
 __all__ = ["Merge", "build_merge"]
 
@@ -53,6 +53,9 @@ def build_merge(
             check_equality(types[column], "DISTINCT")
     for column in client.distinct_on:
         check_equality(types[column], "DISTINCT ON")
+    # Text order depends on collations the database-level check may miss (a column's own
+    # COLLATE): check that every shard's rows come in the order the merge reproduces.
+    check_runs = any(types[k.column] in COLLATED and not k.collate_c for k in client.order)
 
     def merge(streams: Sequence[ShardStream]) -> Iterator[list[Row]]:
         rows: Iterable[Row]
@@ -65,12 +68,15 @@ def build_merge(
             rows = groups
         elif client.order and streaming:
             key, reverse = row_key(client.order, types)
-            rows = itertools.chain.from_iterable(ordered(streams, key, reverse, batch_size))
+            rows = itertools.chain.from_iterable(ordered(streams, key, reverse, batch_size, check=check_runs))
         elif client.order:
             everything: list[Row] = []
             for stream in streams:
+                start = len(everything)
                 for batch in stream:
                     everything.extend(batch)
+                if check_runs:
+                    check_sorted(everything[start:], *row_key(client.order, types), stream.index)
             fast_sort(everything, client.order, types)
             rows = everything
         else:
