@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import psycopg2
@@ -66,6 +67,7 @@ class ParallelConnection:
             self._secrets |= dsn_secrets(None, [_password_of(conn)])
         self._fanout = FanOut(self._shards, self._cancel_shard, self._secrets, max_workers)
         self._facts: ShardFacts | None = None
+        self._replicated: frozenset[str] = frozenset()
         self.statement_timeout = statement_timeout
         if statement_timeout is not None:
             self._set_statement_timeout(statement_timeout)
@@ -132,8 +134,25 @@ class ParallelConnection:
     def _shard_facts(self) -> ShardFacts:
         """The shards' collation and aggregate names, looked up on first use."""
         if self._facts is None:
-            self._facts = lookup_facts(self._fanout, self._connections)
+            facts = lookup_facts(self._fanout, self._connections)
+            self._facts = replace(facts, replicated=frozenset(self._replicated))
         return self._facts
+
+    @property
+    def replicated_tables(self) -> frozenset[str]:
+        """Tables copied whole to every shard (``name`` or ``schema.name``).
+
+        A SELECT reading only these tables is answered by one shard instead of
+        once per shard. Empty by default: the library cannot know which tables
+        are copied, and treats every table as sharded.
+        """
+        return frozenset(self._replicated)
+
+    @replicated_tables.setter
+    def replicated_tables(self, tables: Iterable[str]) -> None:
+        self._replicated = frozenset(tables)
+        if self._facts is not None:
+            self._facts = replace(self._facts, replicated=self._replicated)
 
     # -- transactions and session -------------------------------------------
 

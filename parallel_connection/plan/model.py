@@ -31,6 +31,8 @@ class ShardFacts:
     """Every shard orders text by code point (its database collation is C or POSIX)."""
     aggregates: frozenset[str] = frozenset()
     """Names of every aggregate function the shards know (built-in and user-defined)."""
+    replicated: frozenset[str] = frozenset()
+    """Tables the user says are copied whole to every shard (``name`` or ``schema.name``)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,8 @@ class Plan:
 
     ``mode`` is ``union`` (run unchanged, concatenate), ``first`` (run
     unchanged on every shard, return the first shard's rows: the statement
-    reads no table) or ``merge`` (run ``sql`` and merge as ``client`` says).
+    reads no table, or only tables copied to every shard) or ``merge`` (run
+    ``sql`` and merge as ``client`` says).
     In ``sql`` the parameters are ``%(name)s`` placeholders: see ``params``.
     """
 

@@ -11,7 +11,7 @@ from pglast import ast
 
 from .model import Plan, ShardFacts
 from .params import Template, shard_vars, to_pyformat, to_template
-from .select import plan_select, reads_tables
+from .select import plan_select, tables_read
 from .syntax import deparse
 
 __all__ = ["CACHE_SIZE", "plan_statement"]
@@ -56,16 +56,24 @@ def _plan(template: Template, facts: ShardFacts) -> Plan:
         return Plan("union")
     if len(statements) > 1:
         for stmt in selects:
-            if reads_tables(stmt) and plan_select(stmt, facts.aggregates) is not None:
+            if _sharded(stmt, facts) and plan_select(stmt, facts.aggregates) is not None:
                 from .refusals import refuse
 
                 raise refuse("several statements in one execute() with a SELECT to merge")
         return Plan("union")
     stmt = selects[0]
-    if not reads_tables(stmt):
+    if not _sharded(stmt, facts):
         return Plan("first")
     planned = plan_select(stmt, facts.aggregates)
     if planned is None:
         return Plan("union")
     shard, client = planned
     return Plan("merge", to_pyformat(deparse(shard), template.names), client, template.names)
+
+
+def _sharded(stmt: ast.SelectStmt, facts: ShardFacts) -> bool:
+    """True when the statement reads a table that is not copied to every shard."""
+    return any(
+        name not in facts.replicated and f"{schema}.{name}" not in facts.replicated
+        for schema, name in tables_read(stmt)
+    )

@@ -13,21 +13,22 @@ from .ordering import limit_value, resolve_reference, sort_key
 from .refusals import check_nested, check_top, refuse
 from .syntax import copy_node, walk
 
-__all__ = ["plan_select", "reads_tables"]
+__all__ = ["plan_select", "tables_read"]
 
 
-def reads_tables(stmt: ast.Node) -> bool:
-    """True when the statement reads a table or view anywhere (CTE names aside)."""
+def tables_read(stmt: ast.Node) -> list[tuple[str | None, str]]:
+    """(schema, name) of every table or view the statement reads (CTE names aside)."""
     ctes = {
         cte.ctename
         for node in walk(stmt, into_selects=True)
         if isinstance(node, ast.WithClause)
         for cte in node.ctes
     }
-    return any(
-        isinstance(node, ast.RangeVar) and (node.schemaname or node.relname not in ctes)
+    return [
+        (node.schemaname, node.relname)
         for node in walk(stmt, into_selects=True)
-    )
+        if isinstance(node, ast.RangeVar) and (node.schemaname or node.relname not in ctes)
+    ]
 
 
 def plan_select(stmt: ast.SelectStmt, aggregates: frozenset[str]) -> tuple[ast.SelectStmt, ClientPlan] | None:
