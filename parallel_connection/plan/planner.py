@@ -11,6 +11,7 @@ from pglast import ast
 
 from .model import Plan, ShardFacts
 from .params import Template, shard_vars, to_pyformat, to_template
+from .refusals import refuse
 from .select import plan_select, tables_read
 from .syntax import deparse
 
@@ -57,8 +58,6 @@ def _plan(template: Template, facts: ShardFacts) -> Plan:
     if len(statements) > 1:
         for stmt in selects:
             if _sharded(stmt, facts) and plan_select(stmt, facts.aggregates) is not None:
-                from .refusals import refuse
-
                 raise refuse("several statements in one execute() with a SELECT to merge")
         return Plan("union")
     stmt = selects[0]
