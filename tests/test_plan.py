@@ -158,3 +158,14 @@ def test_statements_that_cannot_be_queries_are_not_parsed():
         plan_statement("/* report */ -- daily\n SELECT id FROM orders ORDER BY id", None, FACTS)[0].mode
         == "merge"
     )
+
+
+def test_subqueries_over_tables_copied_to_every_shard_are_allowed_once_declared():
+    sql = "SELECT id FROM orders WHERE customer_id IN (SELECT max(id) FROM customers GROUP BY country)"
+    with pytest.raises(NotSupportedError):
+        plan(sql)
+    facts = ShardFacts(FACTS.text_order_c, FACTS.aggregates, frozenset({"customers"}))
+    planned = plan_statement(sql, None, facts)
+    assert planned is not None and planned[0].mode == "union"
+    planned = plan_statement("SELECT count(*) FROM public.customers", None, facts)
+    assert planned is not None and planned[0].mode == "first"

@@ -12,7 +12,7 @@ from pglast import ast
 from .model import Plan, ShardFacts
 from .params import Template, shard_vars, to_pyformat, to_template
 from .refusals import refuse
-from .select import plan_select, tables_read
+from .select import plan_select, reads_sharded
 from .syntax import deparse
 
 __all__ = ["CACHE_SIZE", "plan_statement"]
@@ -57,22 +57,16 @@ def _plan(template: Template, facts: ShardFacts) -> Plan:
         return Plan("union")
     if len(statements) > 1:
         for stmt in selects:
-            if _sharded(stmt, facts) and plan_select(stmt, facts.aggregates) is not None:
+            if reads_sharded(stmt, facts.replicated) and plan_select(
+                stmt, facts.aggregates, facts.replicated
+            ):
                 raise refuse("several statements in one execute() with a SELECT to merge")
         return Plan("union")
     stmt = selects[0]
-    if not _sharded(stmt, facts):
+    if not reads_sharded(stmt, facts.replicated):
         return Plan("first")
-    planned = plan_select(stmt, facts.aggregates)
+    planned = plan_select(stmt, facts.aggregates, facts.replicated)
     if planned is None:
         return Plan("union")
     shard, client = planned
     return Plan("merge", to_pyformat(deparse(shard), template.names), client, template.names)
-
-
-def _sharded(stmt: ast.SelectStmt, facts: ShardFacts) -> bool:
-    """True when the statement reads a table that is not copied to every shard."""
-    return any(
-        name not in facts.replicated and f"{schema}.{name}" not in facts.replicated
-        for schema, name in tables_read(stmt)
-    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pglast import ast, enums
 
 from ..errors import NotSupportedError
@@ -43,10 +45,16 @@ def check_top(stmt: ast.SelectStmt, aggregates: frozenset[str]) -> None:
             raise refuse("GROUPING()")
 
 
-def check_nested(stmt: ast.SelectStmt, aggregates: frozenset[str]) -> None:
-    """Refuse subqueries and CTEs whose per-shard answers would not add up."""
+def check_nested(
+    stmt: ast.SelectStmt, aggregates: frozenset[str], whole: Callable[[ast.SelectStmt], bool]
+) -> None:
+    """Refuse subqueries and CTEs whose per-shard answers would not add up.
+
+    A subquery for which ``whole`` is true (it reads only tables copied to
+    every shard) gets the same answer on every shard and is left alone.
+    """
     for node in walk(stmt, into_selects=True):
-        if isinstance(node, ast.SelectStmt) and node is not stmt:
+        if isinstance(node, ast.SelectStmt) and node is not stmt and not whole(node):
             _check_subquery(node, aggregates)
 
 

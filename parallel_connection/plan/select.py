@@ -13,7 +13,7 @@ from .ordering import limit_value, resolve_reference, sort_key
 from .refusals import check_nested, check_top, refuse
 from .syntax import copy_node, walk
 
-__all__ = ["plan_select", "tables_read"]
+__all__ = ["plan_select", "reads_sharded", "tables_read"]
 
 
 def tables_read(stmt: ast.Node) -> list[tuple[str | None, str]]:
@@ -31,10 +31,19 @@ def tables_read(stmt: ast.Node) -> list[tuple[str | None, str]]:
     ]
 
 
-def plan_select(stmt: ast.SelectStmt, aggregates: frozenset[str]) -> tuple[ast.SelectStmt, ClientPlan] | None:
+def reads_sharded(stmt: ast.Node, replicated: frozenset[str]) -> bool:
+    """True when the statement reads a table that is not copied to every shard."""
+    return any(
+        name not in replicated and f"{schema}.{name}" not in replicated for schema, name in tables_read(stmt)
+    )
+
+
+def plan_select(
+    stmt: ast.SelectStmt, aggregates: frozenset[str], replicated: frozenset[str] = frozenset()
+) -> tuple[ast.SelectStmt, ClientPlan] | None:
     """The shard statement and client plan, or None when the plain union is exact."""
     check_top(stmt, aggregates)
-    check_nested(stmt, aggregates)
+    check_nested(stmt, aggregates, lambda sub: not reads_sharded(sub, replicated))
     if uses_aggregates(stmt, aggregates):
         return AggregatePlanner(stmt, aggregates).plan()
     if (
