@@ -122,6 +122,8 @@ def test_group_by_position_and_output_name_become_expressions():
         ("SELECT id FROM orders ORDER BY id LIMIT 2 + 3", "LIMIT with an expression"),
         ("SELECT count(*) FROM orders HAVING count(*) IN (1, 2)", "HAVING on an expression over aggregate"),
         ("SELECT sum(DISTINCT amount) FROM orders", "sum(DISTINCT"),
+        ("SELECT DISTINCT status FROM orders GROUP BY status ORDER BY count(*)", "not in the select list"),
+        ("SELECT DISTINCT ON (count(*)) status FROM orders GROUP BY status ORDER BY status", "DISTINCT ON"),
     ],
 )
 def test_refusals_name_the_construct_and_the_escape_hatch(sql, construct):

@@ -91,6 +91,11 @@ class AggregatePlanner:
                 distinct = True
             else:
                 distinct_on = tuple(self._output_for(e, "DISTINCT ON") for e in stmt.distinctClause)
+        # The shards never see these clauses here, so check what PostgreSQL would check.
+        if distinct and any(key.column >= len(self.targets) for key in order):
+            raise refuse("SELECT DISTINCT with an ORDER BY expression that is not in the select list")
+        if distinct_on and order and set(distinct_on) != {k.column for k in order[: len(distinct_on)]}:
+            raise refuse("DISTINCT ON expressions that are not the leading ORDER BY expressions")
         shard = ast.SelectStmt(
             targetList=tuple(self.columns.targets),
             fromClause=stmt.fromClause,
