@@ -17,7 +17,10 @@ from .values import (
     BOOL,
     FLOAT4,
     FLOAT8,
+    INT2,
+    INT4,
     INT8,
+    INTERVAL,
     NUMERIC,
     TEXT,
     VARCHAR,
@@ -30,9 +33,9 @@ from .values import (
 
 __all__ = ["Combiner"]
 
-INT_SUMS = frozenset({INT8, 21, 23})
-SUMMABLE = frozenset({21, 23, INT8, NUMERIC, FLOAT4, FLOAT8, 1186})
+SUMMABLE = frozenset({INT2, INT4, INT8, NUMERIC, FLOAT4, FLOAT8, INTERVAL})
 EXACT_SUMS = frozenset({INT8, NUMERIC})
+"""Sum types of integer and numeric arguments: their avg and variance are exact numerics."""
 
 
 class _Aggregate:
@@ -58,7 +61,7 @@ class Combiner:
         self._key_normalizers = []
         for index in plan.keys:
             check_equality(self.types[index], "GROUP BY")
-            self._key_normalizers.append((index, _normal(self.types[index])))
+            self._key_normalizers.append((index, equality_key(self.types[index])))
         self.aggregates = [
             self._aggregate(p, text_order_c, d) for p, d in zip(plan.partials, delimiters, strict=True)
         ]
@@ -104,7 +107,7 @@ class Combiner:
             if element is None:
                 raise refuse(f"count(DISTINCT ...) on values of type {type_name(first_type)}")
             check_equality(element, "count(DISTINCT ...)")
-            norm = _normal(element)
+            norm = equality_key(element)
             return _Aggregate(_union(norm), lambda s: len(s), set)
         if kind == "sum":
             if first_type not in SUMMABLE:
@@ -149,10 +152,6 @@ class Combiner:
             joiner = "" if delimiter is None else str(delimiter)
             return _Aggregate(_collect, lambda s: joiner.join(s) if s else None, list)
         raise refuse(f"the aggregate {kind}()")
-
-
-def _normal(type_code: int) -> Callable[[Any], Any] | None:
-    return equality_key(type_code)
 
 
 def _renamed(column: Any, name: str) -> Column:
