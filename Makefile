@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test bench demo lint venv clean
+.PHONY: test bench demo lint venv clean docker-init
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+docker-init: $(STAMP)
+	$(PY) -c 'from parallel_connection.sample import init_sql; \
+	[open(f"docker/shard{k}.sql", "w").write(init_sql(k, 3, orders=100_000)) for k in range(3)]'
 
 lint: $(STAMP)
 	$(PY) -m ruff check parallel_connection tests benchmarks

@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg2
 
 import parallel_connection
+from parallel_connection.proxy import TcpProxy
 
 from .common import BenchEnv, best_of, median_of, report
 
@@ -22,6 +23,7 @@ WHERE g %% %(shards)s = %(shard)s;
 
 def run(env: BenchEnv) -> None:
     fanout_latency(env)
+    remote_shards(env)
     union_throughput(env)
 
 
@@ -48,6 +50,37 @@ def fanout_latency(env: BenchEnv) -> None:
         single.close()
         pdb.close()
     report(env, "fan-out latency: pg_sleep(0.05) on 3 shards / on 1 shard", t_fan / t_one, at_most=1.10)
+
+
+def remote_shards(env: BenchEnv) -> None:
+    """Shards behind 10 ms (one way) of network: one fan-out vs asking them one after another."""
+    proxies = [TcpProxy.for_dsn(d, delay=0.010) for d in env.shard_dsns]
+    dsns = [p.dsn(d) for p, d in zip(proxies, env.shard_dsns, strict=True)]
+    sql = "SELECT count(*) FROM pg_class"
+    raw = [psycopg2.connect(d) for d in dsns]
+    pdb = parallel_connection.connect(dsns)
+    try:
+
+        def sequential() -> None:
+            for conn in raw:
+                with conn.cursor() as cur:
+                    cur.execute(sql)
+                    cur.fetchall()
+
+        def parallel() -> None:
+            with pdb.cursor(merge="union") as cur:
+                cur.execute(sql)
+                cur.fetchall()
+
+        t_seq = median_of(sequential, 11)
+        t_par = median_of(parallel, 11)
+    finally:
+        for conn in raw:
+            conn.close()
+        pdb.close()
+        for proxy in proxies:
+            proxy.close()
+    report(env, "shards 10 ms away: shard-after-shard time / fan-out time", t_seq / t_par)
 
 
 def union_throughput(env: BenchEnv) -> None:

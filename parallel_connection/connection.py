@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
 import psycopg2.pool
 
+from .cancel import broken
 from .cursor import ParallelCursor
 from .errors import NotSupportedError, ShardInfo, dsn_secrets, shard_error
 from .facts import lookup_facts
 from .fanout import FanOut
 from .plan import ShardFacts
 from .rows import rebuildable
+
+if TYPE_CHECKING:
+    from .ranges import ScanReport
 
 __all__ = ["ParallelConnection", "connect"]
 
@@ -65,10 +71,11 @@ class ParallelConnection:
         self._secrets = set(secrets or ())
         for conn in self._connections:
             self._secrets |= dsn_secrets(None, [_password_of(conn)])
-        self._fanout = FanOut(self._shards, self._cancel_shard, self._secrets, max_workers)
+        self._fanout = FanOut(self._shards, self._connections, self._secrets, max_workers)
+        self._statement_timeout = statement_timeout
         self._facts: ShardFacts | None = None
+        self._facts_lock = threading.Lock()
         self._replicated: frozenset[str] = frozenset()
-        self.statement_timeout = statement_timeout
         if statement_timeout is not None:
             self._set_statement_timeout(statement_timeout)
 
@@ -88,6 +95,11 @@ class ParallelConnection:
     def pools(self) -> list[psycopg2.pool.AbstractConnectionPool] | None:
         """The pools this connection owns (from :func:`connect`), else None."""
         return list(self._pools) if self._pools is not None else None
+
+    @property
+    def statement_timeout(self) -> float | None:
+        """The statement timeout (seconds) every shard connection was given, if any."""
+        return self._statement_timeout
 
     @property
     def dsns(self) -> list[str] | None:
@@ -119,8 +131,6 @@ class ParallelConnection:
         tuples = merge == "auto" and len(self._connections) > 1 and rebuildable(factory)
         if tuples:
             kwargs = {**kwargs, "cursor_factory": psycopg2.extensions.cursor}
-        if merge == "auto" and len(self._connections) > 1:
-            self._shard_facts()  # now: a named cursor must not see the lookup's transaction end
         shard_cursors = []
         try:
             for conn in self._connections:
@@ -133,10 +143,11 @@ class ParallelConnection:
 
     def _shard_facts(self) -> ShardFacts:
         """The shards' collation and aggregate names, looked up on first use."""
-        if self._facts is None:
-            facts = lookup_facts(self._fanout, self._connections)
-            self._facts = replace(facts, replicated=frozenset(self._replicated))
-        return self._facts
+        with self._facts_lock:
+            if self._facts is None:
+                facts = lookup_facts(self._fanout, self._connections)
+                self._facts = replace(facts, replicated=frozenset(self._replicated))
+            return self._facts
 
     @property
     def replicated_tables(self) -> frozenset[str]:
@@ -150,9 +161,32 @@ class ParallelConnection:
 
     @replicated_tables.setter
     def replicated_tables(self, tables: Iterable[str]) -> None:
-        self._replicated = frozenset(tables)
-        if self._facts is not None:
-            self._facts = replace(self._facts, replicated=self._replicated)
+        with self._facts_lock:
+            self._replicated = frozenset(tables)
+            if self._facts is not None:
+                self._facts = replace(self._facts, replicated=self._replicated)
+
+    # -- range jobs -----------------------------------------------------------
+
+    def scan_ranges(
+        self, table: str | Sequence[str], id_column: str, work: Any, **options: Any
+    ) -> ScanReport:
+        """Split ``table.id_column`` into ranges on every shard and run ``work`` once per range.
+
+        ``work`` is SQL using ``%(start)s`` and ``%(end)s`` (both included; the
+        value is its rows as dicts, or its rowcount if it returns none) or a
+        callable ``work(cursor, id_range)``. Each range is one transaction,
+        committed when it finishes. Options (all keyword): ``rows_per_range``,
+        ``split`` ("width" or "rows"), ``where`` and ``params`` (trusted SQL
+        filtering the bounds), ``max_parallelism``, ``retries``,
+        ``retry_backoff``, ``progress``, ``checkpoint``, ``snapshot``,
+        ``executor``, ``smoke_test``. Returns a
+        :class:`parallel_connection.ranges.ScanReport`.
+        """
+        from .ranges import scan_ranges
+
+        self._check_open()
+        return scan_ranges(self, table, id_column, work, **options)
 
     # -- transactions and session -------------------------------------------
 
@@ -169,7 +203,7 @@ class ParallelConnection:
     def cancel(self) -> None:
         """Cancel whatever statement each shard is running."""
         self._check_open()
-        self._fanout.run(self._cancel_shard)
+        self._fanout.cancel_all(range(len(self._connections)))
 
     @property
     def autocommit(self) -> bool:
@@ -246,23 +280,31 @@ class ParallelConnection:
             )
         self._shutdown()
         errors = []
-        for shard, conn, pool in zip(self._shards, self._connections, pools, strict=False):
+        for shard, conn, pool in zip(self._shards, self._connections, pools, strict=True):
             try:
-                pool.putconn(conn, close=close or _broken(conn))
+                pool.putconn(conn, close=close or broken(conn))
+            except psycopg2.Error:
+                # Its rollback failed: the connection is no good; free its slot anyway.
+                with contextlib.suppress(Exception):
+                    pool.putconn(conn, close=True)
             except Exception as exc:
                 errors.append(shard_error(exc, shard, self._secrets))
         if errors:
             raise errors[0]
 
     def close(self) -> None:
-        """Close every shard connection (or hand it back to the pools :func:`connect` made)."""
+        """Close every shard connection (or hand it back to the pools :func:`connect` made).
+
+        As the DB-API asks, closing a closed connection raises InterfaceError.
+        """
         if self._closed:
             raise psycopg2.InterfaceError("connection already closed")
         if self._pools is not None:
-            pools = self._pools
-            self.putconn(pools)
-            for pool in pools:
-                pool.closeall()
+            try:
+                self.putconn(self._pools)
+            finally:
+                for pool in self._pools:
+                    pool.closeall()
             return
         self._shutdown()
         for conn in self._connections:
@@ -301,12 +343,8 @@ class ParallelConnection:
 
     def _shutdown(self) -> None:
         self._closed = True
+        self._fanout.release_stuck()
         self._fanout.close()
-
-    def _cancel_shard(self, index: int) -> None:
-        conn = self._connections[index]
-        if not conn.closed:
-            conn.cancel()
 
     def _set_statement_timeout(self, seconds: float) -> None:
         millis = max(1, round(seconds * 1000))
@@ -329,10 +367,18 @@ def _password_of(conn: Any) -> str | None:
         return None
 
 
-def _broken(conn: Any) -> bool:
-    return bool(conn.closed) or (
-        conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
-    )
+def _with_statement_timeout(dsns: list[str], seconds: float, connect_kwargs: dict[str, Any]) -> list[str]:
+    """Add ``-c statement_timeout`` to the libpq options every new connection starts with."""
+    setting = f"-c statement_timeout={max(1, round(seconds * 1000))}"
+    if connect_kwargs.get("options"):
+        connect_kwargs["options"] = f"{connect_kwargs['options']} {setting}"
+        return dsns
+    return [
+        psycopg2.extensions.make_dsn(
+            dsn, options=f"{psycopg2.extensions.parse_dsn(dsn).get('options', '')} {setting}".strip()
+        )
+        for dsn in dsns
+    ]
 
 
 def connect(
@@ -363,6 +409,9 @@ def connect(
         secrets |= dsn_secrets(dsn, [connect_kwargs.get("password")])
     where = {k: v for k, v in connect_kwargs.items() if k in ("host", "port", "dbname")}
     shards = [ShardInfo.from_dsn(i, dsn, **where) for i, dsn in enumerate(dsns)]
+    if statement_timeout is not None:
+        # In the DSNs, so every connection the pools (or range workers) open gets it.
+        dsns = _with_statement_timeout(dsns, statement_timeout, connect_kwargs)
 
     def open_pool(i: int) -> psycopg2.pool.ThreadedConnectionPool:
         try:

@@ -16,7 +16,7 @@ import psycopg2.extensions
 import psycopg2.sql
 
 from .merge.pipeline import build_merge
-from .merge.union import union
+from .merge.union import tagged_union, union
 from .plan import Plan, plan_statement, refuse
 from .rows import RowMaker, row_maker
 from .streams import ShardStream
@@ -31,19 +31,38 @@ Merge = Callable[[Sequence[ShardStream]], Iterator[list[Row]]]
 
 
 class _Rows:
-    """The merged rows, served one, many or all at a time."""
+    """The merged rows, served one, many or all at a time.
 
-    def __init__(self, batches: Iterator[list[Row]], maker: RowMaker | None = None) -> None:
+    A failure while fetching is raised again by every later fetch, so a
+    result that broke half-way never looks like one that ended.
+    """
+
+    def __init__(
+        self, batches: Iterator[list[Row]], on_interrupt: Callable[[], None], maker: RowMaker | None = None
+    ) -> None:
         self._batches = batches if maker is None else ([maker(r) for r in b] for b in batches)
+        self._on_interrupt = on_interrupt
         self._batch: list[Row] = []
         self._pos = 0
-        self.produced = 0
+        self._error: BaseException | None = None
+
+    def _next_batch(self) -> list[Row] | None:
+        if self._error is not None:
+            raise self._error
+        try:
+            return next(self._batches, None)
+        except KeyboardInterrupt as exc:
+            self._error = psycopg2.OperationalError("fetching was interrupted; execute the statement again")
+            self._on_interrupt()
+            raise exc
+        except BaseException as exc:
+            self._error = exc
+            raise
 
     def _refill(self) -> bool:
-        for batch in self._batches:
+        while (batch := self._next_batch()) is not None:
             if batch:
                 self._batch, self._pos = batch, 0
-                self.produced += len(batch)
                 return True
         return False
 
@@ -67,15 +86,18 @@ class _Rows:
     def fetchall(self) -> list[Row]:
         out = self._batch[self._pos :] if self._pos else self._batch
         self._batch, self._pos = [], 0
-        if not isinstance(out, list):
-            out = list(out)
-        for batch in self._batches:
-            self.produced += len(batch)
+        while (batch := self._next_batch()) is not None:
             if out:
                 out.extend(batch)
             else:
-                out = batch if isinstance(batch, list) else list(batch)
+                out = batch
         return out
+
+    def __iter__(self) -> Iterator[Row]:
+        while self._pos < len(self._batch) or self._refill():
+            row = self._batch[self._pos]
+            self._pos += 1
+            yield row
 
 
 class ParallelCursor:
@@ -122,11 +144,9 @@ class ParallelCursor:
 
     @property
     def rowcount(self) -> int:
-        if self._merged and self._name is not None and self._rows is not None:
-            return self._rows.produced
-        if self._name is not None and self._rows is not None and not self._merged:
-            counts = [c.rowcount for c in (self._cursors[:1] if self._first_only else self._cursors)]
-            return -1 if -1 in counts else sum(counts)
+        """Rows the statement produced (summed); for a named cursor, rows fetched so far."""
+        if self._name is not None and self._rows is not None:
+            return self._rownumber
         return self._rowcount
 
     @property
@@ -219,7 +239,10 @@ class ParallelCursor:
         def run(i: int) -> list[Row] | None:
             cur = self._cursors[i]
             cur.execute(query, vars)
-            return cur.fetchmany(batch_size) if streaming else None
+            if streaming:
+                return cur.fetchmany(batch_size)
+            # Converting this shard's rows here overlaps with the shards still running.
+            return cur.fetchall() if cur.description is not None else None
 
         firsts = self._connection._fanout.run(run)
         if plan is None:
@@ -286,17 +309,16 @@ class ParallelCursor:
         maker = row_maker(self._row_factory, self._description) if self._tuples else None
         self._first_only = first_only
         if description is None:
-            self._rows = _Rows(merge(self._streams), maker)
+            self._rows = _Rows(merge(self._streams), self._cancel_fetches, maker)
             return
-        self._merged = True
         if self._name is not None:
-            self._rows = _Rows(merge(self._streams), maker)
+            self._rows = _Rows(merge(self._streams), self._cancel_fetches, maker)
             return
         batches = list(merge(self._streams))
         rows = batches[0] if len(batches) == 1 else [row for batch in batches for row in batch]
         self._rowcount = len(rows)
         self._statusmessage = f"SELECT {len(rows)}"
-        self._rows = _Rows(iter([rows]), maker)
+        self._rows = _Rows(iter([rows]), self._cancel_fetches, maker)
 
     def _agreed_description(self) -> tuple[Any, ...] | None:
         descriptions = [c.description for c in self._cursors]
@@ -331,13 +353,31 @@ class ParallelCursor:
         return rows
 
     def __iter__(self) -> Iterator[Row]:
-        results = self._results()
-        while True:
-            batch = results.fetchmany(self._itersize)
-            if not batch:
-                return
+        for row in self._results():
+            self._rownumber += 1
+            yield row
+
+    def shard_rows(self) -> Iterator[tuple[int, Row]]:
+        """Every row with the index of the shard it came from.
+
+        Only for a ``cursor(merge="union")`` (merged rows have no single
+        shard), and only before the first fetch.
+        """
+        if self._merge_mode != "union":
+            raise psycopg2.ProgrammingError(
+                'shard_rows() needs a cursor(merge="union"): merged rows come from no single shard'
+            )
+        self._results()
+        if self._rownumber:
+            raise psycopg2.ProgrammingError("shard_rows() must come before any fetch")
+        self._rows = _Rows(iter(()), self._cancel_fetches)
+        return self._tagged_rows()
+
+    def _tagged_rows(self) -> Iterator[tuple[int, Row]]:
+        for index, batch in tagged_union(self._streams):
             self._rownumber += len(batch)
-            yield from batch
+            for row in batch:
+                yield index, row
 
     def scroll(self, value: int, mode: str = "relative") -> None:
         raise psycopg2.NotSupportedError("scroll is not supported across shards; fetch the rows instead")
@@ -385,6 +425,12 @@ class ParallelCursor:
         state = "closed" if self.closed else "open"
         return f"<ParallelCursor {state} shards={len(self._cursors)} name={self._name!r}>"
 
+    def _cancel_fetches(self) -> None:
+        """Cancel the background fetches still running (after Ctrl-C)."""
+        busy = [s.index for s in self._streams if not s.ready()]
+        if busy:
+            self._connection._fanout.cancel_all(busy)
+
     def _check_open(self) -> None:
         if self._closed:
             raise psycopg2.InterfaceError("cursor already closed")
@@ -400,7 +446,6 @@ class ParallelCursor:
         self._rowcount = -1
         self._rownumber = 0
         self._statusmessage: str | None = None
-        self._merged = False
         self._first_only = False
 
 
@@ -413,11 +458,17 @@ def _shape(description: Sequence[Any] | None) -> list[tuple[str, int]] | None:
 def _show(description: Sequence[Any] | None) -> str:
     if description is None:
         return "no result set"
-    names = []
-    for col in description:
-        typ = psycopg2.extensions.string_types.get(col.type_code)
-        names.append(f"{col.name} {typ.name.lower() if typ else f'type {col.type_code}'}")
+    names = [f"{c.name} {_TYPE_NAMES.get(c.type_code, f'(type oid {c.type_code})')}" for c in description]
     return "(" + ", ".join(names) + ")"
+
+
+_TYPE_NAMES = {
+    16: "boolean", 17: "bytea", 20: "bigint", 21: "smallint", 23: "integer", 25: "text",
+    114: "json", 700: "real", 701: "double precision", 1007: "integer[]", 1009: "text[]",
+    1016: "bigint[]", 1042: "character", 1043: "character varying", 1082: "date",
+    1083: "time", 1114: "timestamp", 1184: "timestamptz", 1186: "interval", 1700: "numeric",
+    2950: "uuid", 3802: "jsonb",
+}  # fmt: skip
 
 
 def _combined_status(messages: list[str | None], rowcount: int) -> str | None:

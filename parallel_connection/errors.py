@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import psycopg2
 import psycopg2.extensions
@@ -69,8 +70,6 @@ def dsn_secrets(dsn: str | None, extra: Iterable[str | None] = ()) -> set[str]:
         for pattern in (_PASSWORD_URI, _PASSWORD_QUERY):
             for match in pattern.finditer(dsn):
                 found.add(match.group(1))
-                from urllib.parse import unquote
-
                 found.add(unquote(match.group(1)))
     return {s for s in found if s}
 
@@ -91,16 +90,20 @@ def describe_dsn(dsn: str, *, index: int | None = None, **kwargs: Any) -> dict[s
     """
     try:
         params = psycopg2.extensions.parse_dsn(dsn)
+        failure = None
     except psycopg2.ProgrammingError as exc:
+        failure = str(exc).strip()
+    if failure is not None:
+        # Raised outside the except block, so the original (which may quote
+        # the password) is not even kept as __context__.
         reason = _QUOTED.sub(
-            lambda m: f'"{m.group(1)}"' if m.group(1).lower() in _SAFE_WORDS else '"***"',
-            str(exc).strip(),
+            lambda m: f'"{m.group(1)}"' if m.group(1).lower() in _SAFE_WORDS else '"***"', failure
         )
         reason = redact(reason, dsn_secrets(dsn))
         where = f"shard {index}: " if index is not None else ""
         raise psycopg2.ProgrammingError(
             f"{where}{reason} (the DSN itself is not shown; check its quoting and key=value pairs)"
-        ) from None
+        )
     params.update({k: str(v) for k, v in kwargs.items() if v is not None})
     params.pop("password", None)
     return params
@@ -109,8 +112,8 @@ def describe_dsn(dsn: str, *, index: int | None = None, **kwargs: Any) -> dict[s
 def shard_error(exc: BaseException, shard: ShardInfo, secrets: Iterable[str] = ()) -> BaseException:
     """``exc`` re-made as the same class, its message naming ``shard``.
 
-    psycopg2 errors keep ``pgcode`` and ``pgerror``; the original (with its
-    ``diag``) stays reachable as ``__cause__``. Other exceptions get a note.
+    psycopg2 errors keep ``pgcode`` and ``pgerror`` (redacted). The original
+    is not chained: its text may hold a password the new message hides.
     """
     if isinstance(exc, psycopg2.Error):
         message = redact(f"{shard}: {str(exc).strip()}", secrets)
@@ -122,7 +125,6 @@ def shard_error(exc: BaseException, shard: ShardInfo, secrets: Iterable[str] = (
             }
         )
         new.shard = shard  # type: ignore[attr-defined]
-        new.__cause__ = exc
         new.__suppress_context__ = True
         return new
     if hasattr(exc, "add_note"):

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import psycopg2.extensions
-
 from .fanout import FanOut
 from .plan.model import ShardFacts
 
@@ -23,17 +21,15 @@ _C_COLLATIONS = ("C", "POSIX")
 def lookup_facts(fanout: FanOut, connections: Sequence[Any]) -> ShardFacts:
     """Every shard's collation and aggregate names, read in one round trip.
 
-    A connection that was idle outside a transaction is left that way.
+    It runs just before the first statement that needs a plan, in that
+    statement's transaction: ending the transaction here would invalidate
+    named cursors other threads hold.
     """
 
     def read(i: int) -> tuple[dict[str, Any], list[str]]:
-        conn = connections[i]
-        was_idle = conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
-        with conn.cursor() as cur:
+        with connections[i].cursor() as cur:
             cur.execute(_FACTS)
             database, aggregates = cur.fetchone()
-        if was_idle and not conn.autocommit:
-            conn.rollback()
         return database, aggregates or []
 
     answers = fanout.run(read)

@@ -7,12 +7,13 @@ caller waits for a shard that is no longer needed). Ctrl-C does the same.
 
 from __future__ import annotations
 
-import contextlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
+from .cancel import cancel_all, sever
 from .errors import ShardInfo, shard_error
 
 __all__ = ["FanOut"]
@@ -26,7 +27,7 @@ CANCEL_GRACE = 1.0
 class _Call:
     """One fan-out's state: which shards are running, and whether to give up."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.running: set[int] = set()
         self.aborted = False
@@ -38,13 +39,15 @@ class FanOut:
     def __init__(
         self,
         shards: Sequence[ShardInfo],
-        cancel: Callable[[int], None],
+        connections: Sequence[Any],
         secrets: set[str],
         max_workers: int | None = None,
     ) -> None:
         self.shards = list(shards)
-        self._cancel = cancel
+        self._connections = list(connections)
         self._secrets = secrets
+        self._lock = threading.Lock()
+        self._stuck: set[int] = set()
         self._pool = ThreadPoolExecutor(
             max_workers or max(4, 2 * len(shards)), thread_name_prefix="parallel_connection"
         )
@@ -60,7 +63,11 @@ class FanOut:
     def run(self, fn: Callable[[int], T], indexes: Sequence[int] | None = None) -> list[T]:
         """``[fn(i) for i in indexes]``, run at once; the first failure wins."""
         indexes = list(range(len(self.shards))) if indexes is None else list(indexes)
-        state = _Call(len(indexes))
+        if self.stuck() & set(indexes):
+            # A statement that ignored its cancel holds the connection: nothing
+            # else could run on it, so cut it and let the caller see it broken.
+            self.release_stuck()
+        state = _Call()
         futures = {self._pool.submit(self._call, state, fn, i): i for i in indexes}
         pending: set[Future[T]] = set(futures)
         try:
@@ -76,10 +83,27 @@ class FanOut:
             raise
         return [f.result() for f in futures]
 
-    def cancel_all(self, indexes: Sequence[int]) -> None:
-        """Ask each shard to cancel its running statement, without waiting on any."""
-        for index in indexes:
-            threading.Thread(target=self._quiet_cancel, args=(index,), daemon=True).start()
+    def cancel_all(self, indexes: Sequence[int], timeout: float = CANCEL_GRACE) -> None:
+        """Ask each of these shards to cancel its running statement (see :func:`cancel.cancel_all`)."""
+        cancel_all([self._connections[i] for i in indexes], timeout)
+
+    def release_stuck(self, timeout: float = CANCEL_GRACE) -> None:
+        """Cut the connections of shards still stuck in an abandoned statement, and let them end."""
+        for index in self.stuck():
+            sever(self._connections[index])
+        self.wait_unstuck(timeout)
+
+    def stuck(self) -> set[int]:
+        """Shards whose statement was abandoned after a cancel and is still running."""
+        with self._lock:
+            return set(self._stuck)
+
+    def wait_unstuck(self, timeout: float) -> set[int]:
+        """Wait up to ``timeout`` for abandoned statements to end; the shards still stuck."""
+        deadline = time.monotonic() + timeout
+        while (stuck := self.stuck()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return stuck
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -94,18 +118,19 @@ class FanOut:
         finally:
             with state.lock:
                 state.running.discard(index)
+            with self._lock:
+                self._stuck.discard(index)
 
     def _abort(self, state: _Call, pending: set[Future[Any]]) -> None:
+        start = time.monotonic()
         with state.lock:
             state.aborted = True
             running = sorted(state.running)
         self.cancel_all(running)
         if pending:
-            wait(pending, timeout=CANCEL_GRACE)
-
-    def _quiet_cancel(self, index: int) -> None:
-        with contextlib.suppress(Exception):
-            self._cancel(index)
+            wait(pending, timeout=max(0.0, CANCEL_GRACE - (time.monotonic() - start)))
+        with state.lock, self._lock:
+            self._stuck |= state.running
 
 
 class _Skipped(Exception):

@@ -8,6 +8,7 @@ be thrown away: durability settings are off.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import glob
 import json
 import os
@@ -20,7 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["LocalCluster", "LocalServer", "find_bindir"]
+import psycopg2
+import psycopg2.extensions
+from psycopg2 import sql
+
+__all__ = ["SHARDS_DIR_VARIABLE", "LocalCluster", "LocalServer", "default_base_dir", "find_bindir"]
+
+SHARDS_DIR_VARIABLE = "PARALLEL_CONNECTION_SHARDS_DIR"
+"""The environment variable naming the folder ``parallel-connection shards`` uses by default."""
 
 PASSWORD_GROUP = "pc_password_login"
 """Roles in this group must log in with a password (scram); all others are trusted."""
@@ -66,6 +74,23 @@ def find_bindir() -> Path:
     )
 
 
+def default_base_dir() -> Path:
+    """Where ``parallel-connection shards`` keeps its servers unless told otherwise.
+
+    ``$PARALLEL_CONNECTION_SHARDS_DIR``, else a per-user folder in the
+    temporary directory (throwaway data, and reachable by the ``postgres``
+    user when the servers are started by root).
+    """
+    given = os.environ.get(SHARDS_DIR_VARIABLE)
+    if given:
+        return Path(given)
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = str(os.geteuid())
+    return Path(tempfile.gettempdir()) / f"parallel_connection-{user}" / "shards"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,7 +110,9 @@ class LocalServer:
 
     @property
     def dsn(self) -> str:
-        return f"host={self.host} port={self.port} user={self.user} dbname={self.dbname}"
+        return psycopg2.extensions.make_dsn(
+            host=self.host, port=self.port, user=self.user, dbname=self.dbname
+        )
 
 
 class LocalCluster:
@@ -132,6 +159,7 @@ class LocalCluster:
         os.chmod(self.base_dir, 0o755)
         if os.geteuid() == 0:
             shutil.chown(self.base_dir, "postgres", "postgres")
+            self._check_reachable(self.base_dir)
         names = [f"shard{i}" for i in range(self.n_shards)]
         if self.with_reference:
             names.append("reference")
@@ -165,6 +193,26 @@ class LocalCluster:
             else:
                 (self.base_dir / "cluster.json").unlink(missing_ok=True)
 
+    def remove(self) -> None:
+        """Stop every server and delete what :meth:`start` created (and ``base_dir`` if left empty)."""
+        self.stop()
+        if self.base_dir is None or not self.base_dir.exists():
+            return
+        for name in [Path(s.datadir).name for s in self.servers] + ["template"]:
+            shutil.rmtree(self.base_dir / name, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.base_dir.rmdir()
+
+    def running(self) -> bool:
+        """True when every server is running (``pg_ctl status``)."""
+        if self._bindir is None:
+            self._bindir = find_bindir()
+        status = [str(self._bindir / "pg_ctl"), "status", "-D"]
+        return bool(self.servers) and all(
+            subprocess.run(self._as_owner([*status, s.datadir]), capture_output=True).returncode == 0
+            for s in self.servers
+        )
+
     def stop_server(self, index: int, mode: str = "immediate") -> None:
         """Stop one server (for fault tests); ``start_server`` brings it back."""
         self._pg_ctl(["stop", "-m", mode, "-D", self.servers[index].datadir])
@@ -197,6 +245,14 @@ class LocalCluster:
             "servers": [asdict(s) for s in self.servers],
         }
         (self.base_dir / "cluster.json").write_text(json.dumps(state, indent=2))
+
+    def _check_reachable(self, folder: Path) -> None:
+        """Servers started by root run as ``postgres``, which must reach ``folder``."""
+        if subprocess.run(self._as_owner(["test", "-w", str(folder)]), capture_output=True).returncode:
+            raise RuntimeError(
+                f"the postgres user cannot write to {folder} (servers started by root run as "
+                "postgres): choose a folder it can reach, e.g. under /tmp"
+            )
 
     def _as_owner(self, argv: list[str]) -> list[str]:
         if os.geteuid() == 0:
@@ -233,8 +289,8 @@ class LocalCluster:
             ]
         )
         conf = "".join(f"{k} = {v}\n" for k, v in _SETTINGS.items())
-        self._run_as_owner(["sh", "-c", f"cat >> {datadir}/postgresql.conf"], input=conf)
-        self._run_as_owner(["sh", "-c", f"cat > {datadir}/pg_hba.conf"], input=_HBA)
+        self._run_as_owner(["sh", "-c", 'cat >> "$1"', "sh", str(datadir / "postgresql.conf")], input=conf)
+        self._run_as_owner(["sh", "-c", 'cat > "$1"', "sh", str(datadir / "pg_hba.conf")], input=_HBA)
 
     def _start_server(self, server: LocalServer, create_db: bool = True) -> None:
         log = Path(server.datadir) / "server.log"
@@ -242,16 +298,14 @@ class LocalCluster:
             ["start", "-w", "-t", "60", "-D", server.datadir, "-l", str(log), "-o", f"-p {server.port}"]
         )
         if create_db and server.dbname != "postgres":
-            self._psql(server, f'CREATE DATABASE "{server.dbname}"')
+            self._psql(server, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(server.dbname)))
         self._psql(
             server,
             f"DO $$ BEGIN CREATE ROLE {PASSWORD_GROUP} NOLOGIN; "
             "EXCEPTION WHEN duplicate_object THEN NULL; END $$",
         )
 
-    def _psql(self, server: LocalServer, sql: str) -> None:
-        import psycopg2
-
+    def _psql(self, server: LocalServer, statement: str | sql.Composable) -> None:
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -266,7 +320,7 @@ class LocalCluster:
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
-                cur.execute(sql)
+                cur.execute(statement)
         finally:
             conn.close()
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg2
 
-__all__ = ["SCHEMA", "load_sample", "shard_of"]
+__all__ = ["SCHEMA", "init_sql", "load_sample", "shard_of"]
 
 SCHEMA = """
 DROP TABLE IF EXISTS orders;
@@ -79,6 +79,19 @@ FROM generate_series(1, {CUSTOMERS}) AS c
 def shard_of(customer_id: int, shards: int) -> int:
     """The shard that holds a customer's orders."""
     return customer_id % shards
+
+
+def init_sql(shard: int, shards: int, *, orders: int) -> str:
+    """The SQL script that loads shard ``shard`` of ``shards`` (``-1``: every row).
+
+    It is exactly what :func:`load_sample` runs, as one script for ``psql``
+    (the docker-compose shards load theirs at start).
+    """
+    header = f"-- The sample schema, shard {shard} of {shards}, from {orders} orders.\n"
+    header += "-- Rendered by parallel_connection.sample.init_sql: do not edit.\n"
+    rows = _ORDERS % {"rows": orders, "shards": shards, "shard": shard}
+    parts = [SCHEMA, _CUSTOMERS, rows, "VACUUM ANALYZE orders", "VACUUM ANALYZE customers"]
+    return header + "".join(part.strip().rstrip(";") + ";\n" for part in parts)
 
 
 def load_sample(shard_dsns: Sequence[str], reference_dsn: str | None = None, *, orders: int = 10_000) -> None:

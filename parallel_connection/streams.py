@@ -39,9 +39,11 @@ class ShardStream:
         self._batch_size = batch_size
         self._future: Future[list[Row]] | None = None
         self._finished = False
+        self.fetched = len(first_batch) if first_batch else 0
+        """Rows read from the server so far (delivered or waiting in memory)."""
         if first_batch is not None:
             self._future = _done(first_batch)
-            if len(first_batch) < batch_size:
+            if len(first_batch) < batch_size or not self.streaming:
                 self._finished = True
 
     @property
@@ -58,14 +60,14 @@ class ShardStream:
 
     def next_batch(self) -> list[Row]:
         """The next batch of rows; an empty list once the shard has no more."""
-        if not self.streaming:
-            if self._finished:
-                return []
-            self._finished = True
-            return self._call(self._cursor.fetchall)
         if self._future is None:
             if self._finished:
                 return []
+            if not self.streaming:
+                self._finished = True
+                batch = self._call(self._cursor.fetchall)
+                self.fetched += len(batch)
+                return batch
             self._future = self._fanout.submit(self._fetch)
         future, self._future = self._future, None
         try:
@@ -97,7 +99,9 @@ class ShardStream:
                 future.result()
 
     def _fetch(self) -> list[Row]:
-        return self._cursor.fetchmany(self._batch_size)
+        batch = self._cursor.fetchmany(self._batch_size)
+        self.fetched += len(batch)
+        return batch
 
     def _call(self, fn: Any) -> list[Row]:
         try:

@@ -8,11 +8,17 @@ from typing import Any
 
 from ..streams import ShardStream
 
-__all__ = ["union"]
+__all__ = ["tagged_union", "union"]
 
 
 def union(streams: Sequence[ShardStream]) -> Iterator[list[Any]]:
     """Yield batches from all shards, taking whichever shard is ready first."""
+    for _, batch in tagged_union(streams):
+        yield batch
+
+
+def tagged_union(streams: Sequence[ShardStream]) -> Iterator[tuple[int, list[Any]]]:
+    """Like :func:`union`, each batch with the index of the shard it came from."""
     live = list(streams)
     while live:
         ready = [s for s in live if s.ready()]
@@ -23,6 +29,6 @@ def union(streams: Sequence[ShardStream]) -> Iterator[list[Any]]:
         for stream in ready:
             batch = stream.next_batch()
             if batch:
-                yield batch
+                yield stream.index, batch
             else:
                 live.remove(stream)

@@ -1,0 +1,101 @@
+"""Shard connections that stop answering: cancel their statement, cut them, tell them broken.
+
+psycopg2's ``connection.cancel()`` holds the GIL while libpq sends the cancel
+request, so a shard that does not answer (a network black hole) freezes every
+thread. Here the same libpq that psycopg2 loaded is called through ctypes,
+which releases the GIL for the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg2
+import psycopg2._psycopg
+import psycopg2.extensions
+
+__all__ = ["broken", "cancel", "cancel_all", "sever"]
+
+
+@functools.cache
+def _libpq() -> ctypes.CDLL | None:
+    """psycopg2's own libpq (symbols resolve through its extension module), or None."""
+    try:
+        lib = ctypes.CDLL(psycopg2._psycopg.__file__)
+        lib.PQgetCancel.restype = ctypes.c_void_p
+    except (OSError, AttributeError):
+        return None
+    lib.PQgetCancel.argtypes = [ctypes.c_void_p]
+    lib.PQcancel.restype = ctypes.c_int
+    lib.PQcancel.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    lib.PQfreeCancel.restype = None
+    lib.PQfreeCancel.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def cancel(conn: Any) -> None:
+    """Ask the server to cancel ``conn``'s running statement; other threads keep running."""
+    lib = _libpq()
+    pgconn = getattr(conn, "pgconn_ptr", None) if lib is not None else None
+    if lib is None or not pgconn:
+        conn.cancel()
+        return
+    handle = lib.PQgetCancel(pgconn)
+    if not handle:
+        raise psycopg2.OperationalError("could not prepare a cancel request")
+    try:
+        errbuf = ctypes.create_string_buffer(256)
+        if not lib.PQcancel(handle, errbuf, len(errbuf)):
+            raise psycopg2.OperationalError(errbuf.value.decode(errors="replace").strip())
+    finally:
+        lib.PQfreeCancel(handle)
+
+
+def sever(conn: Any) -> None:
+    """Cut ``conn``'s socket, so a thread stuck waiting on a silent server returns at once."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+    except (OSError, psycopg2.Error):
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+def broken(conn: Any) -> bool:
+    """True when ``conn`` can no longer be used (closed, or its server gone)."""
+    return bool(conn.closed) or (
+        conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
+    )
+
+
+def cancel_all(conns: Iterable[Any], timeout: float) -> None:
+    """Cancel every connection's statement at once; wait at most ``timeout`` seconds for the requests.
+
+    Each request has a thread of its own, so a cancel never queues behind the
+    work it is meant to stop, and a server that does not answer holds up
+    nobody for longer than ``timeout``.
+    """
+    threads = [threading.Thread(target=_quiet_cancel, args=(conn,), daemon=True) for conn in conns]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _quiet_cancel(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        if not conn.closed:
+            cancel(conn)

@@ -1,0 +1,74 @@
+"""Range jobs over every shard: split an integer id column into ranges, run a job per range, reduce."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from os import PathLike
+from typing import TYPE_CHECKING, Any
+
+from .attempt import is_transient
+from .progress import ScanProgress
+from .remote import close_worker_connections
+from .report import RangeFailure, RangeResult, ScanIncomplete, ScanReport
+from .scan import Scan
+from .spec import IdRange, ScanOptions, Target, Work
+from .split import split_at, split_width
+
+if TYPE_CHECKING:
+    from ..connection import ParallelConnection
+
+__all__ = [
+    "IdRange",
+    "RangeFailure",
+    "RangeResult",
+    "ScanIncomplete",
+    "ScanProgress",
+    "ScanReport",
+    "close_worker_connections",
+    "is_transient",
+    "scan_ranges",
+    "split_at",
+    "split_width",
+]
+
+
+def scan_ranges(
+    pdb: ParallelConnection,
+    table: str | Sequence[str],
+    id_column: str,
+    work: str | Callable[[Any, IdRange], Any],
+    *,
+    rows_per_range: int = 25_000,
+    split: str = "width",
+    where: str | None = None,
+    params: Sequence[Any] | Mapping[str, Any] | None = None,
+    max_parallelism: int | None = None,
+    retries: int = 3,
+    retry_backoff: float = 0.1,
+    progress: bool | Callable[[ScanProgress], None] | None = None,
+    checkpoint: str | PathLike[str] | None = None,
+    snapshot: bool = False,
+    executor: Executor | None = None,
+    smoke_test: bool = False,
+) -> ScanReport:
+    """Split ``table.id_column`` into ranges on every shard and run ``work`` once per range.
+
+    See :meth:`parallel_connection.ParallelConnection.scan_ranges`.
+    """
+    options = ScanOptions(
+        rows_per_range=rows_per_range,
+        split=split,
+        where=where,
+        params=params,
+        max_parallelism=max_parallelism,
+        retries=retries,
+        retry_backoff=retry_backoff,
+        progress=progress,
+        checkpoint=checkpoint,
+        snapshot=snapshot,
+        executor=executor,
+        smoke_test=smoke_test,
+    )
+    options.check()
+    return Scan(pdb, Target.parse(table, id_column), Work.of(work), options).run()
