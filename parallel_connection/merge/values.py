@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import Any
 
+import psycopg2.extensions
+
 from ..plan.model import SortKey
 from ..plan.refusals import refuse
 
@@ -55,11 +57,23 @@ class _NaN:
 NAN = _NaN()
 
 
-def type_name(type_code: int) -> str:
-    import psycopg2.extensions
+_SQL_NAMES = {
+    BOOL: "boolean", 17: "bytea", INT8: "bigint", INT2: "smallint", INT4: "integer", TEXT: "text",
+    114: "json", 3802: "jsonb", FLOAT4: "real", FLOAT8: "double precision", 790: "money",
+    BPCHAR: "character(n)", VARCHAR: "character varying", NUMERIC: "numeric", INTERVAL: "interval",
+    1266: "time with time zone", 2249: "record", 2287: "record[]", DATE: "date", TIME: "time",
+    TIMESTAMP: "timestamp", TIMESTAMPTZ: "timestamp with time zone", UUID: "uuid",
+}  # fmt: skip
 
+
+def type_name(type_code: int) -> str:
+    """The SQL name of a type OID, for messages."""
+    if type_code in _SQL_NAMES:
+        return _SQL_NAMES[type_code]
+    if type_code in ARRAY_ELEMENT:
+        return type_name(ARRAY_ELEMENT[type_code]) + "[]"
     typ = psycopg2.extensions.string_types.get(type_code)
-    return typ.name.lower() if typ else f"type {type_code}"
+    return typ.name.lower() if typ else f"type oid {type_code}"
 
 
 def check_order(type_code: int, text_order_c: bool, what: str, collate_c: bool = False) -> None:
