@@ -87,7 +87,8 @@ def row_queries(draw):
             order = [_order_item(draw, c) for c in columns]
     if total and distinct != "DISTINCT":
         order.append("id")
-    sql = head + ", ".join(columns) + " FROM mt"
+    star = distinct != "DISTINCT" and draw(st.integers(0, 4)) == 0
+    sql = head + ("*" if star else ", ".join(columns)) + " FROM mt"
     if where:
         sql += f" WHERE {where}"
     if order:
