@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import psycopg2
@@ -14,7 +16,10 @@ import psycopg2.pool
 from .cancel import broken
 from .cursor import ParallelCursor
 from .errors import NotSupportedError, ShardInfo, dsn_secrets, shard_error
+from .facts import lookup_facts
 from .fanout import FanOut
+from .plan import ShardFacts
+from .rows import rebuildable
 
 if TYPE_CHECKING:
     from .ranges import ScanReport
@@ -68,6 +73,9 @@ class ParallelConnection:
             self._secrets |= dsn_secrets(None, [_password_of(conn)])
         self._fanout = FanOut(self._shards, self._connections, self._secrets, max_workers)
         self._statement_timeout = statement_timeout
+        self._facts: ShardFacts | None = None
+        self._facts_lock = threading.Lock()
+        self._replicated: frozenset[str] = frozenset()
         if statement_timeout is not None:
             self._set_statement_timeout(statement_timeout)
 
@@ -118,6 +126,11 @@ class ParallelConnection:
         self._check_open()
         if merge not in MERGE_MODES:
             raise psycopg2.ProgrammingError(f"merge must be one of {MERGE_MODES}, not {merge!r}")
+        factory = kwargs.get("cursor_factory") or self._connections[0].cursor_factory
+        # A merging cursor's shards return tuples; merged rows are rebuilt in the user's row type.
+        tuples = merge == "auto" and len(self._connections) > 1 and rebuildable(factory)
+        if tuples:
+            kwargs = {**kwargs, "cursor_factory": psycopg2.extensions.cursor}
         shard_cursors = []
         try:
             for conn in self._connections:
@@ -126,7 +139,32 @@ class ParallelConnection:
             for cur in shard_cursors:
                 cur.close()
             raise shard_error(exc, self._shards[len(shard_cursors)], self._secrets) from None
-        return ParallelCursor(self, shard_cursors, name=name, merge=merge)
+        return ParallelCursor(self, shard_cursors, name=name, merge=merge, row_factory=factory, tuples=tuples)
+
+    def _shard_facts(self) -> ShardFacts:
+        """The shards' collation and aggregate names, looked up on first use."""
+        with self._facts_lock:
+            if self._facts is None:
+                facts = lookup_facts(self._fanout, self._connections)
+                self._facts = replace(facts, replicated=frozenset(self._replicated))
+            return self._facts
+
+    @property
+    def replicated_tables(self) -> frozenset[str]:
+        """Tables copied whole to every shard (``name`` or ``schema.name``).
+
+        A SELECT reading only these tables is answered by one shard instead of
+        once per shard. Empty by default: the library cannot know which tables
+        are copied, and treats every table as sharded.
+        """
+        return frozenset(self._replicated)
+
+    @replicated_tables.setter
+    def replicated_tables(self, tables: Iterable[str]) -> None:
+        with self._facts_lock:
+            self._replicated = frozenset(tables)
+            if self._facts is not None:
+                self._facts = replace(self._facts, replicated=self._replicated)
 
     # -- range jobs -----------------------------------------------------------
 

@@ -15,7 +15,10 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.sql
 
+from .merge.pipeline import build_merge
 from .merge.union import tagged_union, union
+from .plan import Plan, plan_statement, refuse
+from .rows import RowMaker, row_maker
 from .streams import ShardStream
 
 if TYPE_CHECKING:
@@ -34,8 +37,10 @@ class _Rows:
     result that broke half-way never looks like one that ended.
     """
 
-    def __init__(self, batches: Iterator[list[Row]], on_interrupt: Callable[[], None]) -> None:
-        self._batches = batches
+    def __init__(
+        self, batches: Iterator[list[Row]], on_interrupt: Callable[[], None], maker: RowMaker | None = None
+    ) -> None:
+        self._batches = batches if maker is None else ([maker(r) for r in b] for b in batches)
         self._on_interrupt = on_interrupt
         self._batch: list[Row] = []
         self._pos = 0
@@ -105,11 +110,15 @@ class ParallelCursor:
         *,
         name: str | None = None,
         merge: str = "auto",
+        row_factory: Any = None,
+        tuples: bool = True,
     ) -> None:
         self._connection = connection
         self._cursors = shard_cursors
         self._name = name
         self._merge_mode = merge
+        self._row_factory = row_factory
+        self._tuples = tuples
         self.arraysize = 1
         self._itersize = 2000
         self._closed = False
@@ -174,9 +183,56 @@ class ParallelCursor:
     # -- executing ----------------------------------------------------------------
 
     def execute(self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None) -> None:
-        """Run ``query`` on every shard at once; its rows are then ready to fetch."""
+        """Run ``query`` on every shard at once; its rows are then ready to fetch.
+
+        With ``merge="auto"`` the statement is planned first, so the merged
+        rows are what one database holding every shard's rows would return.
+        """
         self._check_open()
         self._reset()
+        if self._merge_mode == "union" or len(self._cursors) == 1:
+            self._run(query, vars, union)
+            return
+        plan, shard_vars = self._plan(query, vars)
+        if plan.mode == "union":
+            self._run(query, vars, union)
+        elif plan.mode == "first":
+            self._run(query, vars, lambda streams: union(streams[:1]), first_only=True)
+        else:
+            if not self._tuples:
+                raise refuse(f"merging rows of cursor_factory={self._row_factory!r}")
+            self._run(plan.sql, shard_vars, plan=plan)
+
+    def _plan(self, query: str | bytes | psycopg2.sql.Composable, vars: Any) -> tuple[Plan, Any]:
+        text = self._text(query)
+        facts = self._connection._shard_facts()
+        planned = plan_statement(text, vars, facts)
+        if planned is None:
+            # Values psycopg2 renders as SQL (tuples, custom adapters): plan the rendered statement.
+            text = self._cursors[0].mogrify(text, vars).decode(self._python_encoding())
+            planned = plan_statement(text, None, facts)
+            assert planned is not None
+        return planned
+
+    def _text(self, query: str | bytes | psycopg2.sql.Composable) -> str:
+        if isinstance(query, psycopg2.sql.Composable):
+            return query.as_string(self._cursors[0])
+        if isinstance(query, bytes):
+            return query.decode(self._python_encoding())
+        return query
+
+    def _python_encoding(self) -> str:
+        return psycopg2.extensions.encodings.get(self._connection.encoding, "utf-8")
+
+    def _run(
+        self,
+        query: Any,
+        vars: Any,
+        merge: Merge | None = None,
+        *,
+        plan: Plan | None = None,
+        first_only: bool = False,
+    ) -> None:
         streaming = self._name is not None
         batch_size = self._itersize
 
@@ -189,7 +245,22 @@ class ParallelCursor:
             return cur.fetchall() if cur.description is not None else None
 
         firsts = self._connection._fanout.run(run)
-        self._after_execute(union, firsts, batch_size)
+        if plan is None:
+            assert merge is not None
+            self._after_execute(merge, firsts, batch_size, first_only=first_only)
+            return
+        shard_description = self._agreed_description()
+        assert shard_description is not None
+        description, merged = build_merge(
+            plan.client,
+            shard_description,
+            params=vars,
+            names=plan.names,
+            text_order_c=self._connection._shard_facts().text_order_c,
+            streaming=streaming,
+            batch_size=batch_size,
+        )
+        self._after_execute(merged, firsts, batch_size, description=description)
 
     def executemany(self, query: str | bytes | psycopg2.sql.Composable, vars_list: Iterable[Any]) -> None:
         """Run ``query`` once per parameter set, on every shard."""
@@ -214,11 +285,20 @@ class ParallelCursor:
         self._check_open()
         return self._cursors[0].mogrify(query, vars)
 
-    def _after_execute(self, merge: Merge, firsts: list[list[Row] | None], batch_size: int) -> None:
-        self._description = self._agreed_description()
-        counts = [c.rowcount for c in self._cursors]
+    def _after_execute(
+        self,
+        merge: Merge,
+        firsts: list[list[Row] | None],
+        batch_size: int,
+        *,
+        description: tuple[Any, ...] | None = None,
+        first_only: bool = False,
+    ) -> None:
+        self._description = description or self._agreed_description()
+        cursors = self._cursors[:1] if first_only else self._cursors
+        counts = [c.rowcount for c in cursors]
         self._rowcount = -1 if -1 in counts else sum(counts)
-        self._statusmessage = _combined_status([c.statusmessage for c in self._cursors], self._rowcount)
+        self._statusmessage = _combined_status([c.statusmessage for c in cursors], self._rowcount)
         if self._description is None:
             return
         fanout = self._connection._fanout
@@ -226,7 +306,19 @@ class ParallelCursor:
             ShardStream(i, cur, fanout, batch_size=batch_size, first_batch=firsts[i])
             for i, cur in enumerate(self._cursors)
         ]
-        self._rows = _Rows(merge(self._streams), self._cancel_fetches)
+        maker = row_maker(self._row_factory, self._description) if self._tuples else None
+        self._first_only = first_only
+        if description is None:
+            self._rows = _Rows(merge(self._streams), self._cancel_fetches, maker)
+            return
+        if self._name is not None:
+            self._rows = _Rows(merge(self._streams), self._cancel_fetches, maker)
+            return
+        batches = list(merge(self._streams))
+        rows = batches[0] if len(batches) == 1 else [row for batch in batches for row in batch]
+        self._rowcount = len(rows)
+        self._statusmessage = f"SELECT {len(rows)}"
+        self._rows = _Rows(iter([rows]), self._cancel_fetches, maker)
 
     def _agreed_description(self) -> tuple[Any, ...] | None:
         descriptions = [c.description for c in self._cursors]
@@ -354,6 +446,7 @@ class ParallelCursor:
         self._rowcount = -1
         self._rownumber = 0
         self._statusmessage: str | None = None
+        self._first_only = False
 
 
 def _shape(description: Sequence[Any] | None) -> list[tuple[str, int]] | None:

@@ -67,7 +67,7 @@ def test_fetchone_fetchmany_iteration_see_every_row_once(pdb, ref):
 
 
 def test_a_row_of_nulls_is_a_row(pdb):
-    with pdb.cursor() as cur:
+    with pdb.cursor(merge="union") as cur:
         cur.execute("SELECT NULL::int, NULL::text")
         assert cur.fetchall() == [(None, None)] * 3
         cur.execute("SELECT NULL::int")
@@ -76,7 +76,7 @@ def test_a_row_of_nulls_is_a_row(pdb):
 
 
 def test_cursors_are_independent(pdb):
-    a, b = pdb.cursor(), pdb.cursor()
+    a, b = pdb.cursor(merge="union"), pdb.cursor(merge="union")
     assert a is not b
     a.execute("SELECT 1")
     b.execute("SELECT 2, 3")
@@ -114,7 +114,7 @@ def test_dml_fans_out_and_rowcount_is_summed(pdb, sample):
 
 
 def test_commit_and_rollback_reach_every_shard(pdb, sample):
-    with pdb.cursor() as cur:
+    with pdb.cursor(merge="union") as cur:
         cur.execute("DROP TABLE IF EXISTS tx_probe")
         cur.execute("CREATE TABLE tx_probe (x int)")
         pdb.commit()
@@ -181,7 +181,7 @@ def test_leaving_with_on_error_rolls_back(sample):
         with pdb.cursor() as cur:
             cur.execute("CREATE TABLE rolled_back (x int)")
         raise ZeroDivisionError
-    with parallel_connection.connect(sample.shard_dsns) as pdb, pdb.cursor() as cur:
+    with parallel_connection.connect(sample.shard_dsns) as pdb, pdb.cursor(merge="union") as cur:
         cur.execute("SELECT to_regclass('rolled_back') IS NULL")
         assert cur.fetchall() == [(True,)] * 3
 

@@ -67,7 +67,7 @@ def test_first_failure_cancels_the_other_shards(pdb, sample):
     for dsn in sample.shard_dsns[1:]:
         assert _wait_until(lambda d=dsn: _active(d, "SELECT pg_sleep(CASE%") == 0, 2)
     pdb.rollback()
-    with pdb.cursor() as cur:
+    with pdb.cursor(merge="union") as cur:
         cur.execute("SELECT 1")
         assert cur.fetchall() == [(1,)] * 3
 
@@ -128,7 +128,7 @@ def test_ctrl_c_cancels_every_shard_and_rollback_recovers(pdb, sample):
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt).start()
-    cur = pdb.cursor()
+    cur = pdb.cursor(merge="union")
     start = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         cur.execute("SELECT pg_sleep(30)")

@@ -98,7 +98,7 @@ def test_breaking_out_of_iteration_loses_no_row(pdb, ref):
 def test_a_failed_fetch_fails_again_instead_of_looking_finished(pdb, sample):
     port = int(psycopg2.extensions.parse_dsn(sample.shard_dsns[1])["port"])
     sql = "SELECT 1 / (g - 50 * (current_setting('port')::int = %s)::int) FROM generate_series(1, 100) g"
-    with pdb.cursor(name="failing") as cur:
+    with pdb.cursor(name="failing", merge="union") as cur:
         cur.itersize = 10
         cur.execute(sql, (port,))
         with pytest.raises(psycopg2.errors.DivisionByZero):

@@ -1,0 +1,200 @@
+"""Merged answers: ORDER BY merge vs union throughput, streaming memory, GROUP BY vs one server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg2
+
+import parallel_connection
+
+from .common import BenchEnv, best_of, report
+
+ROWS = 3_000_000
+ORDERED_ROWS = 1_000_000
+STREAM_ITERSIZE = 5000
+REPEAT = 5
+
+_LOAD = """
+DROP TABLE IF EXISTS bench_merge;
+CREATE UNLOGGED TABLE bench_merge AS
+SELECT g AS id, ((g * 7919) %% 5000)::int AS customer_id, ((g * 37) %% 100000) / 100.0 AS amount,
+       'status ' || (g %% 4) AS status
+FROM generate_series(1::bigint, %(rows)s) AS g
+WHERE %(shard)s < 0 OR g %% %(shards)s = %(shard)s
+"""
+
+_COLUMNS = f"SELECT id, customer_id, amount, status FROM bench_merge WHERE id <= {ORDERED_ROWS}"
+ORDER_SQL = _COLUMNS + " ORDER BY amount, id"
+ORDER_INT_SQL = _COLUMNS + " ORDER BY customer_id, id"
+UNION_SQL = _COLUMNS
+STREAM_SQL = "SELECT id, customer_id, amount, status FROM bench_merge ORDER BY amount DESC, id"
+GROUP_SQL = """
+SELECT status, count(*), sum(amount), avg(amount), min(amount), max(amount), count(DISTINCT customer_id)
+FROM bench_merge GROUP BY status ORDER BY status
+"""
+
+
+def run(env: BenchEnv) -> None:
+    load(env)
+    order_by_vs_union(env)
+    streaming_memory(env)
+    group_by_vs_reference(env)
+
+
+def load(env: BenchEnv) -> None:
+    targets = [(dsn, i) for i, dsn in enumerate(env.shard_dsns)] + [(env.reference_dsn, -1)]
+
+    def one(target: tuple[str, int]) -> None:
+        dsn, shard = target
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(_LOAD, {"rows": ROWS, "shards": len(env.shard_dsns), "shard": shard})
+            cur.execute("VACUUM ANALYZE bench_merge")
+        conn.close()
+
+    with ThreadPoolExecutor(len(targets)) as pool:
+        list(pool.map(one, targets))
+
+
+def order_by_vs_union(env: BenchEnv) -> None:
+    pdb = parallel_connection.connect(env.shard_dsns)
+    counts: dict[str, int] = {}
+    times: dict[str, list[float]] = {
+        "union_sorted": [],
+        "merged": [],
+        "union": [],
+        "int_union": [],
+        "int_merged": [],
+    }
+    try:
+
+        def fetch(name: str, sql: str, merge: str) -> None:
+            start = time.perf_counter()
+            with pdb.cursor(merge=merge) as cur:
+                cur.execute(sql)
+                counts[name] = len(cur.fetchall())
+            pdb.rollback()
+            times[name].append(time.perf_counter() - start)
+
+        # Interleaved, so that load from other processes hits every variant alike.
+        for _ in range(REPEAT):
+            fetch("union_sorted", ORDER_SQL, "union")
+            fetch("merged", ORDER_SQL, "auto")
+            fetch("union", UNION_SQL, "auto")
+            fetch("int_union", ORDER_INT_SQL, "union")
+            fetch("int_merged", ORDER_INT_SQL, "auto")
+    finally:
+        pdb.close()
+    assert counts["merged"] == counts["union"] == counts["union_sorted"] == ORDERED_ROWS, counts
+    best = {name: min(values) for name, values in times.items()}
+    report(
+        env,
+        f"ORDER BY numeric, bigint merge of {ORDERED_ROWS:,} rows vs union of the same rows",
+        best["union_sorted"] / best["merged"],
+        at_least=0.85,
+    )
+    report(
+        env,
+        f"ORDER BY int, bigint merge of {ORDERED_ROWS:,} rows vs union of the same rows",
+        best["int_union"] / best["int_merged"],
+        at_least=0.85,
+    )
+    report(
+        env,
+        "ORDER BY merge: throughput vs unordered union (server sort included)",
+        best["union"] / best["merged"],
+    )
+
+
+def streaming_memory(env: BenchEnv) -> None:
+    """Stream every row in ORDER BY through a named cursor in a fresh process; report its peak RSS growth."""
+    child = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_merge", "stream", *env.shard_dsns],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    figures = json.loads(child.stdout.strip().splitlines()[-1])
+    assert figures["rows"] == ROWS, figures
+    report(
+        env,
+        f"streaming ORDER BY of {ROWS:,} rows (named cursor): peak RSS growth",
+        figures["peak_growth_mb"],
+        unit="MB",
+        at_most=200,
+    )
+    report(
+        env, "streaming ORDER BY: merged rows per second (thousands)", figures["rows_per_s"] / 1000, unit="k"
+    )
+
+
+def _stream_child(dsns: list[str]) -> None:
+    pdb = parallel_connection.connect(dsns)
+    with pdb.cursor() as cur:
+        cur.execute("SELECT 1")  # warm up: imports, pools, plan cache, shard facts
+    baseline = _memory_mb("VmRSS")
+    start = time.perf_counter()
+    rows = 0
+    previous = None
+    with pdb.cursor(name="bench_stream") as cur:
+        cur.itersize = STREAM_ITERSIZE
+        cur.execute(STREAM_SQL)
+        for row in cur:
+            rows += 1
+            key = (-row[2], row[0])
+            assert previous is None or previous <= key
+            previous = key
+    elapsed = time.perf_counter() - start
+    peak = _memory_mb("VmHWM")
+    pdb.close()
+    print(json.dumps({"rows": rows, "peak_growth_mb": peak - baseline, "rows_per_s": rows / elapsed}))
+
+
+def _memory_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since exec: ru_maxrss would include the parent's) in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def group_by_vs_reference(env: BenchEnv) -> None:
+    pdb = parallel_connection.connect(env.shard_dsns)
+    ref = psycopg2.connect(env.reference_dsn)
+    answers: dict[str, list[tuple[object, ...]]] = {}
+    try:
+
+        def merged() -> None:
+            with pdb.cursor() as cur:
+                cur.execute(GROUP_SQL)
+                answers["merged"] = cur.fetchall()
+            pdb.rollback()
+
+        def reference() -> None:
+            with ref.cursor() as cur:
+                cur.execute(GROUP_SQL)
+                answers["reference"] = cur.fetchall()
+            ref.rollback()
+
+        t_merged = best_of(merged, 3)
+        t_ref = best_of(reference, 3)
+    finally:
+        pdb.close()
+        ref.close()
+    assert answers["merged"] == answers["reference"], answers
+    report(
+        env, f"GROUP BY report over {ROWS:,} rows: speed vs the same query on one server", t_ref / t_merged
+    )
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["stream"]:
+    _stream_child(sys.argv[2:])

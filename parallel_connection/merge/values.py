@@ -1,0 +1,179 @@
+"""PostgreSQL's order and equality for the Python values psycopg2 returns, by type OID.
+
+Only types whose Python comparison matches the server's are ordered or
+grouped on the client; any other type is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Callable, Sequence
+from operator import itemgetter
+from typing import Any
+
+import psycopg2.extensions
+
+from ..plan.model import SortKey
+from ..plan.refusals import refuse
+
+__all__ = [
+    "ARRAY_ELEMENT",
+    "NAN",
+    "check_equality",
+    "check_order",
+    "equality_key",
+    "row_key",
+    "type_name",
+]
+
+BOOL, INT8, INT2, INT4, TEXT, OID, NAME, CHAR = 16, 20, 21, 23, 25, 26, 19, 18
+FLOAT4, FLOAT8, NUMERIC, VARCHAR, BPCHAR = 700, 701, 1700, 1043, 1042
+DATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL, UUID = 1082, 1083, 1114, 1184, 1186, 2950
+
+COLLATED = frozenset({TEXT, VARCHAR})
+"""Text types ordered by the database collation (``name`` and ``"char"`` always order bytes)."""
+ORDERED = frozenset({BOOL, INT8, INT2, INT4, OID, NAME, CHAR, FLOAT4, FLOAT8, NUMERIC, DATE, TIME})
+ORDERED |= frozenset({TIMESTAMP, TIMESTAMPTZ, INTERVAL, UUID}) | COLLATED
+"""Types whose Python order, with NaN and NULL handled here, is PostgreSQL's."""
+EQUAL = ORDERED
+"""Types whose Python equality (NaN aside) is PostgreSQL's."""
+WITH_NAN = frozenset({FLOAT4, FLOAT8, NUMERIC})
+
+ARRAY_ELEMENT = {
+    1000: BOOL, 1005: INT2, 1007: INT4, 1016: INT8, 1028: OID, 1003: NAME, 1002: CHAR, 1009: TEXT,
+    1015: VARCHAR, 1021: FLOAT4, 1022: FLOAT8, 1231: NUMERIC, 1182: DATE, 1183: TIME,
+    1115: TIMESTAMP, 1185: TIMESTAMPTZ, 1187: INTERVAL, 2951: UUID,
+}  # fmt: skip
+
+
+class _NaN:
+    """NaN as PostgreSQL sees it: equal to itself, greater than every number."""
+
+    def __repr__(self) -> str:
+        return "NaN"
+
+
+NAN = _NaN()
+
+
+_SQL_NAMES = {
+    BOOL: "boolean", 17: "bytea", INT8: "bigint", INT2: "smallint", INT4: "integer", TEXT: "text",
+    114: "json", 3802: "jsonb", FLOAT4: "real", FLOAT8: "double precision", 790: "money",
+    BPCHAR: "character(n)", VARCHAR: "character varying", NUMERIC: "numeric", INTERVAL: "interval",
+    1266: "time with time zone", 2249: "record", 2287: "record[]", DATE: "date", TIME: "time",
+    TIMESTAMP: "timestamp", TIMESTAMPTZ: "timestamp with time zone", UUID: "uuid",
+}  # fmt: skip
+
+
+def type_name(type_code: int) -> str:
+    """The SQL name of a type OID, for messages."""
+    if type_code in _SQL_NAMES:
+        return _SQL_NAMES[type_code]
+    if type_code in ARRAY_ELEMENT:
+        return type_name(ARRAY_ELEMENT[type_code]) + "[]"
+    typ = psycopg2.extensions.string_types.get(type_code)
+    return typ.name.lower() if typ else f"type oid {type_code}"
+
+
+def check_order(type_code: int, text_order_c: bool, what: str, collate_c: bool = False) -> None:
+    """Refuse to order ``what`` when Python can't order its type as the server does."""
+    if type_code not in ORDERED:
+        raise refuse(f"{what} on a column of type {type_name(type_code)}")
+    if type_code in COLLATED and not (text_order_c or collate_c):
+        raise refuse(
+            f'{what} on text under a collation other than "C" (order by the column '
+            'COLLATE "C", or create the shard databases with --locale=C)'
+        )
+
+
+def check_equality(type_code: int, what: str) -> None:
+    """Refuse to compare ``what`` for equality when Python can't do it as the server does."""
+    if type_code not in EQUAL:
+        raise refuse(f"{what} on a column of type {type_name(type_code)}")
+
+
+def equality_key(type_code: int) -> Callable[[Any], Any] | None:
+    """A function making values of this type hash and compare as PostgreSQL's equal (None: as is)."""
+    if type_code in (FLOAT4, FLOAT8):
+        return lambda v: v if v == v else NAN
+    if type_code == NUMERIC:
+        return lambda v: NAN if v is not None and v.is_nan() else v
+    return None
+
+
+def _number_key(value: Any) -> tuple[int, Any]:
+    if isinstance(value, float):
+        return (1, 0.0) if math.isnan(value) else (0, value)
+    return (1, 0) if value.is_nan() else (0, value)
+
+
+class _Reversed:
+    """Wraps a sort component to order it the other way round."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __lt__(self, other: _Reversed) -> bool:
+        return other.value < self.value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Reversed) and self.value == other.value
+
+
+def row_key(keys: Sequence[SortKey], types: Sequence[int]) -> tuple[Callable[[Any], Any], bool]:
+    """(key function, reverse) sorting rows as ORDER BY ``keys`` does, NULLs and NaN included."""
+    reverse = keys[0].descending
+    parts = []
+    for key in keys:
+        nulls_high = key.descending == key.nulls_first
+        number = types[key.column] in WITH_NAN
+        parts.append((key.column, nulls_high, number, key.descending != reverse))
+
+    def component(value: Any, nulls_high: bool, number: bool, flip: bool) -> Any:
+        if value is None:
+            part: Any = (2,) if nulls_high else (0,)
+        else:
+            part = (1, _number_key(value) if number else value)
+        return _Reversed(part) if flip else part
+
+    if len(parts) == 1:
+        column, nulls_high, number, flip = parts[0]
+        return (lambda row: component(row[column], nulls_high, number, flip)), reverse
+    return (lambda row: tuple(component(row[c], h, n, f) for c, h, n, f in parts)), reverse
+
+
+def fast_sort(rows: list[Any], keys: Sequence[SortKey], types: Sequence[int]) -> None:
+    """Sort ``rows`` in place as ORDER BY ``keys`` does; in C when the values allow it.
+
+    The shards' rows arrive as sorted runs, which Python's sort merges in
+    few comparisons. A plain column getter is used when every key has the
+    same direction and no key value is NULL or NaN; otherwise the full key.
+    The cyclic garbage collector pauses meanwhile: the sort makes a key per
+    row, none of them cyclic, and would otherwise rescan every row many times.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _sort(rows, keys, types)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _sort(rows: list[Any], keys: Sequence[SortKey], types: Sequence[int]) -> None:
+    columns = [k.column for k in keys]
+    reverse = keys[0].descending
+    if all(k.descending == reverse for k in keys):
+        getter = itemgetter(*columns)
+        floats = [c for c in columns if types[c] in (FLOAT4, FLOAT8)]
+        try:
+            if not any(any(map(math.isnan, map(itemgetter(c), rows))) for c in floats):
+                rows.sort(key=getter, reverse=reverse)
+                return
+        except (TypeError, ArithmeticError):
+            pass  # a NULL or a numeric NaN among the keys: sort with the full key
+    key, reverse = row_key(keys, types)
+    rows.sort(key=key, reverse=reverse)

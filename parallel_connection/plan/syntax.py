@@ -1,0 +1,138 @@
+"""Small helpers over pglast's AST: walking, naming, copying and printing nodes."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+from pglast import ast
+from pglast.stream import RawStream
+
+__all__ = [
+    "aggregate_name",
+    "children",
+    "column",
+    "deparse",
+    "func_name",
+    "integer_const",
+    "is_aggregate",
+    "output_name",
+    "walk",
+]
+
+N = TypeVar("N")
+
+
+def children(node: ast.Node) -> Iterator[ast.Node]:
+    """The nodes directly below ``node``."""
+    for name in type(node).__slots__:
+        yield from _nodes(getattr(node, name, None))
+
+
+def _nodes(value: Any) -> Iterator[ast.Node]:
+    if isinstance(value, ast.Node):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _nodes(item)
+
+
+def walk(node: Any, *, into_selects: bool = False) -> Iterator[ast.Node]:
+    """``node`` and every node below it; nested SELECTs are yielded but not entered."""
+    stack = list(_nodes(node))
+    while stack:
+        current = stack.pop()
+        yield current
+        if isinstance(current, ast.SelectStmt) and not into_selects and current is not node:
+            continue
+        stack.extend(children(current))
+
+
+def copy_node(node: N) -> N:
+    return copy.deepcopy(node)
+
+
+def deparse(node: ast.Node) -> str:
+    return RawStream()(node)
+
+
+def func_name(call: ast.FuncCall) -> tuple[str | None, str]:
+    """(schema or None, name) of a function call."""
+    parts = [p.sval for p in call.funcname]
+    return (parts[-2] if len(parts) > 1 else None), parts[-1]
+
+
+def aggregate_name(call: ast.FuncCall, aggregates: frozenset[str]) -> str | None:
+    """The aggregate's name when ``call`` is an aggregate (not a window call), else None."""
+    schema, name = func_name(call)
+    if call.agg_star or call.agg_distinct or call.agg_filter is not None or call.agg_within_group:
+        return name
+    if call.agg_order:
+        return name
+    if name in aggregates and schema in (None, "pg_catalog"):
+        return name
+    if name in aggregates:
+        return f"{schema}.{name}"
+    return None
+
+
+def is_aggregate(node: ast.Node, aggregates: frozenset[str]) -> bool:
+    return (
+        isinstance(node, ast.FuncCall) and node.over is None and aggregate_name(node, aggregates) is not None
+    )
+
+
+def integer_const(node: Any) -> int | None:
+    """The value of an integer literal, else None."""
+    if isinstance(node, ast.A_Const) and not node.isnull and isinstance(node.val, ast.Integer):
+        return node.val.ival
+    return None
+
+
+def column(name: str) -> ast.ColumnRef:
+    return ast.ColumnRef(fields=(ast.String(sval=name),))
+
+
+def bare_name(node: Any) -> str | None:
+    """``x`` for the unqualified column reference ``x``, else None."""
+    if isinstance(node, ast.ColumnRef) and len(node.fields) == 1 and isinstance(node.fields[0], ast.String):
+        return node.fields[0].sval
+    return None
+
+
+def output_name(target: ast.ResTarget) -> str | None:
+    """The column name PostgreSQL gives a select-list entry (FigureColname, main cases)."""
+    if target.name:
+        return target.name
+    return _figure(target.val)
+
+
+def _figure(node: Any) -> str | None:
+    if isinstance(node, ast.ColumnRef):
+        last = node.fields[-1]
+        return last.sval if isinstance(last, ast.String) else None
+    if isinstance(node, ast.FuncCall):
+        return func_name(node)[1]
+    if isinstance(node, ast.TypeCast):
+        inner = _figure(node.arg)
+        if inner is not None:
+            return inner
+        names = node.typeName.names if node.typeName is not None else ()
+        return names[-1].sval if names else None
+    if isinstance(node, ast.CollateClause):
+        return _figure(node.arg)
+    if isinstance(node, ast.A_Indirection):
+        for item in reversed(node.indirection or ()):
+            if isinstance(item, ast.String):
+                return item.sval
+        return _figure(node.arg)
+    if isinstance(node, ast.CaseExpr):
+        return "case"
+    if isinstance(node, ast.A_ArrayExpr):
+        return "array"
+    if isinstance(node, ast.RowExpr):
+        return "row"
+    if isinstance(node, ast.CoalesceExpr):
+        return "coalesce"
+    return None
