@@ -59,6 +59,7 @@ class ParallelConnection:
         secrets: set[str] | None = None,
         dsns: Sequence[str] | None = None,
         connect_kwargs: dict[str, Any] | None = None,
+        replicated_tables: Iterable[str] = (),
     ) -> None:
         if not connections:
             raise psycopg2.InterfaceError("ParallelConnection needs at least one shard connection")
@@ -75,7 +76,7 @@ class ParallelConnection:
         self._statement_timeout = statement_timeout
         self._facts: ShardFacts | None = None
         self._facts_lock = threading.Lock()
-        self._replicated: frozenset[str] = frozenset()
+        self._replicated: frozenset[str] = frozenset(replicated_tables)
         if statement_timeout is not None:
             self._set_statement_timeout(statement_timeout)
 
@@ -389,6 +390,7 @@ def connect(
     statement_timeout: float | None = None,
     connect_timeout: float | None = None,
     max_workers: int | None = None,
+    replicated_tables: Iterable[str] = (),
     **connect_kwargs: Any,
 ) -> ParallelConnection:
     """Open one ThreadedConnectionPool per DSN and a ParallelConnection over them.
@@ -396,6 +398,8 @@ def connect(
     ``maxconn`` caps each shard's pool (range jobs borrow from it). Closing
     the connection, or leaving ``with``, hands everything back and closes
     the pools. ``statement_timeout`` and ``connect_timeout`` are in seconds.
+    ``replicated_tables`` names the tables copied whole to every shard (see
+    :attr:`ParallelConnection.replicated_tables`).
     """
     if isinstance(dsns, str):
         dsns = [dsns]
@@ -442,6 +446,7 @@ def connect(
             secrets=secrets,
             dsns=dsns,
             connect_kwargs=connect_kwargs,
+            replicated_tables=replicated_tables,
         )
     except BaseException:
         for pool in pools:

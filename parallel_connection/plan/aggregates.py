@@ -136,7 +136,12 @@ class AggregatePlanner:
         if name is not None:
             for target in self.targets:
                 if target.name == name and not _mentions_column(target.val, name):
-                    return copy_node(target.val)
+                    # PostgreSQL reads such a name as a table column when one exists,
+                    # and only otherwise as the output name: the plan can't tell which.
+                    raise refuse(
+                        f"GROUP BY {name} (an output name, which PostgreSQL reads as a table "
+                        "column when one has that name: group by the expression or its position)"
+                    )
         return item
 
     def _visible(self, target: ast.ResTarget) -> Output:
