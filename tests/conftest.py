@@ -80,3 +80,16 @@ def run_on_all(dsns: list[str], sql: str, params: object = None) -> None:
                 cur.execute(sql, params)
         finally:
             conn.close()
+
+
+@pytest.fixture(scope="module")
+def conns(sample):
+    """The merge tests' table on every server: (shard connections, reference connection)."""
+    from mergetools import create
+
+    create([*sample.shard_dsns, sample.reference_dsn])
+    shards = [psycopg2.connect(d) for d in sample.shard_dsns]
+    reference = psycopg2.connect(sample.reference_dsn)
+    yield shards, reference
+    for conn in [*shards, reference]:
+        conn.close()

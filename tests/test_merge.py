@@ -10,7 +10,7 @@ import psycopg2
 import psycopg2.extras
 import psycopg2.sql
 import pytest
-from mergetools import approx_rows, as_multiset, create, load
+from mergetools import approx_rows, as_multiset, load
 
 from parallel_connection import NotSupportedError
 
@@ -24,16 +24,6 @@ ROWS = [
     (7, 3, "", 12, Decimal("4.40"), -float("inf"), None),
     (8, 1, "😀", 7, Decimal("1.50"), 0.0, False),
 ]
-
-
-@pytest.fixture(scope="module")
-def conns(sample):
-    create([*sample.shard_dsns, sample.reference_dsn])
-    shards = [psycopg2.connect(d) for d in sample.shard_dsns]
-    ref = psycopg2.connect(sample.reference_dsn)
-    yield shards, ref
-    for conn in [*shards, ref]:
-        conn.close()
 
 
 @pytest.fixture

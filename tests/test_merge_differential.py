@@ -13,7 +13,7 @@ import psycopg2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mergetools import approx_rows, as_multiset, create, load
+from mergetools import approx_rows, as_multiset, load
 
 from parallel_connection import NotSupportedError
 
@@ -43,16 +43,6 @@ GROUP_KEYS = ["g", "s", "b", "x % 3"]
 COLUMNS = ["id", "g", "s", "x", "y", "f", "b"]
 DIRECTIONS = ["", " ASC", " DESC"]
 NULLS = ["", " NULLS FIRST", " NULLS LAST"]
-
-
-@pytest.fixture(scope="module")
-def conns(sample):
-    create([*sample.shard_dsns, sample.reference_dsn])
-    shards = [psycopg2.connect(d) for d in sample.shard_dsns]
-    ref = psycopg2.connect(sample.reference_dsn)
-    yield shards, ref
-    for conn in [*shards, ref]:
-        conn.close()
 
 
 @st.composite
