@@ -11,6 +11,7 @@ from .columns import ShardColumns
 from .model import ClientPlan, Const, Param, Value
 from .ordering import limit_value, resolve_reference, sort_key
 from .refusals import check_nested, check_top, refuse
+from .sources import check_sources
 from .syntax import copy_node, walk
 
 __all__ = ["plan_select", "reads_sharded", "tables_read"]
@@ -44,6 +45,7 @@ def plan_select(
     """The shard statement and client plan, or None when the plain union is exact."""
     check_top(stmt, aggregates)
     check_nested(stmt, aggregates, lambda sub: not reads_sharded(sub, replicated))
+    check_sources(stmt, replicated)
     if uses_aggregates(stmt, aggregates):
         return AggregatePlanner(stmt, aggregates).plan()
     if (

@@ -1,0 +1,146 @@
+"""Adversarial statements: the merged answer is one database's, or the statement is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from parallel_connection import NotSupportedError
+
+
+def fetch(conn, sql, vars=None):
+    with conn.cursor() as cur:
+        cur.execute(sql, vars)
+        return cur.fetchall() if cur.description is not None else None
+
+
+def same_or_refused(pdb, ref, sql, vars=None, *, refused=None, ordered=True):
+    """``pdb`` answers as ``ref`` does, or (with ``refused``) raises naming that construct."""
+    if refused is not None:
+        with pytest.raises(NotSupportedError, match=refused) as info:
+            fetch(pdb, sql, vars)
+        assert 'cursor(merge="union")' in str(info.value)
+        return
+    got, want = fetch(pdb, sql, vars), fetch(ref, sql, vars)
+    if not ordered:
+        got, want = sorted(got, key=repr), sorted(want, key=repr)
+    assert got == want
+
+
+# -- A2: a sharded table read only below the top-level FROM --------------------------------
+
+SUBQUERY_ONLY = "not copied to every shard"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT EXISTS (SELECT 1 FROM orders WHERE id = 5)",
+        "SELECT (SELECT status FROM orders WHERE id = 5)",
+        "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM orders WHERE id = 5)",
+        "SELECT 1 WHERE EXISTS (SELECT 1 FROM orders WHERE id = 5)",
+        "WITH x AS (SELECT * FROM orders) SELECT 1",
+        "SELECT * FROM (SELECT EXISTS (SELECT 1 FROM orders WHERE id = 5) AS e) t",
+        "SELECT count(*) FROM generate_series(1, 3) g WHERE g IN (SELECT quantity FROM orders)",
+    ],
+)
+def test_sharded_table_only_in_a_subquery_is_refused(pdb, sql):
+    with pytest.raises(NotSupportedError, match=SUBQUERY_ONLY):
+        fetch(pdb, sql)
+
+
+def test_sharded_table_only_in_a_subquery_is_refused_with_copied_table_declared(pdb):
+    pdb.replicated_tables = {"customers"}
+    for sql in (
+        "SELECT id FROM customers WHERE id IN (SELECT customer_id FROM orders WHERE amount > 900)",
+        "SELECT count(*) FROM customers WHERE EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = id)",
+    ):
+        with pytest.raises(NotSupportedError, match=SUBQUERY_ONLY):
+            fetch(pdb, sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "WITH x AS (SELECT id, amount FROM orders) SELECT id FROM x ORDER BY id LIMIT 5",
+        "SELECT t.id FROM (SELECT id FROM orders WHERE id < 20) t ORDER BY 1",
+        "SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id LIMIT 5",
+        "SELECT count(*) FROM orders o WHERE EXISTS (SELECT 1 FROM orders p "
+        "WHERE p.customer_id = o.customer_id AND p.id <> o.id)",
+        "SELECT o.id FROM orders o LEFT JOIN customers c ON c.id = o.customer_id ORDER BY o.id LIMIT 3",
+    ],
+)
+def test_sharded_table_in_the_from_clause_is_still_merged(pdb, ref, sql):
+    same_or_refused(pdb, ref, sql)
+
+
+# -- A3: anti-joins and outer joins keeping copied rows ------------------------------------
+
+
+@pytest.mark.parametrize("declared", [False, True])
+@pytest.mark.parametrize(
+    ("sql", "refused"),
+    [
+        (
+            "SELECT count(*) FROM customers c WHERE NOT EXISTS "
+            "(SELECT 1 FROM orders o WHERE o.customer_id = c.id)",
+            "NOT EXISTS, NOT IN",
+        ),
+        (
+            "SELECT count(*) FROM customers "
+            "WHERE id NOT IN (SELECT customer_id FROM orders WHERE amount > 900)",
+            "NOT EXISTS, NOT IN",
+        ),
+        (
+            "SELECT count(*) FROM customers WHERE id <> ALL (SELECT customer_id FROM orders)",
+            "ALL",
+        ),
+        (
+            "SELECT count(*) FROM customers c WHERE "
+            "(EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id)) IS NOT TRUE",
+            "NOT EXISTS, NOT IN",
+        ),
+    ],
+)
+def test_anti_joins_against_a_sharded_table_are_refused(pdb, sql, refused, declared):
+    if declared:
+        pdb.replicated_tables = {"customers"}
+    with pytest.raises(NotSupportedError, match=refused):
+        fetch(pdb, sql)
+
+
+@pytest.mark.parametrize(
+    ("sql", "refused"),
+    [
+        (
+            "SELECT c.id, count(o.id) FROM customers c LEFT JOIN orders o ON o.customer_id = c.id "
+            "GROUP BY c.id ORDER BY 1 LIMIT 5",
+            "LEFT JOIN keeping the rows of a table copied",
+        ),
+        (
+            "SELECT c.id, o.id FROM orders o RIGHT JOIN customers c ON o.customer_id = c.id",
+            "RIGHT JOIN keeping",
+        ),
+        (
+            "SELECT c.id, o.id FROM orders o FULL JOIN customers c ON o.customer_id = c.id",
+            "FULL JOIN keeping",
+        ),
+        (
+            "SELECT g, o.id FROM generate_series(1, 3) g LEFT JOIN orders o ON o.id = g",
+            "LEFT JOIN keeping",
+        ),
+    ],
+)
+def test_outer_joins_keeping_copied_rows_are_refused(pdb, sql, refused):
+    pdb.replicated_tables = {"customers"}
+    with pytest.raises(NotSupportedError, match=refused):
+        fetch(pdb, sql)
+
+
+def test_outer_join_keeping_the_sharded_side_is_merged(pdb, ref):
+    pdb.replicated_tables = {"customers"}
+    same_or_refused(
+        pdb,
+        ref,
+        "SELECT o.id, c.name FROM orders o LEFT JOIN customers c ON c.id = o.customer_id AND c.id < 100 "
+        "ORDER BY o.id LIMIT 50",
+    )
