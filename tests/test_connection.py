@@ -140,7 +140,7 @@ def test_autocommit_and_set_session_fan_out(pdb):
     assert pdb.autocommit is True
     pdb.autocommit = False
     pdb.set_session(readonly=True)
-    with pdb.cursor() as cur:
+    with pdb.cursor(merge="union") as cur:  # every shard's setting, not one database's answer
         cur.execute("SHOW transaction_read_only")
         assert cur.fetchall() == [("on",)] * 3
         with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
@@ -201,7 +201,7 @@ def test_callproc_runs_on_every_shard(pdb):
 
 def test_statement_timeout_applies_to_every_shard(sample):
     with parallel_connection.connect(sample.shard_dsns, statement_timeout=0.25) as pdb:
-        with pdb.cursor() as cur:
+        with pdb.cursor(merge="union") as cur:  # every shard's setting
             cur.execute("SHOW statement_timeout")
             assert cur.fetchall() == [("250ms",)] * 3
             with pytest.raises(psycopg2.errors.QueryCanceled) as info:

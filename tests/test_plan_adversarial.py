@@ -144,3 +144,63 @@ def test_outer_join_keeping_the_sharded_side_is_merged(pdb, ref):
         "SELECT o.id, c.name FROM orders o LEFT JOIN customers c ON c.id = o.customer_id AND c.id < 100 "
         "ORDER BY o.id LIMIT 50",
     )
+
+
+# -- A10: statements the plain union would answer once per shard ---------------------------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "/* a /* b */ c */ SELECT count(*) FROM orders",
+        ";SELECT count(*) FROM orders",
+        "--x\n/* y */ SELECT count(*) FROM orders",
+        "SHOW work_mem",
+        "SELECT count(*) FROM orders;",
+    ],
+)
+def test_statements_hidden_behind_comments_or_semicolons_are_planned(pdb, ref, sql):
+    same_or_refused(pdb, ref, sql)
+
+
+@pytest.mark.parametrize(
+    ("sql", "refused"),
+    [
+        ("PREPARE p1 AS SELECT count(*) FROM orders; EXECUTE p1", "several statements|EXECUTE"),
+        ("SELECT id FROM orders WHERE id < 3; SELECT now() IS NOT NULL", "several statements"),
+        ("SET work_mem TO '8MB'; SELECT count(*) FROM orders", "several statements"),
+        ("EXPLAIN SELECT id FROM orders", "EXPLAIN"),
+    ],
+)
+def test_statements_answered_once_that_cannot_be_merged_are_refused(pdb, sql, refused):
+    with pytest.raises(NotSupportedError, match=refused):
+        fetch(pdb, sql)
+
+
+def test_execute_and_fetch_are_refused(pdb):
+    with pdb.cursor(merge="union") as cur:
+        cur.execute("PREPARE p2 AS SELECT count(*) FROM orders")
+        cur.execute("DECLARE c1 CURSOR FOR SELECT id FROM orders")
+    with pytest.raises(NotSupportedError, match="EXECUTE"):
+        fetch(pdb, "EXECUTE p2")
+    with pytest.raises(NotSupportedError, match="FETCH"):
+        fetch(pdb, "FETCH 2 FROM c1")
+
+
+def test_dml_fans_out_and_returning_is_the_union(pdb, ref):
+    sql = "UPDATE orders SET note = note WHERE id <= 20 RETURNING id"
+    with pdb.cursor() as cur:
+        cur.execute(sql)
+        got = sorted(cur.fetchall())
+        assert cur.rowcount == 20
+    pdb.rollback()
+    with ref.cursor() as cur:
+        cur.execute(sql)
+        assert sorted(cur.fetchall()) == got
+    ref.rollback()
+    with pdb.cursor() as cur:
+        cur.execute(
+            "UPDATE orders SET note = note WHERE id <= 20; UPDATE orders SET note = note WHERE id <= 10"
+        )
+        assert cur.rowcount == 10
+    pdb.rollback()

@@ -35,15 +35,78 @@ def plan_statement(query: str, vars: Any, facts: ShardFacts) -> tuple[Plan, Any]
     return plan, shard_vars(template, vars)
 
 
-_LEADING_COMMENTS = re.compile(r"\s*(?:(?:--[^\n]*\n?|/\*.*?\*/)\s*)*", re.DOTALL)
-_QUERY_WORDS = ("select", "with", "values", "table", "(")
+# Statements that start with one of these words and hold no ";" return no rows, or (RETURNING)
+# each shard's own rows: the plain union, decided without parsing (big INSERTs stay cheap).
+_UNION_WORDS = frozenset(
+    [
+        "insert",
+        "update",
+        "delete",
+        "copy",
+        "create",
+        "drop",
+        "alter",
+        "truncate",
+        "grant",
+        "revoke",
+        "comment",
+        "vacuum",
+        "analyze",
+        "cluster",
+        "reindex",
+        "lock",
+        "set",
+        "reset",
+        "begin",
+        "start",
+        "commit",
+        "rollback",
+        "savepoint",
+        "release",
+        "discard",
+        "listen",
+        "unlisten",
+        "notify",
+        "deallocate",
+    ]
+)
+_WORD = re.compile(r"[A-Za-z]+")
 
 
 def _may_be_query(query: str) -> bool:
     """False for statements that are surely not queries (INSERT, COPY, DDL...): they are never parsed."""
-    start = _LEADING_COMMENTS.match(query)
-    head = query[start.end() if start else 0 :][:6].lower()
-    return head.startswith(_QUERY_WORDS)
+    start = _skip_comments(query)
+    if start is None:
+        return True
+    word = _WORD.match(query, start)
+    if word is None or word.group(0).lower() not in _UNION_WORDS:
+        return True
+    return ";" in query[start:].rstrip().rstrip(";")
+
+
+def _skip_comments(query: str) -> int | None:
+    """Where the first token starts, past blanks and (nested) comments; None if unsure."""
+    i, n = 0, len(query)
+    while i < n:
+        if query[i].isspace():
+            i += 1
+        elif query.startswith("--", i):
+            end = query.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif query.startswith("/*", i):
+            depth, i = 1, i + 2
+            while depth and i < n:
+                if query.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif query.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+            if depth:
+                return None
+        else:
+            return i
+    return None
 
 
 @lru_cache(maxsize=CACHE_SIZE)
@@ -52,17 +115,29 @@ def _plan(template: Template, facts: ShardFacts) -> Plan:
         statements = pglast.parse_sql(template.text)
     except pglast.parser.ParseError:
         return Plan("union")  # the shards report the syntax error themselves
-    selects = [s.stmt for s in statements if isinstance(s.stmt, ast.SelectStmt)]
-    if not selects:
-        return Plan("union")
     if len(statements) > 1:
-        for stmt in selects:
-            if reads_sharded(stmt, facts.replicated) and plan_select(
-                stmt, facts.aggregates, facts.replicated
-            ):
-                raise refuse("several statements in one execute() with a SELECT to merge")
+        # psycopg2 returns the last statement's rows; each statement must be a plain union.
+        for raw in statements:
+            if _plan_one(raw.stmt, template, facts).mode != "union":
+                raise refuse("several statements in one execute() with a query to merge or answer once")
         return Plan("union")
-    stmt = selects[0]
+    if not statements:
+        return Plan("union")
+    return _plan_one(statements[0].stmt, template, facts)
+
+
+def _plan_one(stmt: ast.Node, template: Template, facts: ShardFacts) -> Plan:
+    """The plan of one parsed statement."""
+    if isinstance(stmt, ast.VariableShowStmt):
+        return Plan("first")
+    if isinstance(stmt, ast.ExecuteStmt):
+        raise refuse("EXECUTE of a prepared statement (what it returns is not known here)")
+    if isinstance(stmt, ast.FetchStmt) and not stmt.ismove:
+        raise refuse("FETCH from a cursor (what it returns is not known here)")
+    if isinstance(stmt, ast.ExplainStmt):
+        raise refuse("EXPLAIN (every shard has its own plan)")
+    if not isinstance(stmt, ast.SelectStmt):
+        return Plan("union")
     if not reads_sharded(stmt, facts.replicated):
         return Plan("first")
     planned = plan_select(stmt, facts.aggregates, facts.replicated)
