@@ -204,3 +204,19 @@ def test_dml_fans_out_and_returning_is_the_union(pdb, ref):
         )
         assert cur.rowcount == 10
     pdb.rollback()
+
+
+# -- A4: a parameter as a whole ORDER BY / GROUP BY / DISTINCT ON item ---------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "vars"),
+    [
+        ("SELECT status, count(*) FROM orders GROUP BY %s ORDER BY 2", (1,)),
+        ("SELECT id, amount FROM orders ORDER BY %s DESC, 1 LIMIT 5", (2,)),
+        ("SELECT DISTINCT ON (%s) customer_id, id FROM orders ORDER BY 1, 2 LIMIT 5", (1,)),
+        ("SELECT id, amount FROM orders ORDER BY %(k)s DESC, 1 LIMIT %(n)s", {"k": 2, "n": 4}),
+    ],
+)
+def test_parameter_as_a_position_means_what_postgresql_reads(pdb, ref, sql, vars):
+    same_or_refused(pdb, ref, sql, vars)

@@ -32,6 +32,8 @@ def plan_statement(query: str, vars: Any, facts: ShardFacts) -> tuple[Plan, Any]
     if template is None:
         return None
     plan = _plan(template, facts)
+    if plan is None:
+        return None
     return plan, shard_vars(template, vars)
 
 
@@ -110,11 +112,14 @@ def _skip_comments(query: str) -> int | None:
 
 
 @lru_cache(maxsize=CACHE_SIZE)
-def _plan(template: Template, facts: ShardFacts) -> Plan:
+def _plan(template: Template, facts: ShardFacts) -> Plan | None:
+    """The plan, or None when a parameter's rendered value decides what the statement means."""
     try:
         statements = pglast.parse_sql(template.text)
     except pglast.parser.ParseError:
         return Plan("union")  # the shards report the syntax error themselves
+    if any(_parameter_as_item(raw.stmt) for raw in statements):
+        return None
     if len(statements) > 1:
         # psycopg2 returns the last statement's rows; each statement must be a plain union.
         for raw in statements:
@@ -145,3 +150,19 @@ def _plan_one(stmt: ast.Node, template: Template, facts: ShardFacts) -> Plan:
         return Plan("union")
     shard, client = planned
     return Plan("merge", to_pyformat(deparse(shard), template.names), client, template.names)
+
+
+def _parameter_as_item(stmt: ast.Node) -> bool:
+    """A parameter as a whole ORDER BY, GROUP BY or DISTINCT ON item.
+
+    psycopg2 renders an integer as a literal, which PostgreSQL reads as a
+    select-list position, not as a constant.
+    """
+    if not isinstance(stmt, ast.SelectStmt):
+        return False
+    items = [
+        *(item.node for item in stmt.sortClause or ()),
+        *(stmt.groupClause or ()),
+        *(stmt.distinctClause or ()),
+    ]
+    return any(isinstance(item, ast.ParamRef) for item in items)
