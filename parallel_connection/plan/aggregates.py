@@ -258,8 +258,16 @@ class AggregatePlanner:
 
 
 def _numeric(arg: ast.Node) -> ast.Node:
-    numeric = ast.TypeName(names=(ast.String(sval="pg_catalog"), ast.String(sval="numeric")), typemod=-1)
-    return ast.TypeCast(arg=copy_node(arg), typeName=numeric)
+    """``arg::text::numeric``: float8 keeps every digit of its (shortest round-trip) text.
+
+    ``float8::numeric`` keeps only 15 significant digits.
+    """
+    return _cast(_cast(copy_node(arg), "text"), "numeric")
+
+
+def _cast(arg: ast.Node, type_name: str) -> ast.Node:
+    name = ast.TypeName(names=(ast.String(sval="pg_catalog"), ast.String(sval=type_name)), typemod=-1)
+    return ast.TypeCast(arg=arg, typeName=name)
 
 
 def _numeric_square(arg: ast.Node) -> ast.Node:
