@@ -84,7 +84,7 @@ def test_values_psycopg2_renders_as_sql_are_left_to_mogrify():
 def test_avg_and_stddev_are_rewritten_to_sums_and_counts():
     p, _ = plan("SELECT status, avg(quantity), stddev(weight) FROM orders GROUP BY status")
     assert "count(quantity)" in p.sql and "sum(quantity)" in p.sql
-    assert "sum(CAST(CAST(weight AS text) AS numeric) * CAST(CAST(weight AS text) AS numeric))" in p.sql
+    assert "sum(CAST(CAST(weight AS pg_catalog.text) AS numeric) * CAST(CAST(weight" in p.sql
     kinds = [partial.kind for partial in p.client.aggregate.partials]
     assert kinds == ["avg", "var"]
 
