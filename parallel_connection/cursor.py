@@ -17,7 +17,7 @@ import psycopg2.sql
 
 from .merge.pipeline import build_merge
 from .merge.union import tagged_union, union
-from .plan import Plan, plan_statement, refuse
+from .plan import Plan, check_shard_types, plan_statement, refuse
 from .rows import RowMaker, row_maker
 from .streams import ShardStream
 
@@ -251,6 +251,7 @@ class ParallelCursor:
             return
         shard_description = self._agreed_description()
         assert shard_description is not None
+        check_shard_types(plan.client, [column.type_code for column in shard_description])
         description, merged = build_merge(
             plan.client,
             shard_description,

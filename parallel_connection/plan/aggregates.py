@@ -7,6 +7,7 @@ of distinct values. HAVING, ORDER BY and LIMIT then run on the merged groups.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 
 from pglast import ast, enums
@@ -27,7 +28,9 @@ from .syntax import (
     walk,
 )
 
-__all__ = ["AggregatePlanner", "uses_aggregates"]
+__all__ = ["AggregatePlanner", "check_shard_types", "uses_aggregates"]
+
+_REAL = 700
 
 _VARIANCE = {
     "variance": "var_samp",
@@ -55,6 +58,19 @@ def uses_aggregates(stmt: ast.SelectStmt, aggregates: frozenset[str]) -> bool:
         return True
     nodes = [*(stmt.targetList or ()), *(stmt.sortClause or ())]
     return any(is_aggregate(n, aggregates) for node in nodes for n in walk(node))
+
+
+def check_shard_types(client: ClientPlan, type_codes: Sequence[int]) -> None:
+    """Refuse partial aggregates whose type makes the combined answer inexact (checked once rows arrive).
+
+    PostgreSQL sums ``real`` in single precision, row by row: no combination
+    of per-shard sums gives its answer.
+    """
+    if client.aggregate is None:
+        return
+    for partial in client.aggregate.partials:
+        if partial.kind == "sum" and type_codes[partial.columns[0]] == _REAL:
+            raise refuse("sum() over real (cast the argument to double precision or numeric)")
 
 
 class AggregatePlanner:
