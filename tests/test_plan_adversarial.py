@@ -261,3 +261,19 @@ def test_float8_variance_keeps_every_digit_of_the_values(pdb, ref, floats, agg):
 def test_sum_of_real_is_refused(pdb, floats):
     with pytest.raises(NotSupportedError, match=r"sum\(\) over real"):
         fetch(pdb, "SELECT sum(r) FROM adv_floats")
+
+
+# -- B4: LIMIT + OFFSET past bigint ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "vars"),
+    [
+        ("SELECT id FROM orders ORDER BY id LIMIT 9223372036854775807 OFFSET 2998", None),
+        ("SELECT id FROM orders ORDER BY id LIMIT %s OFFSET %s", (9223372036854775807 - 2995, 2995)),
+        ("SELECT id FROM orders ORDER BY id LIMIT %s OFFSET %s", (None, 2997)),
+        ("SELECT id FROM orders ORDER BY id LIMIT %s OFFSET %s", (3, None)),
+    ],
+)
+def test_limit_plus_offset_past_bigint(pdb, ref, sql, vars):
+    same_or_refused(pdb, ref, sql, vars)

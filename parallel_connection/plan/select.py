@@ -16,6 +16,8 @@ from .syntax import copy_node, walk
 
 __all__ = ["plan_select", "reads_sharded", "tables_read"]
 
+_BIGINT_MAX = 2**63 - 1
+
 
 def tables_read(stmt: ast.Node) -> list[tuple[str | None, str]]:
     """(schema, name) of every table or view the statement reads (CTE names aside)."""
@@ -101,6 +103,8 @@ def _plan_rows(stmt: ast.SelectStmt) -> tuple[ast.SelectStmt, ClientPlan]:
         distinct_on = [i - len(columns.targets) if i >= columns.visible else i for i in distinct_on]
     limit = limit_value(stmt.limitCount, "LIMIT")
     offset = limit_value(stmt.limitOffset, "OFFSET")
+    if isinstance(limit, Const) and isinstance(offset, Const) and limit.value + offset.value > _BIGINT_MAX:
+        limit = None  # no table has that many rows: the same as no LIMIT
     shard = copy_node(stmt)
     shard.targetList = tuple(columns.targets)
     if not any(isinstance(v, Const) and v.value < 0 for v in (limit, offset)):
@@ -125,10 +129,17 @@ def _pushed_limit(limit: Value | None, offset: Value | None) -> ast.Node | None:
     if offset is None:
         return _node(limit)
     if isinstance(limit, Const) and isinstance(offset, Const):
-        return _node(Const(limit.value + offset.value))
-    return ast.A_Expr(
-        kind=enums.A_Expr_Kind.AEXPR_OP, name=(ast.String(sval="+"),), lexpr=_node(limit), rexpr=_node(offset)
+        total = limit.value + offset.value
+        return _node(Const(total)) if total <= _BIGINT_MAX else None
+    # least(limit::numeric + offset, bigint max): the sum of two bigints may not be one.
+    numeric = ast.TypeName(names=(ast.String(sval="pg_catalog"), ast.String(sval="numeric")), typemod=-1)
+    total = ast.A_Expr(
+        kind=enums.A_Expr_Kind.AEXPR_OP,
+        name=(ast.String(sval="+"),),
+        lexpr=ast.TypeCast(arg=_node(limit), typeName=numeric),
+        rexpr=_node(offset),
     )
+    return ast.MinMaxExpr(op=enums.MinMaxOp.IS_LEAST, args=(total, _node(Const(_BIGINT_MAX))))
 
 
 def _node(value: Value) -> ast.Node:
