@@ -277,3 +277,74 @@ def test_sum_of_real_is_refused(pdb, floats):
 )
 def test_limit_plus_offset_past_bigint(pdb, ref, sql, vars):
     same_or_refused(pdb, ref, sql, vars)
+
+
+# -- A7: collations other than C -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def collated(sample):
+    """adv_coll with an ICU column and a case-insensitive one, spread over the shards."""
+    import psycopg2
+
+    dsns = [*sample.shard_dsns, sample.reference_dsn]
+    words = ["a", "B", "b", "A", "é", "e", "Z", "z", "E"]
+
+    def run(sql, vars=None):
+        for dsn in dsns:
+            conn = psycopg2.connect(dsn)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql, vars)
+            conn.close()
+
+    run(
+        "DROP TABLE IF EXISTS adv_coll; DROP COLLATION IF EXISTS adv_ci; "
+        "CREATE COLLATION adv_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false); "
+        'CREATE TABLE adv_coll (k int, t_icu text COLLATE "en-x-icu", t_ci text COLLATE adv_ci, plain text)'
+    )
+    for index, dsn in enumerate(dsns):
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            for k, word in enumerate(words):
+                if index == len(dsns) - 1 or k % (len(dsns) - 1) == index:
+                    cur.execute("INSERT INTO adv_coll VALUES (%s, %s, %s, %s)", (k, word, word, word))
+        conn.close()
+    yield sample
+    run("DROP TABLE IF EXISTS adv_coll; DROP COLLATION IF EXISTS adv_ci")
+
+
+@pytest.mark.parametrize(
+    ("sql", "refused"),
+    [
+        ('SELECT plain FROM adv_coll ORDER BY plain COLLATE "en-x-icu" LIMIT 1', 'COLLATE "en-x-icu"'),
+        ('SELECT max(plain COLLATE "en-x-icu") FROM adv_coll', 'COLLATE "en-x-icu"'),
+        ("SELECT DISTINCT plain COLLATE adv_ci FROM adv_coll", 'COLLATE "adv_ci"'),
+        ("SELECT min(t_icu), max(t_icu) FROM adv_coll", 't_icu \\(collation "en-x-icu"'),
+        ("SELECT t_icu FROM adv_coll ORDER BY t_icu LIMIT 1", "t_icu"),
+        ("SELECT t_icu, count(*) FROM adv_coll GROUP BY t_icu ORDER BY t_icu", "t_icu"),
+        ("SELECT k % 2, count(*) FROM adv_coll GROUP BY 1 HAVING max(t_icu) > 'e'", "t_icu"),
+        ("SELECT DISTINCT t_ci FROM adv_coll", 't_ci \\(collation "adv_ci"'),
+        ("SELECT t_ci, count(*) FROM adv_coll GROUP BY 1", "t_ci"),
+        ("SELECT count(DISTINCT t_ci) FROM adv_coll", "t_ci"),
+        ("SELECT x FROM (SELECT t_icu AS x FROM adv_coll) s ORDER BY x", "x"),
+        ("SELECT DISTINCT * FROM adv_coll", "ordering or comparing \\*"),
+    ],
+)
+def test_collations_other_than_c_are_refused(pdb, collated, sql, refused):
+    with pytest.raises(NotSupportedError, match=refused):
+        fetch(pdb, sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        'SELECT t_icu FROM adv_coll ORDER BY t_icu COLLATE "C", k',
+        'SELECT t_ci COLLATE "C", count(*) FROM adv_coll GROUP BY 1 ORDER BY 1',
+        "SELECT k, t_icu FROM adv_coll ORDER BY k LIMIT 4",
+        "SELECT max(k), count(t_ci) FROM adv_coll",
+    ],
+)
+def test_collated_columns_under_collate_c_or_unordered_are_merged(pdb, ref, collated, sql):
+    same_or_refused(pdb, ref, sql)

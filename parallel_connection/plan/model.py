@@ -33,6 +33,8 @@ class ShardFacts:
     """Names of every aggregate function the shards know (built-in and user-defined)."""
     replicated: frozenset[str] = frozenset()
     """Tables the user says are copied whole to every shard (``name`` or ``schema.name``)."""
+    collated_columns: frozenset[tuple[str, ...]] = frozenset()
+    """(table, column, collation) of every table column whose collation is not default, C or POSIX."""
 
 
 @dataclass(frozen=True)

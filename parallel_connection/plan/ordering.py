@@ -7,13 +7,12 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from pglast import ast, enums
 
+from .collation import is_c
 from .model import Const, Param, SortKey, Value
 from .refusals import refuse
 from .syntax import bare_name, integer_const, output_name
 
 __all__ = ["limit_value", "resolve_reference", "sort_key"]
-
-_C_COLLATIONS = ("C", "POSIX")
 
 
 def resolve_reference(
@@ -57,7 +56,7 @@ def sort_key(item: ast.SortBy, column: int) -> SortKey:
     else:
         nulls_first = descending
     node = item.node
-    collate_c = isinstance(node, ast.CollateClause) and node.collname[-1].sval in _C_COLLATIONS
+    collate_c = isinstance(node, ast.CollateClause) and is_c(node)
     return SortKey(column, descending, nulls_first, collate_c)
 
 

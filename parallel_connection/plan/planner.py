@@ -145,7 +145,7 @@ def _plan_one(stmt: ast.Node, template: Template, facts: ShardFacts) -> Plan:
         return Plan("union")
     if not reads_sharded(stmt, facts.replicated):
         return Plan("first")
-    planned = plan_select(stmt, facts.aggregates, facts.replicated)
+    planned = plan_select(stmt, facts.aggregates, facts.replicated, facts.collated_columns)
     if planned is None:
         return Plan("union")
     shard, client = planned

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pglast import ast, enums
 
 from .aggregates import AggregatePlanner, uses_aggregates
+from .collation import check_collations
 from .columns import ShardColumns
 from .model import ClientPlan, Const, Param, Value
 from .ordering import limit_value, resolve_reference, sort_key
@@ -42,13 +43,17 @@ def reads_sharded(stmt: ast.Node, replicated: frozenset[str]) -> bool:
 
 
 def plan_select(
-    stmt: ast.SelectStmt, aggregates: frozenset[str], replicated: frozenset[str] = frozenset()
+    stmt: ast.SelectStmt,
+    aggregates: frozenset[str],
+    replicated: frozenset[str] = frozenset(),
+    collated: frozenset[tuple[str, ...]] = frozenset(),
 ) -> tuple[ast.SelectStmt, ClientPlan] | None:
     """The shard statement and client plan, or None when the plain union is exact."""
     check_top(stmt, aggregates)
     check_nested(stmt, aggregates, lambda sub: not reads_sharded(sub, replicated))
     check_sources(stmt, replicated)
     if uses_aggregates(stmt, aggregates):
+        check_collations(stmt, collated)
         return AggregatePlanner(stmt, aggregates).plan()
     if (
         not stmt.sortClause
@@ -57,6 +62,7 @@ def plan_select(
         and stmt.limitOffset is None
     ):
         return None
+    check_collations(stmt, collated)
     return _plan_rows(stmt)
 
 
