@@ -348,3 +348,30 @@ def test_collations_other_than_c_are_refused(pdb, collated, sql, refused):
 )
 def test_collated_columns_under_collate_c_or_unordered_are_merged(pdb, ref, collated, sql):
     same_or_refused(pdb, ref, sql)
+
+
+# -- B5: GROUP BY a position -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "vars"),
+    [
+        ("SELECT %s AS x, count(*) FROM orders GROUP BY 1", ("a",)),
+        ("SELECT count(*), status FROM orders GROUP BY 2 ORDER BY 2", None),
+        ("SELECT sum(quantity), status, count(*) FROM orders GROUP BY 2 ORDER BY 2 NULLS FIRST", None),
+        ("SELECT %s::int AS k, status, count(*) FROM orders GROUP BY 1, 2 ORDER BY 2", (7,)),
+    ],
+)
+def test_group_by_position_means_what_postgresql_reads(pdb, ref, sql, vars):
+    same_or_refused(pdb, ref, sql, vars, ordered="ORDER BY" in sql)
+
+
+def test_group_by_position_of_a_constant_does_not_group_other_columns(pdb, ref):
+    import psycopg2
+
+    sql = "SELECT 2 AS k, note, count(*) FROM orders GROUP BY 1"
+    with pytest.raises(psycopg2.errors.GroupingError):
+        fetch(ref, sql)
+    ref.rollback()
+    with pytest.raises(psycopg2.errors.GroupingError):
+        fetch(pdb, sql)

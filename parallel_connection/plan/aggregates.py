@@ -90,10 +90,11 @@ class AggregatePlanner:
         for target in self.targets:
             if isinstance(target.val, ast.ColumnRef) and isinstance(target.val.fields[-1], ast.A_Star):
                 raise refuse("SELECT * with GROUP BY or aggregates")
-        group_items = [self._group_item(item) for item in stmt.groupClause or ()]
         for target in self.targets:
             self.outputs.append(self._visible(target))
-        keys = tuple(self._key_column(item) for item in group_items)
+        grouped = [self._group_item(item) for item in stmt.groupClause or ()]
+        group_items = [item for item, _ in grouped]
+        keys = tuple(key for _, key in grouped)
         having = (
             compile_having(stmt.havingClause, self._having_leaf) if stmt.havingClause is not None else None
         )
@@ -141,13 +142,20 @@ class AggregatePlanner:
 
     # -- select list, GROUP BY, ORDER BY --------------------------------------------
 
-    def _group_item(self, item: ast.Node) -> ast.Node:
-        """A GROUP BY item with positions and output-name references made explicit."""
+    def _group_item(self, item: ast.Node) -> tuple[ast.Node, int]:
+        """The shard's GROUP BY item and the shard column holding the key.
+
+        A position stays a position (of the same expression in the shard's
+        select list), so the shards read it as PostgreSQL reads the user's.
+        """
         position = integer_const(item)
         if position is not None:
             if not 1 <= position <= len(self.targets):
                 raise refuse(f"GROUP BY position {position} (not in the select list)")
-            return copy_node(self.targets[position - 1].val)
+            output = self.outputs[position - 1]
+            if output.source != "column":
+                raise refuse(f"GROUP BY position {position} (an aggregate)")
+            return ast.A_Const(isnull=False, val=ast.Integer(ival=output.index + 1)), output.index
         name = bare_name(item)
         if name is not None:
             for target in self.targets:
@@ -158,7 +166,7 @@ class AggregatePlanner:
                         f"GROUP BY {name} (an output name, which PostgreSQL reads as a table "
                         "column when one has that name: group by the expression or its position)"
                     )
-        return item
+        return item, self._key_column(item)
 
     def _visible(self, target: ast.ResTarget) -> Output:
         if is_aggregate(target.val, self.aggregates):
