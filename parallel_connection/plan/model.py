@@ -133,7 +133,7 @@ class Plan:
 
     ``mode`` is ``union`` (run unchanged, concatenate), ``first`` (run
     unchanged on every shard, return the first shard's rows: the statement
-    reads no table, or only tables copied to every shard) or ``merge`` (run
+    reads no table, or only tables copied to every shard, or is a SHOW) or ``merge`` (run
     ``sql`` and merge as ``client`` says).
     In ``sql`` the parameters are ``%(name)s`` placeholders: see ``params``.
     """
