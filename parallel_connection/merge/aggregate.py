@@ -108,7 +108,7 @@ class Combiner:
                 raise refuse(f"count(DISTINCT ...) on values of type {type_name(first_type)}")
             check_equality(element, "count(DISTINCT ...)")
             norm = equality_key(element)
-            return _Aggregate(_union(norm), lambda s: len(s), set)
+            return _Aggregate(_union(norm, type_name(element)), lambda s: len(s), set)
         if kind == "sum":
             if first_type not in SUMMABLE:
                 raise refuse(f"sum() over type {type_name(first_type)}")
@@ -145,7 +145,7 @@ class Combiner:
             both = all if kind == "bool_and" else any
             return _Aggregate(_collect, lambda s: both(s) if s else None, list)
         if kind == "array_agg":
-            return _Aggregate(_concat, lambda s: s, lambda: None)
+            return _Aggregate(_concat(type_name(first_type)), lambda s: s, lambda: None)
         if kind == "string_agg":
             if first_type not in (TEXT, VARCHAR):
                 raise refuse("string_agg() over bytea")
@@ -214,11 +214,25 @@ def _float(value: Decimal | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _union(norm: Callable[[Any], Any] | None) -> Callable[[set[Any], tuple[Any, ...]], set[Any]]:
+def _array(value: Any, what: str) -> list[Any]:
+    """A partial array as a list; refused when psycopg2 returned it as a string."""
+    if not isinstance(value, list):
+        raise refuse(f"{what} (psycopg2 returns arrays of this type as strings)")
+    return value
+
+
+def _union(
+    norm: Callable[[Any], Any] | None, element: str
+) -> Callable[[set[Any], tuple[Any, ...]], set[Any]]:
+    what = f"count(DISTINCT ...) on type {element}"
+
     def combine(state: set[Any], values: tuple[Any, ...]) -> set[Any]:
-        items = values[0]
-        if items:
-            state.update(v if norm is None else norm(v) for v in items if v is not None)
+        if values[0] is None:
+            return state
+        items = [v for v in _array(values[0], what) if v is not None]
+        if any(isinstance(v, list) for v in items):
+            raise refuse("count(DISTINCT ...) on arrays")
+        state.update(items if norm is None else map(norm, items))
         return state
 
     return combine
@@ -242,7 +256,13 @@ def _collect(state: list[Any], values: tuple[Any, ...]) -> list[Any]:
     return state
 
 
-def _concat(state: Any, values: tuple[Any, ...]) -> Any:
-    if values[0] is None:
-        return state
-    return list(values[0]) if state is None else state + list(values[0])
+def _concat(array_type: str) -> Callable[[Any, tuple[Any, ...]], Any]:
+    what = f"array_agg() returning {array_type}"
+
+    def combine(state: Any, values: tuple[Any, ...]) -> Any:
+        if values[0] is None:
+            return state
+        items = _array(values[0], what)
+        return list(items) if state is None else state + items
+
+    return combine
