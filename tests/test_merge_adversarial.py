@@ -117,3 +117,60 @@ def test_array_agg_of_a_type_returned_as_text(pdb, ref, adv, column):
 )
 def test_count_distinct_of_arrays(pdb, ref, sql):
     exact_or_refused(pdb, ref, sql, naming="count(DISTINCT")
+
+
+# -- A5, B7: HAVING compares and computes as PostgreSQL does, or refuses ----------------
+
+
+@pytest.mark.parametrize(
+    ("sql", "params"),
+    [
+        ("SELECT status FROM orders GROUP BY status HAVING count(*) = '743' ORDER BY 1", None),
+        ("SELECT status FROM orders GROUP BY status HAVING count(*) = %s ORDER BY 1", ("743",)),
+        ("SELECT status FROM orders GROUP BY status HAVING count(*) <> '743' ORDER BY 1", None),
+        ("SELECT status FROM orders GROUP BY status HAVING max(ship_date) = '2024-12-30' ORDER BY 1", None),
+        ("SELECT status FROM orders GROUP BY status HAVING max(amount) <> '999.37' ORDER BY 1", None),
+        ("SELECT status FROM orders GROUP BY status HAVING bool_or(id > 5) = 'true' ORDER BY 1", None),
+        (
+            "SELECT ref FROM orders GROUP BY ref HAVING ref >= %s ORDER BY 1",
+            ("FFFFFFFF-0000-0000-0000-000000000000",),
+        ),
+    ],
+)
+def test_having_compares_with_a_string_as_postgresql_does(pdb, ref, sql, params):
+    exact_or_refused(pdb, ref, sql, params, naming="HAVING")
+
+
+@pytest.mark.parametrize(
+    ("sql", "params"),
+    [
+        ("SELECT status FROM orders GROUP BY status HAVING count(*) > %s ORDER BY 1", (2.5,)),
+        ("SELECT status FROM orders GROUP BY status HAVING count(*) = %s ORDER BY 1", (743,)),
+        ("SELECT status FROM orders GROUP BY status HAVING max(amount) >= %s ORDER BY 1", (999.37,)),
+        ("SELECT status FROM orders GROUP BY status HAVING max(ship_date) >= '2024-12-30'::date ORDER BY 1",
+         None),
+        ("SELECT status FROM orders GROUP BY status HAVING sum(quantity) * 2 > 8000 ORDER BY 1", None),
+    ],
+)  # fmt: skip
+def test_having_still_answers_well_typed_conditions(pdb, ref, sql, params):
+    got, want = answers(pdb, ref, sql, params)
+    assert got == want
+
+
+@pytest.mark.parametrize(
+    "having",
+    [
+        "count(*)",
+        "count(*) > 1 AND count(*)",
+        "NOT count(*)",
+        "count(*) = true",
+        "max(small) * max(small) > 0",
+        "count(*) * 9223372036854775807 > 0",
+    ],
+)
+def test_having_postgresql_rejects_is_not_answered(pdb, ref, adv, having):
+    sql = f"SELECT g FROM adv GROUP BY g HAVING {having} ORDER BY 1"
+    with pytest.raises(psycopg2.Error), ref.cursor() as rcur:
+        rcur.execute(sql)
+    ref.rollback()
+    refused(pdb, sql, naming="HAVING")

@@ -6,6 +6,7 @@ grouped on the client; any other type is refused rather than guessed at.
 
 from __future__ import annotations
 
+import datetime
 import gc
 import math
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ __all__ = [
     "equality_key",
     "row_key",
     "type_name",
+    "unrepresentable",
 ]
 
 BOOL, INT8, INT2, INT4, TEXT, OID, NAME, CHAR = 16, 20, 21, 23, 25, 26, 19, 18
@@ -100,6 +102,23 @@ def equality_key(type_code: int) -> Callable[[Any], Any] | None:
     if type_code == NUMERIC:
         return lambda v: NAN if v is not None and v.is_nan() else v
     return None
+
+
+_STAND_INS = {
+    datetime.datetime.max: "infinity", datetime.datetime.min: "-infinity",
+    datetime.date.max: "infinity", datetime.date.min: "-infinity",
+}  # fmt: skip
+
+
+def unrepresentable(value: Any, what: str) -> None:
+    """Refuse a value psycopg2 returns for more than one PostgreSQL value (infinities)."""
+    if isinstance(value, datetime.date):
+        plain = value.replace(tzinfo=None) if isinstance(value, datetime.datetime) else value
+        if plain in _STAND_INS:
+            raise refuse(
+                f"{what} on a date or timestamp {_STAND_INS[plain]} or at the end of the calendar "
+                "(psycopg2 returns both as the same Python value)"
+            )
 
 
 def _number_key(value: Any) -> tuple[int, Any]:
