@@ -33,7 +33,7 @@ ROWS = [
     (2, 1, "00000000-0000-0000-0000-000000000002", "ok", "360 days", "9999-12-31 23:59:59.999999",
      "9999-12-31", "00:00", 300),
     (3, 2, "00000000-0000-0000-0000-000000000001", "happy", "1 mon", "-infinity", "-infinity", "12:00", 1),
-    (4, 2, "00000000-0000-0000-0000-000000000003", "ok", "30 days", "0001-01-01 00:00:00", "0001-01-01",
+    (4, 2, "00000000-0000-0000-0000-000000000003", "ok", "11 mons", "0001-01-01 00:00:00", "0001-01-01",
      "13:00", 2),
     (5, 3, None, None, None, "2024-01-01 00:00", "2024-01-01", None, None),
 ]  # fmt: skip
@@ -174,3 +174,21 @@ def test_having_postgresql_rejects_is_not_answered(pdb, ref, adv, having):
         rcur.execute(sql)
     ref.rollback()
     refused(pdb, sql, naming="HAVING")
+
+
+# -- A6: interval order and equality are not Python's timedelta's ----------------------
+
+INTERVAL_QUERIES = [
+    "SELECT count(*) FROM adv GROUP BY iv ORDER BY 1",
+    "SELECT DISTINCT iv FROM adv ORDER BY 1",
+    "SELECT id FROM adv ORDER BY iv, id",
+    "SELECT DISTINCT ON (iv) id FROM adv ORDER BY iv, id",
+    "SELECT count(DISTINCT iv) FROM adv",
+    "SELECT max(iv), min(iv) FROM adv",
+    "SELECT sum(iv) FROM adv",
+]
+
+
+def test_interval_is_neither_ordered_nor_grouped_nor_summed(pdb, ref, adv):
+    for sql in INTERVAL_QUERIES:
+        exact_or_refused(pdb, ref, sql, naming="interval")

@@ -20,7 +20,6 @@ from .values import (
     INT2,
     INT4,
     INT8,
-    INTERVAL,
     NUMERIC,
     TEXT,
     VARCHAR,
@@ -33,7 +32,8 @@ from .values import (
 
 __all__ = ["Combiner"]
 
-SUMMABLE = frozenset({INT2, INT4, INT8, NUMERIC, FLOAT4, FLOAT8, INTERVAL})
+SUMMABLE = frozenset({INT2, INT4, INT8, NUMERIC, FLOAT4, FLOAT8})
+"""Not interval: psycopg2 turns months into 30 days and years into 365, so partial sums don't add up."""
 EXACT_SUMS = frozenset({INT8, NUMERIC})
 """Sum types of integer and numeric arguments: their avg and variance are exact numerics."""
 

@@ -35,9 +35,12 @@ DATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL, UUID = 1082, 1083, 1114, 1184, 118
 
 COLLATED = frozenset({TEXT, VARCHAR})
 """Text types ordered by the database collation (``name`` and ``"char"`` always order bytes)."""
-ORDERED = frozenset({BOOL, INT8, INT2, INT4, OID, NAME, CHAR, FLOAT4, FLOAT8, NUMERIC, DATE, TIME})
-ORDERED |= frozenset({TIMESTAMP, TIMESTAMPTZ, INTERVAL, UUID}) | COLLATED
-"""Types whose Python order, with NaN and NULL handled here, is PostgreSQL's."""
+ORDERED = frozenset({BOOL, INT8, INT2, INT4, OID, NAME, CHAR, FLOAT4, FLOAT8, NUMERIC, DATE})
+ORDERED |= frozenset({TIMESTAMP, TIMESTAMPTZ, UUID}) | COLLATED
+"""Types whose Python order, with NaN and NULL handled here, is PostgreSQL's.
+
+Not interval (psycopg2 makes a year 365 days, PostgreSQL compares it as 360).
+"""
 EQUAL = ORDERED
 """Types whose Python equality (NaN aside) is PostgreSQL's."""
 WITH_NAN = frozenset({FLOAT4, FLOAT8, NUMERIC})
