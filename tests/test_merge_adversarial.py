@@ -24,7 +24,8 @@ CREATE TABLE adv (
     ts timestamp,
     d date,
     t time,
-    small smallint
+    small smallint,
+    tz timestamptz
 )
 """
 
@@ -37,6 +38,9 @@ ROWS = [
      "13:00", 2),
     (5, 3, None, None, None, "2024-01-01 00:00", "2024-01-01", None, None),
 ]  # fmt: skip
+
+
+ROWS = [(*row, row[5] if row[5] != "-infinity" else "0001-01-01 00:00:00+00") for row in ROWS]
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +196,33 @@ INTERVAL_QUERIES = [
 def test_interval_is_neither_ordered_nor_grouped_nor_summed(pdb, ref, adv):
     for sql in INTERVAL_QUERIES:
         exact_or_refused(pdb, ref, sql, naming="interval")
+
+
+# -- A11: infinities and 24:00 that psycopg2 returns as other values --------------------
+
+CALENDAR_QUERIES = [
+    ("SELECT id FROM adv ORDER BY {c}, id", "ORDER BY"),
+    ("SELECT id FROM adv ORDER BY {c} DESC, id", "ORDER BY"),
+    ("SELECT DISTINCT {c} FROM adv", "DISTINCT"),
+    ("SELECT DISTINCT ON ({c}) id FROM adv ORDER BY {c}, id", "ORDER BY"),
+    ("SELECT {c}, count(*) FROM adv GROUP BY {c}", "GROUP BY"),
+    ("SELECT count(DISTINCT {c}) FROM adv", "count(DISTINCT"),
+    ("SELECT max({c}), min({c}) FROM adv", "time"),
+]
+
+
+def sorted_rows(rows: Any) -> Any:
+    return rows if isinstance(rows, Exception) else sorted(rows, key=repr)
+
+
+@pytest.mark.parametrize("column", ["ts", "d", "tz", "t"])
+def test_infinities_and_24_00_are_not_confused_with_other_values(pdb, ref, adv, column):
+    for template, naming in CALENDAR_QUERIES:
+        if naming == "count(DISTINCT" and column != "t":
+            continue  # psycopg2 cannot parse infinity inside a timestamp[] (a DataError, not a wrong answer)
+        sql = template.format(c=column)
+        got, want = answers(pdb, ref, sql)
+        if isinstance(got, NotSupportedError):
+            assert (naming in str(got) or "time" in str(got)) and 'merge="union"' in str(got), sql
+        else:
+            assert sorted_rows(got) == sorted_rows(want), sql

@@ -61,7 +61,7 @@ class Combiner:
         self._key_normalizers = []
         for index in plan.keys:
             check_equality(self.types[index], "GROUP BY")
-            self._key_normalizers.append((index, equality_key(self.types[index])))
+            self._key_normalizers.append((index, equality_key(self.types[index], "GROUP BY")))
         self.aggregates = [
             self._aggregate(p, text_order_c, d) for p, d in zip(plan.partials, delimiters, strict=True)
         ]
@@ -107,7 +107,7 @@ class Combiner:
             if element is None:
                 raise refuse(f"count(DISTINCT ...) on values of type {type_name(first_type)}")
             check_equality(element, "count(DISTINCT ...)")
-            norm = equality_key(element)
+            norm = equality_key(element, "count(DISTINCT ...)")
             return _Aggregate(_union(norm, type_name(element)), lambda s: len(s), set)
         if kind == "sum":
             if first_type not in SUMMABLE:
@@ -115,7 +115,7 @@ class Combiner:
             return _Aggregate(_add, _sum_final(first_type), lambda: None)
         if kind in ("min", "max"):
             check_order(first_type, text_order_c, f"{kind}()")
-            key, _ = row_key([SortKey(0)], [first_type])
+            key, _ = row_key([SortKey(0)], [first_type], check=False)  # an infinity is its own extreme
             pick = max if kind == "max" else min
             return _Aggregate(_extreme(pick, key), lambda s: s, lambda: None)
         if kind == "avg":

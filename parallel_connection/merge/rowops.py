@@ -25,8 +25,8 @@ def bind(value: Value | None, params: Any, names: tuple[str, ...]) -> Any:
     return params[names[value.number - 1]]
 
 
-def _row_key(columns: Sequence[int], types: Sequence[int]) -> Callable[[Row], Any]:
-    normalizers = [(c, equality_key(types[c])) for c in columns]
+def _row_key(columns: Sequence[int], types: Sequence[int], what: str) -> Callable[[Row], Any]:
+    normalizers = [(c, equality_key(types[c], what)) for c in columns]
     return lambda row: tuple(row[c] if f is None else f(row[c]) for c, f in normalizers)
 
 
@@ -38,8 +38,8 @@ def distinct(
     When the rows come sorted on ``sorted_on`` columns, equal rows are
     neighbours within a run of equal sort keys: only that run is remembered.
     """
-    key = _row_key(range(width), types)
-    run_key = _row_key(sorted_on, types) if sorted_on else None
+    key = _row_key(range(width), types, "DISTINCT")
+    run_key = _row_key(sorted_on, types, "DISTINCT") if sorted_on else None
     run: Any = object()
     seen: set[Any] = set()
     for row in rows:
@@ -57,7 +57,7 @@ def distinct_on(
     rows: Iterable[Row], columns: Sequence[int], types: Sequence[int], adjacent: bool
 ) -> Iterator[Row]:
     """The first row for each value of the DISTINCT ON columns."""
-    key = _row_key(columns, types)
+    key = _row_key(columns, types, "DISTINCT ON")
     if adjacent:
         previous: Any = object()
         for row in rows:
