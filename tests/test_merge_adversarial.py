@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extras
 import pytest
 
 from parallel_connection import NotSupportedError
+from parallel_connection.merge.rowops import offset_limit
 
 TABLE = """
 DROP TABLE IF EXISTS adv;
@@ -226,3 +229,36 @@ def test_infinities_and_24_00_are_not_confused_with_other_values(pdb, ref, adv, 
             assert (naming in str(got) or "time" in str(got)) and 'merge="union"' in str(got), sql
         else:
             assert sorted_rows(got) == sorted_rows(want), sql
+
+
+# -- B3: LIMIT / OFFSET parameters as PostgreSQL converts them ---------------------------
+
+
+@pytest.mark.parametrize("limit", ["3", " 3 ", Decimal("2"), Decimal("2.5"), 2.0, 2.5, 1.4999])
+@pytest.mark.parametrize("offset", ["", " OFFSET 1"])
+def test_limit_parameters_convert_as_postgresql_does(pdb, ref, limit, offset):
+    got, want = answers(pdb, ref, f"SELECT id FROM orders ORDER BY id LIMIT %s{offset}", (limit,))
+    assert got == want
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (-1, psycopg2.errors.InvalidRowCountInLimitClause),
+        ("-1", psycopg2.errors.InvalidRowCountInLimitClause),
+        (Decimal("-0.7"), psycopg2.errors.InvalidRowCountInLimitClause),
+        ("3.0", psycopg2.errors.InvalidTextRepresentation),
+        ("3_0", psycopg2.errors.InvalidTextRepresentation),
+        (2**63, psycopg2.errors.NumericValueOutOfRange),
+        (float("inf"), psycopg2.errors.NumericValueOutOfRange),
+        (True, NotSupportedError),
+    ],
+)
+def test_limit_parameters_postgresql_rejects_are_errors(value, error):
+    with pytest.raises(error):
+        list(offset_limit(iter(range(10)), None, value))
+
+
+def test_limit_rounds_numeric_half_away_from_zero():
+    assert list(offset_limit(iter(range(10)), Decimal("0.5"), Decimal("2.5"))) == [1, 2, 3]
+    assert list(offset_limit(iter(range(10)), "+1", 1.5)) == [1, 2]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 
 from ..plan.model import Const, Value
+from ..plan.refusals import refuse
 from .values import equality_key
 
 __all__ = ["bind", "distinct", "distinct_on", "offset_limit"]
@@ -76,8 +81,42 @@ def distinct_on(
 
 def offset_limit(rows: Iterator[Row], offset: Any, limit: Any) -> Iterator[Row]:
     """Skip ``offset`` rows, then stop after ``limit`` (None: no bound)."""
-    for name, value in (("OFFSET", offset), ("LIMIT", limit)):
-        if value is not None and (not isinstance(value, int) or value < 0):
-            raise psycopg2.DataError(f"{name} must be a non-negative integer, not {value!r}")
-    stop = None if limit is None else (offset or 0) + limit
-    return itertools.islice(rows, offset or 0, stop)
+    skip = row_count(offset, "OFFSET") or 0
+    count = row_count(limit, "LIMIT")
+    return itertools.islice(rows, skip, None if count is None else skip + count)
+
+
+_BIGINT = 2**63
+_INTEGER_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*")
+_NEGATIVE = {
+    "LIMIT": psycopg2.errors.InvalidRowCountInLimitClause,
+    "OFFSET": psycopg2.errors.InvalidRowCountInResultOffsetClause,
+}
+
+
+def row_count(value: Any, clause: str) -> int | None:
+    """A LIMIT or OFFSET parameter as the bigint PostgreSQL makes of it, as psycopg2 sends it."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise refuse(f"{clause} with a boolean parameter")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise psycopg2.errors.NumericValueOutOfRange("bigint out of range")
+        value = Decimal(repr(value))  # psycopg2 sends a finite float as a numeric literal
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise psycopg2.errors.FeatureNotSupported(f"cannot convert {value} to bigint")
+        value = int(value.to_integral_value(rounding=ROUND_HALF_UP))
+    elif isinstance(value, str):
+        if not _INTEGER_TEXT.fullmatch(value):
+            message = f'invalid input syntax for type bigint: "{value}"'
+            raise psycopg2.errors.InvalidTextRepresentation(message)
+        value = int(value)
+    elif not isinstance(value, int):
+        raise refuse(f"{clause} with a parameter of Python type {type(value).__name__}")
+    if not -_BIGINT <= value < _BIGINT:
+        raise psycopg2.errors.NumericValueOutOfRange("bigint out of range")
+    if value < 0:
+        raise _NEGATIVE[clause](f"{clause} must not be negative")
+    return value
