@@ -262,3 +262,29 @@ def test_limit_parameters_postgresql_rejects_are_errors(value, error):
 def test_limit_rounds_numeric_half_away_from_zero():
     assert list(offset_limit(iter(range(10)), Decimal("0.5"), Decimal("2.5"))) == [1, 2, 3]
     assert list(offset_limit(iter(range(10)), "+1", 1.5)) == [1, 2]
+
+
+# -- description: columns passing through keep the shards' details ----------------------
+
+
+def described(description: Any) -> list[tuple[Any, ...]]:
+    """Every field but table_oid (the same table has another OID on each server)."""
+    return [(*column, column.table_column) for column in description]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT status, amount, count(*), sum(amount), max(amount) AS top FROM orders GROUP BY 1, 2",
+        "SELECT status AS s, min(ship_date) FROM orders GROUP BY status",
+        "SELECT count(*), max(note) FROM orders",
+    ],
+)
+def test_merged_description_is_the_reference_description(pdb, ref, sql):
+    cur = pdb.cursor()
+    cur.execute(sql)
+    with ref.cursor() as rcur:
+        rcur.execute(sql)
+        assert described(cur.description) == described(rcur.description)
+        has_table = [c.table_oid is not None for c in rcur.description]
+    assert [c.table_oid is not None for c in cur.description] == has_table

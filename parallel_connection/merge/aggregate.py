@@ -91,11 +91,16 @@ class Combiner:
     # -- building ------------------------------------------------------------------
 
     def _column(self, output: Any, description: Sequence[Any]) -> Column:
+        """The shard's column where its value passes through or keeps its type, else a bare one."""
         if output.source == "column":
             source = description[output.index]
             return _renamed(source, output.name or source.name)
         partial = self.plan.partials[output.index]
-        return Column(name=output.name, type_code=_result_type(partial, self.types))
+        result_type = _result_type(partial, self.types)
+        first = description[partial.columns[0]]
+        if partial.kind not in ("avg", "var", "count_distinct") and first.type_code == result_type:
+            return _renamed(first, output.name)
+        return Column(name=output.name, type_code=result_type)
 
     def _aggregate(self, partial: Partial, text_order_c: bool, delimiter: Any) -> _Aggregate:
         kind, cols, types = partial.kind, partial.columns, self.types
@@ -154,7 +159,10 @@ class Combiner:
         raise refuse(f"the aggregate {kind}()")
 
 
-def _renamed(column: Any, name: str) -> Column:
+def _renamed(column: Any, name: str) -> Any:
+    """``column`` itself, or a copy of every field under another name."""
+    if name == column.name:
+        return column
     return Column(
         name=name,
         type_code=column.type_code,
@@ -163,6 +171,8 @@ def _renamed(column: Any, name: str) -> Column:
         precision=column.precision,
         scale=column.scale,
         null_ok=column.null_ok,
+        table_oid=column.table_oid,
+        table_column=column.table_column,
     )
 
 
