@@ -273,6 +273,19 @@ def _concat(array_type: str) -> Callable[[Any, tuple[Any, ...]], Any]:
         if values[0] is None:
             return state
         items = _array(values[0], what)
-        return list(items) if state is None else state + items
+        if state is None:
+            return list(items)
+        if items and state and _shape(items[0]) != _shape(state[0]):
+            raise refuse("array_agg() of arrays whose dimensions differ from shard to shard")
+        return state + items
 
     return combine
+
+
+def _shape(value: Any) -> list[int]:
+    """The lengths of an element's dimensions ([] for a scalar)."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape
