@@ -20,7 +20,6 @@ from .values import (
     INT2,
     INT4,
     INT8,
-    INTERVAL,
     NUMERIC,
     TEXT,
     VARCHAR,
@@ -33,7 +32,8 @@ from .values import (
 
 __all__ = ["Combiner"]
 
-SUMMABLE = frozenset({INT2, INT4, INT8, NUMERIC, FLOAT4, FLOAT8, INTERVAL})
+SUMMABLE = frozenset({INT2, INT4, INT8, NUMERIC, FLOAT4, FLOAT8})
+"""Not interval: psycopg2 turns months into 30 days and years into 365, so partial sums don't add up."""
 EXACT_SUMS = frozenset({INT8, NUMERIC})
 """Sum types of integer and numeric arguments: their avg and variance are exact numerics."""
 
@@ -61,7 +61,7 @@ class Combiner:
         self._key_normalizers = []
         for index in plan.keys:
             check_equality(self.types[index], "GROUP BY")
-            self._key_normalizers.append((index, equality_key(self.types[index])))
+            self._key_normalizers.append((index, equality_key(self.types[index], "GROUP BY")))
         self.aggregates = [
             self._aggregate(p, text_order_c, d) for p, d in zip(plan.partials, delimiters, strict=True)
         ]
@@ -91,11 +91,16 @@ class Combiner:
     # -- building ------------------------------------------------------------------
 
     def _column(self, output: Any, description: Sequence[Any]) -> Column:
+        """The shard's column where its value passes through or keeps its type, else a bare one."""
         if output.source == "column":
             source = description[output.index]
             return _renamed(source, output.name or source.name)
         partial = self.plan.partials[output.index]
-        return Column(name=output.name, type_code=_result_type(partial, self.types))
+        result_type = _result_type(partial, self.types)
+        first = description[partial.columns[0]]
+        if partial.kind not in ("avg", "var", "count_distinct") and first.type_code == result_type:
+            return _renamed(first, output.name)
+        return Column(name=output.name, type_code=result_type)
 
     def _aggregate(self, partial: Partial, text_order_c: bool, delimiter: Any) -> _Aggregate:
         kind, cols, types = partial.kind, partial.columns, self.types
@@ -107,15 +112,15 @@ class Combiner:
             if element is None:
                 raise refuse(f"count(DISTINCT ...) on values of type {type_name(first_type)}")
             check_equality(element, "count(DISTINCT ...)")
-            norm = equality_key(element)
-            return _Aggregate(_union(norm), lambda s: len(s), set)
+            norm = equality_key(element, "count(DISTINCT ...)")
+            return _Aggregate(_union(norm, type_name(element)), lambda s: len(s), set)
         if kind == "sum":
             if first_type not in SUMMABLE:
                 raise refuse(f"sum() over type {type_name(first_type)}")
             return _Aggregate(_add, _sum_final(first_type), lambda: None)
         if kind in ("min", "max"):
             check_order(first_type, text_order_c, f"{kind}()")
-            key, _ = row_key([SortKey(0)], [first_type])
+            key, _ = row_key([SortKey(0)], [first_type], check=False)  # an infinity is its own extreme
             pick = max if kind == "max" else min
             return _Aggregate(_extreme(pick, key), lambda s: s, lambda: None)
         if kind == "avg":
@@ -145,7 +150,7 @@ class Combiner:
             both = all if kind == "bool_and" else any
             return _Aggregate(_collect, lambda s: both(s) if s else None, list)
         if kind == "array_agg":
-            return _Aggregate(_concat, lambda s: s, lambda: None)
+            return _Aggregate(_concat(type_name(first_type)), lambda s: s, lambda: None)
         if kind == "string_agg":
             if first_type not in (TEXT, VARCHAR):
                 raise refuse("string_agg() over bytea")
@@ -154,7 +159,10 @@ class Combiner:
         raise refuse(f"the aggregate {kind}()")
 
 
-def _renamed(column: Any, name: str) -> Column:
+def _renamed(column: Any, name: str) -> Any:
+    """``column`` itself, or a copy of every field under another name."""
+    if name == column.name:
+        return column
     return Column(
         name=name,
         type_code=column.type_code,
@@ -163,6 +171,8 @@ def _renamed(column: Any, name: str) -> Column:
         precision=column.precision,
         scale=column.scale,
         null_ok=column.null_ok,
+        table_oid=column.table_oid,
+        table_column=column.table_column,
     )
 
 
@@ -214,11 +224,25 @@ def _float(value: Decimal | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _union(norm: Callable[[Any], Any] | None) -> Callable[[set[Any], tuple[Any, ...]], set[Any]]:
+def _array(value: Any, what: str) -> list[Any]:
+    """A partial array as a list; refused when psycopg2 returned it as a string."""
+    if not isinstance(value, list):
+        raise refuse(f"{what} (psycopg2 returns arrays of this type as strings)")
+    return value
+
+
+def _union(
+    norm: Callable[[Any], Any] | None, element: str
+) -> Callable[[set[Any], tuple[Any, ...]], set[Any]]:
+    what = f"count(DISTINCT ...) on type {element}"
+
     def combine(state: set[Any], values: tuple[Any, ...]) -> set[Any]:
-        items = values[0]
-        if items:
-            state.update(v if norm is None else norm(v) for v in items if v is not None)
+        if values[0] is None:
+            return state
+        items = [v for v in _array(values[0], what) if v is not None]
+        if any(isinstance(v, list) for v in items):
+            raise refuse("count(DISTINCT ...) on arrays")
+        state.update(items if norm is None else map(norm, items))
         return state
 
     return combine
@@ -242,7 +266,26 @@ def _collect(state: list[Any], values: tuple[Any, ...]) -> list[Any]:
     return state
 
 
-def _concat(state: Any, values: tuple[Any, ...]) -> Any:
-    if values[0] is None:
-        return state
-    return list(values[0]) if state is None else state + list(values[0])
+def _concat(array_type: str) -> Callable[[Any, tuple[Any, ...]], Any]:
+    what = f"array_agg() returning {array_type}"
+
+    def combine(state: Any, values: tuple[Any, ...]) -> Any:
+        if values[0] is None:
+            return state
+        items = _array(values[0], what)
+        if state is None:
+            return list(items)
+        if items and state and _shape(items[0]) != _shape(state[0]):
+            raise refuse("array_agg() of arrays whose dimensions differ from shard to shard")
+        return state + items
+
+    return combine
+
+
+def _shape(value: Any) -> list[int]:
+    """The lengths of an element's dimensions ([] for a scalar)."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return shape

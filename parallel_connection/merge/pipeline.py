@@ -15,8 +15,9 @@ from typing import Any
 from ..plan.model import ClientPlan
 from ..streams import ShardStream
 from .aggregate import Combiner
+from .having import having
 from .ordered import check_sorted, ordered
-from .rowops import bind, distinct, distinct_on, having, offset_limit
+from .rowops import bind, distinct, distinct_on, offset_limit
 from .union import union
 from .values import COLLATED, check_equality, check_order, fast_sort, row_key
 
@@ -62,7 +63,7 @@ def build_merge(
         if combiner is not None:
             groups = combiner.combine(r for s in streams for r in s.rows())
             if client.aggregate is not None and client.aggregate.having is not None:
-                groups = list(having(groups, client.aggregate.having, params, names, text_order_c))
+                groups = list(having(groups, client.aggregate.having, params, names, text_order_c, types))
             if client.order:
                 fast_sort(groups, client.order, types)
             rows = groups

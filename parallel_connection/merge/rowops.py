@@ -1,28 +1,24 @@
-"""Row-at-a-time steps after merging: HAVING, DISTINCT, DISTINCT ON, OFFSET / LIMIT."""
+"""Row-at-a-time steps after merging: DISTINCT, DISTINCT ON, OFFSET / LIMIT."""
 
 from __future__ import annotations
 
 import itertools
-import operator
+import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 
-from ..plan.model import Const, Expr, Value
+from ..plan.model import Const, Value
 from ..plan.refusals import refuse
-from . import numeric
 from .values import equality_key
 
-__all__ = ["bind", "distinct", "distinct_on", "having", "offset_limit"]
+__all__ = ["bind", "distinct", "distinct_on", "offset_limit"]
 
 Row = Any
-
-_COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "=": operator.eq, "<>": operator.ne, "!=": operator.ne,
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-}  # fmt: skip
 
 
 def bind(value: Value | None, params: Any, names: tuple[str, ...]) -> Any:
@@ -34,8 +30,8 @@ def bind(value: Value | None, params: Any, names: tuple[str, ...]) -> Any:
     return params[names[value.number - 1]]
 
 
-def _row_key(columns: Sequence[int], types: Sequence[int]) -> Callable[[Row], Any]:
-    normalizers = [(c, equality_key(types[c])) for c in columns]
+def _row_key(columns: Sequence[int], types: Sequence[int], what: str) -> Callable[[Row], Any]:
+    normalizers = [(c, equality_key(types[c], what)) for c in columns]
     return lambda row: tuple(row[c] if f is None else f(row[c]) for c, f in normalizers)
 
 
@@ -47,8 +43,8 @@ def distinct(
     When the rows come sorted on ``sorted_on`` columns, equal rows are
     neighbours within a run of equal sort keys: only that run is remembered.
     """
-    key = _row_key(range(width), types)
-    run_key = _row_key(sorted_on, types) if sorted_on else None
+    key = _row_key(range(width), types, "DISTINCT")
+    run_key = _row_key(sorted_on, types, "DISTINCT") if sorted_on else None
     run: Any = object()
     seen: set[Any] = set()
     for row in rows:
@@ -66,7 +62,7 @@ def distinct_on(
     rows: Iterable[Row], columns: Sequence[int], types: Sequence[int], adjacent: bool
 ) -> Iterator[Row]:
     """The first row for each value of the DISTINCT ON columns."""
-    key = _row_key(columns, types)
+    key = _row_key(columns, types, "DISTINCT ON")
     if adjacent:
         previous: Any = object()
         for row in rows:
@@ -85,103 +81,42 @@ def distinct_on(
 
 def offset_limit(rows: Iterator[Row], offset: Any, limit: Any) -> Iterator[Row]:
     """Skip ``offset`` rows, then stop after ``limit`` (None: no bound)."""
-    for name, value in (("OFFSET", offset), ("LIMIT", limit)):
-        if value is not None and (not isinstance(value, int) or value < 0):
-            raise psycopg2.DataError(f"{name} must be a non-negative integer, not {value!r}")
-    stop = None if limit is None else (offset or 0) + limit
-    return itertools.islice(rows, offset or 0, stop)
+    skip = row_count(offset, "OFFSET") or 0
+    count = row_count(limit, "LIMIT")
+    return itertools.islice(rows, skip, None if count is None else skip + count)
 
 
-def having(
-    rows: Iterable[Row], predicate: Expr, params: Any, names: tuple[str, ...], text_order_c: bool
-) -> Iterator[Row]:
-    """The rows for which ``predicate`` is true (not false, not NULL)."""
-    for row in rows:
-        if _evaluate(predicate, row, params, names, text_order_c) is True:
-            yield row
+_BIGINT = 2**63
+_INTEGER_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*")
+_NEGATIVE = {
+    "LIMIT": psycopg2.errors.InvalidRowCountInLimitClause,
+    "OFFSET": psycopg2.errors.InvalidRowCountInResultOffsetClause,
+}
 
 
-def _evaluate(expr: Expr, row: Row, params: Any, names: tuple[str, ...], text_c: bool) -> Any:
-    op = expr[0]
-    if op == "column":
-        return row[expr[1]]
-    if op == "value":
-        return bind(expr[1], params, names)
-    if op in ("and", "or"):
-        values = [_evaluate(e, row, params, names, text_c) for e in expr[1:]]
-        decisive = op == "or"
-        if decisive in values:
-            return decisive
-        return None if None in values else not decisive
-    if op == "not":
-        value = _evaluate(expr[1], row, params, names, text_c)
-        return None if value is None else not value
-    if op == "isnull":
-        return _evaluate(expr[1], row, params, names, text_c) is None
-    left = _evaluate(expr[2], row, params, names, text_c)
-    right = _evaluate(expr[3], row, params, names, text_c)
-    if left is None or right is None:
+def row_count(value: Any, clause: str) -> int | None:
+    """A LIMIT or OFFSET parameter as the bigint PostgreSQL makes of it, as psycopg2 sends it."""
+    if value is None:
         return None
-    left, right = _coerce(left, right)
-    try:
-        if op == "cmp":
-            if (
-                isinstance(left, str)
-                and isinstance(right, str)
-                and not text_c
-                and expr[1] not in ("=", "<>", "!=")
-            ):
-                raise refuse('HAVING comparing text under a collation other than "C"')
-            return _COMPARE[expr[1]](_nan_last(left), _nan_last(right))
-        if isinstance(left, bool) or isinstance(right, bool):
-            raise TypeError
-        with_decimal = isinstance(left, Decimal) or isinstance(right, Decimal)
-        if op == "arith" and with_decimal:
-            method = {"+": numeric.EXACT.add, "-": numeric.EXACT.subtract, "*": numeric.EXACT.multiply}[
-                expr[1]
-            ]
-            return method(Decimal(left), Decimal(right))
-        return {"+": operator.add, "-": operator.sub, "*": operator.mul}[expr[1]](left, right)
-    except TypeError:
-        raise refuse(f"HAVING with {type(left).__name__} {expr[1]} {type(right).__name__}") from None
-
-
-def _coerce(left: Any, right: Any) -> tuple[Any, Any]:
-    """Mixed float and numeric compare as float, as PostgreSQL casts numeric to double precision."""
-    if isinstance(left, float) and isinstance(right, Decimal):
-        return left, float(right)
-    if isinstance(right, float) and isinstance(left, Decimal):
-        return float(left), right
-    return left, right
-
-
-def _nan_last(value: Any) -> Any:
-    if isinstance(value, float) and value != value:
-        return _Greatest()
-    if isinstance(value, Decimal) and value.is_nan():
-        return _Greatest()
+    if isinstance(value, bool):
+        raise refuse(f"{clause} with a boolean parameter")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise psycopg2.errors.NumericValueOutOfRange("bigint out of range")
+        value = Decimal(repr(value))  # psycopg2 sends a finite float as a numeric literal
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise psycopg2.errors.FeatureNotSupported(f"cannot convert {value} to bigint")
+        value = int(value.to_integral_value(rounding=ROUND_HALF_UP))
+    elif isinstance(value, str):
+        if not _INTEGER_TEXT.fullmatch(value):
+            message = f'invalid input syntax for type bigint: "{value}"'
+            raise psycopg2.errors.InvalidTextRepresentation(message)
+        value = int(value)
+    elif not isinstance(value, int):
+        raise refuse(f"{clause} with a parameter of Python type {type(value).__name__}")
+    if not -_BIGINT <= value < _BIGINT:
+        raise psycopg2.errors.NumericValueOutOfRange("bigint out of range")
+    if value < 0:
+        raise _NEGATIVE[clause](f"{clause} must not be negative")
     return value
-
-
-class _Greatest:
-    """NaN in a comparison: equal to NaN, greater than any number."""
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Greatest)
-
-    def __ne__(self, other: object) -> bool:
-        return not isinstance(other, _Greatest)
-
-    def __lt__(self, other: object) -> bool:
-        return False
-
-    def __le__(self, other: object) -> bool:
-        return isinstance(other, _Greatest)
-
-    def __gt__(self, other: object) -> bool:
-        return not isinstance(other, _Greatest)
-
-    def __ge__(self, other: object) -> bool:
-        return True
-
-    __hash__ = None  # type: ignore[assignment]

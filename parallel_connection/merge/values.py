@@ -6,6 +6,7 @@ grouped on the client; any other type is refused rather than guessed at.
 
 from __future__ import annotations
 
+import datetime
 import gc
 import math
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ __all__ = [
     "equality_key",
     "row_key",
     "type_name",
+    "unrepresentable",
 ]
 
 BOOL, INT8, INT2, INT4, TEXT, OID, NAME, CHAR = 16, 20, 21, 23, 25, 26, 19, 18
@@ -33,9 +35,15 @@ DATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL, UUID = 1082, 1083, 1114, 1184, 118
 
 COLLATED = frozenset({TEXT, VARCHAR})
 """Text types ordered by the database collation (``name`` and ``"char"`` always order bytes)."""
-ORDERED = frozenset({BOOL, INT8, INT2, INT4, OID, NAME, CHAR, FLOAT4, FLOAT8, NUMERIC, DATE, TIME})
-ORDERED |= frozenset({TIMESTAMP, TIMESTAMPTZ, INTERVAL, UUID}) | COLLATED
-"""Types whose Python order, with NaN and NULL handled here, is PostgreSQL's."""
+ORDERED = frozenset({BOOL, INT8, INT2, INT4, OID, NAME, CHAR, FLOAT4, FLOAT8, NUMERIC, DATE})
+ORDERED |= frozenset({TIMESTAMP, TIMESTAMPTZ, UUID}) | COLLATED
+"""Types whose Python order, with NaN, NULL and infinities handled here, is PostgreSQL's.
+
+Not interval (psycopg2 makes a year 365 days, PostgreSQL compares it as 360),
+nor time (psycopg2 returns 24:00 as 00:00).
+"""
+CALENDAR = frozenset({DATE, TIMESTAMP, TIMESTAMPTZ})
+"""Types whose infinities psycopg2 returns as the calendar's last or first value: see ``unrepresentable``."""
 EQUAL = ORDERED
 """Types whose Python equality (NaN aside) is PostgreSQL's."""
 WITH_NAN = frozenset({FLOAT4, FLOAT8, NUMERIC})
@@ -93,13 +101,37 @@ def check_equality(type_code: int, what: str) -> None:
         raise refuse(f"{what} on a column of type {type_name(type_code)}")
 
 
-def equality_key(type_code: int) -> Callable[[Any], Any] | None:
+def equality_key(type_code: int, what: str = "GROUP BY or DISTINCT") -> Callable[[Any], Any] | None:
     """A function making values of this type hash and compare as PostgreSQL's equal (None: as is)."""
+    if type_code in CALENDAR:
+        return lambda v: _calendar(v, what)
     if type_code in (FLOAT4, FLOAT8):
         return lambda v: v if v == v else NAN
     if type_code == NUMERIC:
         return lambda v: NAN if v is not None and v.is_nan() else v
     return None
+
+
+_STAND_INS = {
+    datetime.datetime.max: "infinity", datetime.datetime.min: "-infinity",
+    datetime.date.max: "infinity", datetime.date.min: "-infinity",
+}  # fmt: skip
+
+
+def unrepresentable(value: Any, what: str) -> None:
+    """Refuse a value psycopg2 returns for more than one PostgreSQL value (infinities)."""
+    if isinstance(value, datetime.date):
+        plain = value.replace(tzinfo=None) if isinstance(value, datetime.datetime) else value
+        if plain in _STAND_INS:
+            raise refuse(
+                f"{what} on a date or timestamp {_STAND_INS[plain]}, or at that end of the calendar "
+                "(psycopg2 returns both as the same Python value)"
+            )
+
+
+def _calendar(value: Any, what: str) -> Any:
+    unrepresentable(value, what)
+    return value
 
 
 def _number_key(value: Any) -> tuple[int, Any]:
@@ -123,26 +155,34 @@ class _Reversed:
         return isinstance(other, _Reversed) and self.value == other.value
 
 
-def row_key(keys: Sequence[SortKey], types: Sequence[int]) -> tuple[Callable[[Any], Any], bool]:
-    """(key function, reverse) sorting rows as ORDER BY ``keys`` does, NULLs and NaN included."""
+def row_key(
+    keys: Sequence[SortKey], types: Sequence[int], *, check: bool = True
+) -> tuple[Callable[[Any], Any], bool]:
+    """(key function, reverse) sorting rows as ORDER BY ``keys`` does, NULLs and NaN included.
+
+    With ``check``, an infinity among the keys is refused (see ``unrepresentable``).
+    """
     reverse = keys[0].descending
     parts = []
     for key in keys:
         nulls_high = key.descending == key.nulls_first
         number = types[key.column] in WITH_NAN
-        parts.append((key.column, nulls_high, number, key.descending != reverse))
+        calendar = check and types[key.column] in CALENDAR
+        parts.append((key.column, nulls_high, number, calendar, key.descending != reverse))
 
-    def component(value: Any, nulls_high: bool, number: bool, flip: bool) -> Any:
+    def component(value: Any, nulls_high: bool, number: bool, calendar: bool, flip: bool) -> Any:
         if value is None:
             part: Any = (2,) if nulls_high else (0,)
         else:
+            if calendar:
+                unrepresentable(value, "ORDER BY")
             part = (1, _number_key(value) if number else value)
         return _Reversed(part) if flip else part
 
     if len(parts) == 1:
-        column, nulls_high, number, flip = parts[0]
-        return (lambda row: component(row[column], nulls_high, number, flip)), reverse
-    return (lambda row: tuple(component(row[c], h, n, f) for c, h, n, f in parts)), reverse
+        column, nulls_high, number, calendar, flip = parts[0]
+        return (lambda row: component(row[column], nulls_high, number, calendar, flip)), reverse
+    return (lambda row: tuple(component(row[c], h, n, d, f) for c, h, n, d, f in parts)), reverse
 
 
 def fast_sort(rows: list[Any], keys: Sequence[SortKey], types: Sequence[int]) -> None:
@@ -165,6 +205,9 @@ def fast_sort(rows: list[Any], keys: Sequence[SortKey], types: Sequence[int]) ->
 
 def _sort(rows: list[Any], keys: Sequence[SortKey], types: Sequence[int]) -> None:
     columns = [k.column for k in keys]
+    for column in {c for c in columns if types[c] in CALENDAR}:
+        for row in rows:
+            unrepresentable(row[column], "ORDER BY")
     reverse = keys[0].descending
     if all(k.descending == reverse for k in keys):
         getter = itemgetter(*columns)
@@ -175,5 +218,5 @@ def _sort(rows: list[Any], keys: Sequence[SortKey], types: Sequence[int]) -> Non
                 return
         except (TypeError, ArithmeticError):
             pass  # a NULL or a numeric NaN among the keys: sort with the full key
-    key, reverse = row_key(keys, types)
+    key, reverse = row_key(keys, types, check=False)
     rows.sort(key=key, reverse=reverse)
