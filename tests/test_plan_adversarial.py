@@ -99,6 +99,16 @@ def test_sharded_table_in_the_from_clause_is_still_merged(pdb, ref, sql):
             "(EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id)) IS NOT TRUE",
             "NOT EXISTS, NOT IN",
         ),
+        (
+            "SELECT count(*) FROM customers c WHERE "
+            "EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id) = false",
+            "NOT EXISTS, NOT IN",
+        ),
+        (
+            "SELECT count(*) FROM customers c WHERE "
+            "CASE WHEN c.id IN (SELECT customer_id FROM orders) THEN false ELSE true END",
+            "NOT EXISTS, NOT IN",
+        ),
     ],
 )
 def test_anti_joins_against_a_sharded_table_are_refused(pdb, sql, refused, declared):

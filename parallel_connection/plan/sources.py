@@ -130,20 +130,34 @@ def check_sources(stmt: ast.SelectStmt, replicated: frozenset[str]) -> None:
     for sublink in _negated_sublinks(stmt, negated=False):
         if sources.reads_sharded(sublink.subselect, ctes):
             raise refuse(
-                "NOT EXISTS, NOT IN or ALL (...) over a subquery reading a table not copied to every shard"
+                "NOT EXISTS, NOT IN, ALL (...) or another test of the truth of a subquery reading a table "
+                "not copied to every shard"
             )
     sources.select(stmt, {})
 
 
-def _negated_sublinks(node: ast.Node, *, negated: bool) -> list[ast.SubLink]:
-    """Subqueries whose answer is negated (NOT, IS NOT TRUE, ...) or quantified with ALL."""
+def _negated_sublinks(node: ast.Node, *, negated: bool, parent: ast.Node | None = None) -> list[ast.SubLink]:
+    """Subqueries whose answer is negated (NOT, IS NOT TRUE, ...) or quantified with ALL.
+
+    An EXISTS or IN test counts as negated too when anything but AND, OR or
+    the clause itself uses its truth value (``= false``, CASE, ...).
+    """
     found: list[ast.SubLink] = []
-    if isinstance(node, ast.SubLink) and (negated or node.subLinkType == enums.SubLinkType.ALL_SUBLINK):
-        found.append(node)
+    if isinstance(node, ast.SubLink):
+        tested = node.subLinkType in (enums.SubLinkType.EXISTS_SUBLINK, enums.SubLinkType.ANY_SUBLINK)
+        if negated or node.subLinkType == enums.SubLinkType.ALL_SUBLINK or (tested and not _plain(parent)):
+            found.append(node)
     negated = negated or _negates(node)
     for child in children(node):
-        found += _negated_sublinks(child, negated=negated)
+        found += _negated_sublinks(child, negated=negated, parent=node)
     return found
+
+
+def _plain(parent: ast.Node | None) -> bool:
+    """A place where a subquery's truth value only filters or is shown as is."""
+    if isinstance(parent, ast.BoolExpr):
+        return parent.boolop != enums.BoolExprType.NOT_EXPR
+    return parent is None or isinstance(parent, (ast.SelectStmt, ast.JoinExpr, ast.ResTarget))
 
 
 def _negates(node: ast.Node) -> bool:
