@@ -68,7 +68,8 @@ class _Sources:
         if not sharded and self.reads_sharded(stmt, ctes):
             raise refuse(
                 "a table that is not copied to every shard, read only in a subquery, CTE or "
-                "expression (no such table in the FROM clause)"
+                "expression (no such table in the FROM clause; tables copied to every shard are "
+                "declared with replicated_tables)"
             )
         return _SHARDED if sharded else _WHOLE
 
