@@ -450,10 +450,14 @@ class ParallelCursor:
         self._first_only = False
 
 
-def _shape(description: Sequence[Any] | None) -> list[tuple[str, int]] | None:
+FIRST_USER_OID = 16384
+"""Types made in a database (enums, domains, composites) get their own OIDs on each shard."""
+
+
+def _shape(description: Sequence[Any] | None) -> list[tuple[str, int | None]] | None:
     if description is None:
         return None
-    return [(col.name, col.type_code) for col in description]
+    return [(col.name, col.type_code if col.type_code < FIRST_USER_OID else None) for col in description]
 
 
 def _show(description: Sequence[Any] | None) -> str:

@@ -230,3 +230,23 @@ def test_one_connection_is_shared_by_threads(pdb, ref):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_a_user_defined_type_is_the_same_column_on_every_shard(pdb, sample):
+    from conftest import run_on_all
+
+    run_on_all(sample.shard_dsns, "DROP TABLE IF EXISTS moods; DROP TYPE IF EXISTS mood")
+    # Types made in another order on each shard: the enum gets a different OID on each.
+    for i, dsn in enumerate(sample.shard_dsns):
+        spacers = "".join(f"CREATE TYPE x{i}_{j} AS ENUM (); " for j in range(i + 1))
+        run_on_all([dsn], spacers + "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')")
+        run_on_all([dsn], "CREATE TABLE moods (id int, m mood); INSERT INTO moods VALUES (%s, 'ok')", (i,))
+    try:
+        with pdb.cursor(merge="union") as cur:
+            cur.execute("SELECT id, m FROM moods")
+            assert sorted(cur.fetchall()) == [(0, "ok"), (1, "ok"), (2, "ok")]
+    finally:
+        pdb.rollback()
+        for i, dsn in enumerate(sample.shard_dsns):
+            spacers = "".join(f"DROP TYPE x{i}_{j}; " for j in range(i + 1))
+            run_on_all([dsn], "DROP TABLE moods; DROP TYPE mood; " + spacers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -83,7 +84,10 @@ def offset_limit(rows: Iterator[Row], offset: Any, limit: Any) -> Iterator[Row]:
     """Skip ``offset`` rows, then stop after ``limit`` (None: no bound)."""
     skip = row_count(offset, "OFFSET") or 0
     count = row_count(limit, "LIMIT")
-    return itertools.islice(rows, skip, None if count is None else skip + count)
+    # islice takes at most sys.maxsize: no result is that long, so larger bounds change nothing.
+    skip = min(skip, sys.maxsize)
+    stop = None if count is None else min(skip + count, sys.maxsize)
+    return itertools.islice(rows, skip, stop)
 
 
 _BIGINT = 2**63
