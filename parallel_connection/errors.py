@@ -18,12 +18,21 @@ __all__ = [
     "describe_dsn",
     "dsn_secrets",
     "redact",
+    "refuse",
     "shard_error",
 ]
 
 
 class NotSupportedError(psycopg2.NotSupportedError):
     """A statement this library cannot answer exactly across shards."""
+
+
+def refuse(construct: str) -> NotSupportedError:
+    """The error for a statement whose answer would be wrong if merged: the construct, the way out."""
+    return NotSupportedError(
+        f"{construct} cannot be merged exactly across shards; if the statement is "
+        'shard-local, run it with cursor(merge="union") to get the plain union of the shards\' rows'
+    )
 
 
 @dataclass(frozen=True)

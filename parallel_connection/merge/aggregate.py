@@ -9,8 +9,8 @@ from typing import Any
 
 from psycopg2.extensions import Column
 
+from ..errors import refuse
 from ..plan.model import AggregatePlan, Partial, SortKey
-from ..plan.refusals import refuse
 from . import numeric
 from .values import (
     ARRAY_ELEMENT,

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
+from ..errors import refuse
 from ..plan.model import Expr
-from ..plan.refusals import refuse
 from . import numeric
 from .rowops import bind
 from .values import (

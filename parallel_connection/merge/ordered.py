@@ -7,7 +7,7 @@ import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from ..plan.refusals import refuse
+from ..errors import refuse
 from ..streams import ShardStream
 
 __all__ = ["check_sorted", "ordered"]

@@ -13,8 +13,8 @@ from typing import Any
 import psycopg2
 import psycopg2.errors
 
+from ..errors import refuse
 from ..plan.model import Const, Value
-from ..plan.refusals import refuse
 from .values import equality_key
 
 __all__ = ["bind", "distinct", "distinct_on", "offset_limit"]

@@ -15,8 +15,8 @@ from typing import Any
 
 import psycopg2.extensions
 
+from ..errors import refuse
 from ..plan.model import SortKey
-from ..plan.refusals import refuse
 
 __all__ = [
     "ARRAY_ELEMENT",

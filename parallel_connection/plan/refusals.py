@@ -6,18 +6,10 @@ from collections.abc import Callable
 
 from pglast import ast, enums
 
-from ..errors import NotSupportedError
+from ..errors import refuse
 from .syntax import aggregate_name, walk
 
 __all__ = ["check_nested", "check_top", "refuse"]
-
-
-def refuse(construct: str) -> NotSupportedError:
-    """The error for a statement whose answer would be wrong if merged."""
-    return NotSupportedError(
-        f"{construct} cannot be merged exactly across shards; if the statement is "
-        'shard-local, run it with cursor(merge="union") to get the plain union of the shards\' rows'
-    )
 
 
 def check_top(stmt: ast.SelectStmt, aggregates: frozenset[str]) -> None:
