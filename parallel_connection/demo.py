@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import psycopg2
+import psycopg2.extensions
 
 from .connection import ParallelConnection, connect
 from .formats import write_rows
@@ -134,19 +135,19 @@ def _explore(pdb: ParallelConnection) -> None:
     _sql(EXPLORE)
     with pdb.cursor(merge="union") as cur:
         cur.execute(EXPLORE)
-        columns = ["shard", *(c.name for c in cur.description)]
+        columns = ["shard", *_names(cur.description)]
         rows = [(shard, *row) for shard, row in cur.shard_rows()]
     _table(columns, rows)
 
 
-def _report(pdb: ParallelConnection, ref: Any) -> bool:
+def _report(pdb: ParallelConnection, ref: psycopg2.extensions.connection) -> bool:
     print("(b) Report: a GROUP BY across the shards, merged by the default cursor, and checked")
     print("    against the same report computed by the single database:")
     _sql(REPORT)
     try:
         with pdb.cursor() as cur:
             cur.execute(REPORT)
-            columns = [c.name for c in cur.description]
+            columns = _names(cur.description)
             merged = [tuple(row) for row in cur.fetchall()]
     except psycopg2.Error as exc:
         print(f"  FAILED: the merged cursor refused the report: {exc}\n")
@@ -158,7 +159,7 @@ def _report(pdb: ParallelConnection, ref: Any) -> bool:
     return _check(merged, expected, columns)
 
 
-def _ranges(pdb: ParallelConnection, ref: Any, *, rows_per_range: int) -> bool:
+def _ranges(pdb: ParallelConnection, ref: psycopg2.extensions.connection, *, rows_per_range: int) -> bool:
     print("(c) Range job: scan_ranges cuts orders.id into ranges on every shard and runs one")
     print("    small query per range; report.totals() sums the ranges' counts and amounts:")
     _sql(RANGE_SHOWN)
@@ -214,21 +215,28 @@ def _step(what: str, action: Callable[[], T], *, background: bool = True) -> T:
 
 def _interruptible(action: Callable[[], T]) -> T:
     """Run ``action`` in a thread, so Ctrl-C reaches the cleanup at once instead of after it."""
-    outcome: dict[str, Any] = {}
+    values: list[T] = []
+    errors: list[BaseException] = []
 
     def target() -> None:
         try:
-            outcome["value"] = action()
+            values.append(action())
         except BaseException as exc:
-            outcome["error"] = exc
+            errors.append(exc)
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     while thread.is_alive():
         thread.join(0.1)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    if errors:
+        raise errors[0]
+    return values[0]
+
+
+def _names(description: Sequence[Any] | None) -> list[str]:
+    """The column names of a statement that returns rows."""
+    assert description is not None, "the statement returns no rows"
+    return [column.name for column in description]
 
 
 def _sql(text: str) -> None:

@@ -63,8 +63,8 @@ def find_bindir() -> Path:
         out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
         candidates.append(out.stdout.strip())
     candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
-    if shutil.which("initdb"):
-        candidates.append(str(Path(shutil.which("initdb")).parent))
+    if initdb := shutil.which("initdb"):
+        candidates.append(str(Path(initdb).parent))
     for folder in candidates:
         if folder and (Path(folder) / "initdb").exists() and (Path(folder) / "pg_ctl").exists():
             return Path(folder)
@@ -94,7 +94,8 @@ def default_base_dir() -> Path:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 @dataclass
@@ -259,9 +260,9 @@ class LocalCluster:
             return ["runuser", "-u", "postgres", "--", *argv]
         return argv
 
-    def _run_as_owner(self, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    def _run_as_owner(self, argv: list[str], *, input: str | None = None) -> subprocess.CompletedProcess[str]:
         full = self._as_owner(argv)
-        result = subprocess.run(full, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+        result = subprocess.run(full, capture_output=True, text=True, input=input)
         if result.returncode != 0:
             output = result.stderr.strip() or result.stdout.strip()
             raise RuntimeError(f"{Path(argv[0]).name} {argv[1]} failed: {output}")

@@ -86,7 +86,7 @@ class TcpProxy:
         """``dsn`` pointed at this proxy instead of its server."""
         params = psycopg2.extensions.parse_dsn(dsn)
         params.update(host="127.0.0.1", port=str(self.port))
-        return psycopg2.extensions.make_dsn(**params)
+        return psycopg2.extensions.make_dsn(dsn=None, **params)
 
     def start(self) -> TcpProxy:
         threading.Thread(target=self._accept, daemon=True).start()

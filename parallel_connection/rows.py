@@ -42,13 +42,16 @@ def row_maker(factory: Any, description: Sequence[Any]) -> RowMaker | None:
             index[name] = i
         return lambda values: _dict_row(values, index)
     if issubclass(factory, psycopg2.extras.NamedTupleCursor):
-        record = factory._cached_make_nt(tuple(names))
-        return record._make
+        # psycopg2's own (cached) namedtuple class for these names; its _make builds a row.
+        make: RowMaker = factory._cached_make_nt(tuple(names))._make
+        return make
     raise psycopg2.NotSupportedError(f"cannot rebuild rows of {factory.__name__}")
 
 
 def _dict_row(values: tuple[Any, ...], index: OrderedDict[str, int]) -> psycopg2.extras.DictRow:
     row = psycopg2.extras.DictRow.__new__(psycopg2.extras.DictRow)
     list.__init__(row, values)
-    row._index = index
+    # DictRow has no constructor from values; its only state is the _index slot, which
+    # the psycopg2 stubs leave undeclared.
+    row._index = index  # type: ignore[attr-defined]
     return row

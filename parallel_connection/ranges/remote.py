@@ -93,7 +93,9 @@ def _picklable(error: BaseException) -> BaseException:
     """``error`` as something that can travel back from a worker, keeping its DB-API class."""
     if isinstance(error, psycopg2.Error):
         copy = type(error)(str(error))
-        copy.__setstate__({"pgcode": error.pgcode, "pgerror": error.pgerror})
+        # pgcode and pgerror are read-only; __setstate__ is how psycopg2 itself restores them
+        # (the stubs leave it unannotated).
+        copy.__setstate__({"pgcode": error.pgcode, "pgerror": error.pgerror})  # type: ignore[no-untyped-call]
         return copy
     return RuntimeError(f"{type(error).__name__}: {error}")
 

@@ -47,7 +47,7 @@ class Scan:
         self.work = work
         self.options = options
         self.shards = pdb.shards
-        self.own = pdb.connections
+        self.own: list[psycopg2.extensions.connection] = pdb.connections
         self.secrets = pdb._secrets
         pools = pdb.pools
         self.pool_caps = [pool_capacity(p) for p in pools] if pools is not None else [0] * len(self.own)
@@ -120,7 +120,10 @@ class Scan:
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             cur.execute("SELECT pg_export_snapshot()")
-            return cur.fetchone()[0]
+            row = cur.fetchone()
+            assert row is not None  # the function returns one row
+            snapshot: str = row[0]
+            return snapshot
 
     def _plan(self, ranges: list[IdRange] | None) -> list[ShardPlan]:
         def plan(i: int) -> ShardPlan:

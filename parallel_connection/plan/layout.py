@@ -1,0 +1,86 @@
+"""Where a bound table's rows live: sharded (on which key), copied, or the shards' own catalog.
+
+The layout joins the placement the user declared with the catalog the
+shards report. It is what the planner asks about every table it reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pglast import ast
+
+from ..errors import NotSupportedError
+from .names import is_cte_name
+
+__all__ = ["INTEGER_TYPES", "Layout", "TableInfo"]
+
+SYSTEM_SCHEMAS = ("pg_catalog", "information_schema")
+INTEGER_TYPES = frozenset({20, 21, 23})
+"""bigint, smallint, integer: keys that take Python ints."""
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One table a statement reads, as the planner sees it."""
+
+    kind: Literal["sharded", "whole"]
+    name: str
+    key: str | None = None
+    """The shard key column (None: a sharded table whose key is not declared)."""
+    function: Any = None
+    """The shard function (a ``ShardFunction``), with ``key``."""
+    columns: frozenset[str] | None = None
+    """Its column names when the catalog knows them."""
+    key_type: int | None = None
+    """The key column's type OID when known."""
+
+
+class Layout:
+    """The placement (bound to the catalog) and the catalog, as one question: where are these rows?"""
+
+    def __init__(self, catalog: Any, placement: Any, shards: int) -> None:
+        self.catalog = catalog
+        self.placement = placement
+        self.shards = shards
+
+    @property
+    def declared(self) -> bool:
+        """True when the user gave a placement (tables have declared keys)."""
+        return self.placement is not None
+
+    def table(self, node: ast.RangeVar) -> TableInfo | None:
+        """How a bound table reference's rows are placed; None for a CTE reference."""
+        if is_cte_name(node.relname) and not node.schemaname:
+            return None
+        schema, name = node.schemaname, node.relname
+        shown = f"{schema}.{name}" if schema else name
+        relation = self.catalog.resolve(schema, name) if self.catalog is not None else None
+        columns = frozenset(c.name for c in relation.columns) if relation is not None else None
+        if schema and (schema in SYSTEM_SCHEMAS or schema.startswith("pg_toast")):
+            return TableInfo("whole", shown, columns=columns)
+        if relation is not None and relation.schema in SYSTEM_SCHEMAS:
+            return TableInfo("whole", shown, columns=columns)
+        if self.placement is None:
+            return TableInfo("sharded", shown, columns=columns)
+        qualified = (relation.schema, relation.name) if relation is not None else (schema or "", name)
+        kind = self.placement.kind_of(qualified)
+        if kind == "copied":
+            return TableInfo("whole", shown, columns=columns)
+        if kind == "sharded":
+            sharded = self.placement.table(qualified)
+            key_type = None
+            if relation is not None:
+                key_type = next((c.type_oid for c in relation.columns if c.name == sharded.key), None)
+            return TableInfo("sharded", shown, sharded.key, sharded.function, columns, key_type)
+        if relation is None:
+            # No such relation: the shards report it as PostgreSQL would.
+            return TableInfo("sharded", shown, columns=columns)
+        if self.placement.unknown == "sharded":
+            return TableInfo("sharded", shown, columns=columns)
+        raise NotSupportedError(
+            f"the table {relation.schema}.{relation.name} is not in the placement, so where its rows "
+            "live is unknown; declare it in Placement(sharded={...}) or Placement(copied=[...]) "
+            '(or unknown="sharded" to read undeclared tables as sharded, with unchecked joins)'
+        )

@@ -1,0 +1,560 @@
+"""Which parts of a SELECT each shard answers alone, and which shards a statement needs.
+
+Reads the bound statement (see ``names``) level by level. Each shard's
+answer is its part of one database's answer when the sharded tables in a
+FROM clause are joined on their shard keys with one shard function
+(co-located), when a subquery over sharded rows is tied to the outer rows by
+that key (correlated on it, or ``key IN (SELECT key ...)``), and when a
+grouped, DISTINCT or windowed subquery keeps the key in its groups.
+Anything else reading sharded rows is refused here, naming the construct.
+The WHERE clause's tests of the key (``=``, ``IN``, ``= ANY``) are the
+statement's routing pins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pglast import ast, enums
+
+from ..errors import refuse
+from .layout import Layout, TableInfo
+from .model import Const, Param, Value
+from .syntax import aggregate_name, is_aggregate, output_name, walk
+
+__all__ = ["Analysis", "Pin", "analyze"]
+
+Identity = tuple[int, int, str]
+"""(level, FROM item, column): one column of one FROM item of one query level."""
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A WHERE test that keeps the statement's sharded rows to the shards of these keys."""
+
+    function: Any
+    values: tuple[Value, ...]
+    array: bool = False
+    """``values`` is one parameter holding a list (``key = ANY(%s)``)."""
+    key_type: int | None = None
+
+
+@dataclass
+class Analysis:
+    """What the planner needs to know about a top-level SELECT's rows."""
+
+    sharded: bool
+    """The statement reads a sharded table."""
+    local: bool
+    """The top level's groups, DISTINCT and windows keep the shard key: each shard's rows are final."""
+    pins: tuple[Pin, ...] = ()
+    routable: bool = False
+    """Every sharded table read is tied to the pinned key, so the pins alone pick the shards."""
+    local_reason: str = ""
+
+
+@dataclass
+class _Item:
+    alias: str | None
+    sharded: bool = False
+    columns: frozenset[str] | None = None
+    keys: dict[str, Any] = field(default_factory=dict)
+    """Columns holding the shard key, with their shard function."""
+    unkeyed: bool = False
+    name: str = ""
+    key_type: int | None = None
+
+
+@dataclass
+class _Info:
+    """One analysed SELECT: how its rows relate to the shards."""
+
+    sharded: bool
+    exact: bool
+    reason: str
+    keys: dict[str, Any]
+    names: list[str | None]
+    level: _Level | None = None
+
+
+class _Level:
+    def __init__(self, number: int, parent: _Level | None, parents: dict[Identity, Identity]) -> None:
+        self.number = number
+        self.parent = parent
+        self.items: list[_Item] = []
+        self.uf = dict(parents)
+
+    def find(self, x: Identity) -> Identity:
+        while self.uf.get(x, x) != x:
+            x = self.uf[x]
+        return x
+
+    def union(self, a: Identity, b: Identity) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.uf[ra] = rb
+
+    def key_identities(self) -> list[tuple[Identity, Any, _Item]]:
+        return [
+            ((self.number, i, column), function, item)
+            for i, item in enumerate(self.items)
+            for column, function in item.keys.items()
+        ]
+
+
+class _Analyzer:
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.levels = 0
+        self.ctes: dict[str, _Info] = {}
+        self.unkeyed = False
+
+    # -- one query level ------------------------------------------------------------
+
+    def select(self, stmt: ast.SelectStmt, parent: _Level | None) -> _Info:
+        if stmt.op != enums.SetOperation.SETOP_NONE:
+            return self.set_operation(stmt, parent)
+        if stmt.withClause is not None:
+            for cte in stmt.withClause.ctes or ():
+                if isinstance(cte.ctequery, ast.SelectStmt):
+                    self.ctes[cte.ctename] = self.select(cte.ctequery, parent)
+        if stmt.valuesLists:
+            return _Info(False, True, "", {}, [])
+        self.levels += 1
+        level = _Level(self.levels, parent, parent.uf if parent is not None else {})
+        quals: list[ast.Node] = []
+        for item in stmt.fromClause or ():
+            self.from_item(item, level, quals)
+        self.equalities(_conjuncts(stmt.whereClause), level)
+        self.check_colocated(level)
+        for expr in self.expressions(stmt, quals):
+            for sublink in _sublinks(expr):
+                self.sublink(sublink, level)
+        sharded = any(item.sharded for item in level.items)
+        names = [output_name(t) for t in stmt.targetList or ()]
+        if not sharded:
+            return _Info(False, True, "", {}, names, level)
+        exact, reason = self.exactness(stmt, level)
+        keys: dict[str, Any] = {}
+        for target, name in zip(stmt.targetList or (), names, strict=True):
+            function = self.key_function(target.val, level)
+            if name and function is not None:
+                keys[name] = function
+        return _Info(True, exact, reason, keys, names, level)
+
+    def set_operation(self, stmt: ast.SelectStmt, parent: _Level | None) -> _Info:
+        parts = [self.select(s, parent) for s in (stmt.larg, stmt.rarg) if s is not None]
+        if not any(p.sharded for p in parts):
+            return _Info(False, True, "", {}, parts[0].names if parts else [])
+        op = {enums.SetOperation.SETOP_INTERSECT: "INTERSECT", enums.SetOperation.SETOP_EXCEPT: "EXCEPT"}
+        name = op.get(stmt.op, "UNION") + (" ALL" if stmt.all else "")
+        if name == "UNION ALL" and all(p.exact for p in parts):
+            return _Info(True, True, "", {}, parts[0].names)
+        return _Info(True, False, f"a set operation ({name}) over sharded rows", {}, parts[0].names)
+
+    def from_item(self, node: ast.Node, level: _Level, quals: list[ast.Node]) -> list[int]:
+        """Add the FROM item's tables to ``level``; the indexes of the items it added."""
+        if isinstance(node, ast.RangeVar):
+            return [self.add(level, self.range_var(node))]
+        if isinstance(node, ast.RangeSubselect):
+            info = self.select(node.subquery, level if node.lateral else level.parent)
+            return [self.add(level, self.derived(info, node.alias, "a subquery in FROM"))]
+        if isinstance(node, ast.JoinExpr):
+            left = self.from_item(node.larg, level, quals)
+            right = self.from_item(node.rarg, level, quals)
+            if node.quals is not None:
+                quals.append(node.quals)
+                self.equalities(_conjuncts(node.quals), level)
+            for name in node.usingClause or ():
+                self.using(level, left, right, name.sval)
+            self.outer_join(node, level, left, right)
+            return left + right
+        if isinstance(node, ast.RangeTableSample):
+            return self.from_item(node.relation, level, quals)
+        for sublink in _sublinks(node):
+            self.sublink(sublink, level)
+        alias = getattr(node, "alias", None)
+        return [self.add(level, _Item(alias.aliasname if alias is not None else None))]
+
+    def range_var(self, node: ast.RangeVar) -> _Item:
+        alias = node.alias.aliasname if node.alias is not None else node.relname
+        info = self.layout.table(node)
+        if info is None:
+            cte = self.ctes.get(node.relname)
+            if cte is None:
+                return _Item(alias)
+            return self.derived(cte, node.alias, "a CTE")
+        return self.table_item(info, alias)
+
+    def table_item(self, info: TableInfo, alias: str) -> _Item:
+        if info.kind == "whole":
+            return _Item(alias, columns=info.columns, name=info.name)
+        if info.key is None:
+            self.unkeyed = True
+            return _Item(alias, True, info.columns, unkeyed=True, name=info.name)
+        return _Item(alias, True, info.columns, {info.key: info.function}, name=info.name, key_type=info.key_type)
+
+    def derived(self, info: _Info, alias: ast.Alias | None, what: str) -> _Item:
+        names = list(info.names)
+        if alias is not None and alias.colnames:
+            for i, column in enumerate(alias.colnames):
+                if i < len(names):
+                    old = names[i]
+                    names[i] = column.sval
+                    if old in info.keys:
+                        info.keys[column.sval] = info.keys.pop(old)
+        item = _Item(alias.aliasname if alias is not None else None, columns=frozenset(n for n in names if n))
+        if not info.sharded:
+            return item
+        if not info.exact:
+            raise refuse(f"{info.reason} in {what}")
+        item.sharded = True
+        item.keys = dict(info.keys)
+        item.unkeyed = not info.keys
+        if item.unkeyed:
+            self.unkeyed = True
+        item.name = what
+        return item
+
+    def add(self, level: _Level, item: _Item) -> int:
+        level.items.append(item)
+        index = len(level.items) - 1
+        keys = [(level.number, index, column) for column in item.keys]
+        for other in keys[1:]:
+            level.union(keys[0], other)
+        return index
+
+    # -- joins and co-location ------------------------------------------------------
+
+    def equalities(self, conjuncts: list[ast.Node], level: _Level) -> None:
+        for node in conjuncts:
+            if _is_equality(node):
+                a, b = self.resolve(node.lexpr, level), self.resolve(node.rexpr, level)
+                if a is not None and b is not None:
+                    level.union(a, b)
+
+    def using(self, level: _Level, left: list[int], right: list[int], column: str) -> None:
+        sides = []
+        for indexes in (left, right):
+            owners = [i for i in indexes if level.items[i].columns and column in level.items[i].columns]
+            if len(owners) == 1:
+                sides.append((level.number, owners[0], column))
+        if len(sides) == 2:
+            level.union(sides[0], sides[1])
+
+    def outer_join(self, node: ast.JoinExpr, level: _Level, left: list[int], right: list[int]) -> None:
+        outer = {
+            enums.JoinType.JOIN_LEFT: "LEFT JOIN",
+            enums.JoinType.JOIN_RIGHT: "RIGHT JOIN",
+            enums.JoinType.JOIN_FULL: "FULL JOIN",
+        }.get(node.jointype)
+        if outer is None:
+            return
+        left_sharded = any(level.items[i].sharded for i in left)
+        right_sharded = any(level.items[i].sharded for i in right)
+        kept = {"LEFT JOIN": (left_sharded,), "RIGHT JOIN": (right_sharded,)}
+        keeps = kept.get(outer, (left_sharded, right_sharded))
+        if (left_sharded or right_sharded) and not all(keeps):
+            raise refuse(
+                f"{outer} keeping the rows of a table copied to every shard (or of no table) "
+                "when the other side is sharded"
+            )
+
+    def check_colocated(self, level: _Level) -> None:
+        keyed = level.key_identities()
+        if len(keyed) < 2:
+            return
+        first, function, item = keyed[0]
+        for identity, other_function, other in keyed[1:]:
+            if other is item:
+                continue
+            if level.find(identity) != level.find(first) or other_function != function:
+                raise refuse(
+                    f"a join of {_shown(item, first)} and {_shown(other, identity)} that is not on "
+                    "their shard keys with one shard function (the rows they join may live on "
+                    "different shards)"
+                )
+
+    def key_function(self, expr: ast.Node, level: _Level) -> Any:
+        """The shard function when ``expr`` is a column holding the level's shard key."""
+        identity = self.resolve(expr, level)
+        if identity is None:
+            return None
+        root = level.find(identity)
+        for key, function, _ in level.key_identities():
+            if level.find(key) == root:
+                return function
+        return None
+
+    # -- subqueries ---------------------------------------------------------------------
+
+    def sublink(self, node: ast.SubLink, level: _Level) -> None:
+        sub = node.subselect
+        if not isinstance(sub, ast.SelectStmt):
+            return
+        info = self.select(sub, level)
+        self.outer_aggregates(sub, info, level)
+        if not info.sharded:
+            return
+        inner = info.level
+        if inner is not None and self.correlated_on_key(inner, level):
+            return
+        if self.key_in(node, info, level):
+            return
+        if inner is not None and self.correlated(sub, inner) and any(i.unkeyed for i in inner.items):
+            return  # no declared keys: joins are assumed co-located, as for FROM items
+        raise refuse(
+            "a subquery reading a sharded table that is not tied to the outer rows by the shard "
+            "key (correlate it on the key, or join the table in FROM)"
+        )
+
+    def correlated_on_key(self, inner: _Level, level: _Level) -> bool:
+        inner_keys = inner.key_identities()
+        if not inner_keys:
+            return False
+        outer = level
+        while outer is not None:
+            for identity, function, _ in outer.key_identities():
+                for key, inner_function, _ in inner_keys:
+                    if inner.find(key) == inner.find(identity) and function == inner_function:
+                        return True
+            outer = outer.parent
+        return False
+
+    def key_in(self, node: ast.SubLink, info: _Info, level: _Level) -> bool:
+        """``outer_key IN (SELECT inner_key ...)`` over an exact subquery: each shard has its keys."""
+        if node.subLinkType != enums.SubLinkType.ANY_SUBLINK or not info.exact:
+            return False
+        if node.operName and [n.sval for n in node.operName] != ["="]:
+            return False
+        sub = node.subselect
+        if len(sub.targetList or ()) != 1 or info.level is None:
+            return False
+        outer = self.key_function(node.testexpr, level)
+        inner = self.key_function(sub.targetList[0].val, info.level)
+        return outer is not None and outer == inner
+
+    def correlated(self, sub: ast.SelectStmt, inner: _Level) -> bool:
+        for node in walk(sub, into_selects=True):
+            if isinstance(node, ast.ColumnRef):
+                identity = self.resolve(node, inner)
+                if identity is not None and identity[0] < inner.number:
+                    return True
+        return False
+
+    def outer_aggregates(self, sub: ast.SelectStmt, info: _Info, level: _Level) -> None:
+        """Refuse ``(SELECT count(t.x))``: an aggregate of the outer query's rows, hidden in a subquery."""
+        aggregates = self.layout_aggregates()
+        for node in walk([*(sub.targetList or ()), sub.havingClause]):
+            if not (isinstance(node, ast.FuncCall) and is_aggregate(node, aggregates)):
+                continue
+            refs = [n for n in walk(node.args or ()) if isinstance(n, ast.ColumnRef)]
+            inner = info.level
+            outer = [r for r in refs if inner is None or (i := self.resolve(r, inner)) is None or i[0] < inner.number]
+            if refs and len(outer) == len(refs) and self.outer_sharded(level):
+                raise refuse(f"an aggregate of the outer query's rows ({aggregate_name(node, aggregates)}) inside a subquery")
+
+    def outer_sharded(self, level: _Level | None) -> bool:
+        while level is not None:
+            if any(item.sharded for item in level.items):
+                return True
+            level = level.parent
+        return False
+
+    def layout_aggregates(self) -> frozenset[str]:
+        catalog = self.layout.catalog
+        return frozenset(catalog.aggregates) if catalog is not None else _BUILTIN_AGGREGATES
+
+    # -- what each shard can finish -----------------------------------------------------
+
+    def exactness(self, stmt: ast.SelectStmt, level: _Level) -> tuple[bool, str]:
+        """Whether this level's per-shard answers union to one database's answer, and if not why."""
+        aggregates = self.layout_aggregates()
+        keyed = bool(level.key_identities())
+        if stmt.limitCount is not None or stmt.limitOffset is not None:
+            return False, "LIMIT / OFFSET"
+        grouped = bool(stmt.groupClause) or stmt.havingClause is not None
+        grouped = grouped or any(
+            is_aggregate(n, aggregates) for t in stmt.targetList or () for n in walk(t)
+        )
+        if grouped:
+            items = list(stmt.groupClause or ())
+            if any(isinstance(i, ast.GroupingSet) for i in items):
+                return False, "GROUPING SETS / ROLLUP / CUBE"
+            if not keyed or not any(self.key_function(i, level) is not None for i in items):
+                return False, "GROUP BY (without the shard key) or an aggregate"
+        if stmt.distinctClause is not None:
+            exprs = [e for e in stmt.distinctClause if e is not None]
+            if not exprs:
+                exprs = [t.val for t in stmt.targetList or ()]
+            if not keyed or not any(self.key_function(e, level) is not None for e in exprs):
+                return False, "DISTINCT (without the shard key)"
+        for window in self.windows(stmt):
+            partition = list(window.partitionClause or ())
+            if not keyed or not any(self.key_function(p, level) is not None for p in partition):
+                return False, "a window function (not PARTITION BY the shard key)"
+        return True, ""
+
+    def windows(self, stmt: ast.SelectStmt) -> Iterator[ast.WindowDef]:
+        named = {w.name: w for w in stmt.windowClause or ()}
+        for node in walk([*(stmt.targetList or ()), *(stmt.sortClause or ())]):
+            if isinstance(node, ast.FuncCall) and node.over is not None:
+                over = node.over
+                if over.refname and over.refname in named and not over.partitionClause:
+                    over = named[over.refname]
+                elif over.name and over.name in named and not over.partitionClause:
+                    over = named[over.name]
+                yield over
+
+    def expressions(self, stmt: ast.SelectStmt, quals: list[ast.Node]) -> list[ast.Node]:
+        return [
+            *(stmt.targetList or ()),
+            *([stmt.whereClause] if stmt.whereClause is not None else []),
+            *([stmt.havingClause] if stmt.havingClause is not None else []),
+            *(stmt.sortClause or ()),
+            *(stmt.groupClause or ()),
+            *quals,
+        ]
+
+    # -- names ------------------------------------------------------------------------
+
+    def resolve(self, expr: ast.Node, level: _Level) -> Identity | None:
+        """The FROM-item column a plain column reference means, looking outwards; None if unsure."""
+        if isinstance(expr, ast.TypeCast):
+            expr = expr.arg
+        if not isinstance(expr, ast.ColumnRef):
+            return None
+        fields = [f.sval if isinstance(f, ast.String) else None for f in expr.fields]
+        if None in fields or not fields:
+            return None
+        column = str(fields[-1])
+        qualifier = fields[-2] if len(fields) >= 2 else None
+        current: _Level | None = level
+        while current is not None:
+            found = _owner(current, qualifier, column)
+            if found == "unsure":
+                return None
+            if found is not None:
+                return (current.number, found, column)
+            current = current.parent
+        return None
+
+
+def _owner(level: _Level, qualifier: str | None, column: str) -> int | str | None:
+    if qualifier is not None:
+        for i, item in enumerate(level.items):
+            if item.alias == qualifier:
+                return i
+        return None
+    owners = [i for i, item in enumerate(level.items) if item.columns is not None and column in item.columns]
+    if len(owners) == 1:
+        return owners[0]
+    if owners or any(item.columns is None for item in level.items):
+        return "unsure"
+    return None
+
+
+def _shown(item: _Item, identity: Identity) -> str:
+    return f"{item.name or item.alias} (sharded on {identity[2]})"
+
+
+def _conjuncts(node: ast.Node | None) -> list[ast.Node]:
+    if node is None:
+        return []
+    if isinstance(node, ast.BoolExpr) and node.boolop == enums.BoolExprType.AND_EXPR:
+        return [c for arg in node.args for c in _conjuncts(arg)]
+    return [node]
+
+
+def _is_equality(node: ast.Node) -> bool:
+    return (
+        isinstance(node, ast.A_Expr)
+        and node.kind == enums.A_Expr_Kind.AEXPR_OP
+        and [n.sval for n in node.name] == ["="]
+        and node.lexpr is not None
+    )
+
+
+def _sublinks(node: Any) -> Iterator[ast.SubLink]:
+    """The subqueries in an expression (not those inside nested SELECTs)."""
+    for sub in walk(node):
+        if isinstance(sub, ast.SubLink):
+            yield sub
+
+
+_BUILTIN_AGGREGATES = frozenset(
+    "count sum avg min max bool_and bool_or every array_agg string_agg stddev variance".split()
+)
+
+
+def analyze(stmt: ast.SelectStmt, layout: Layout) -> Analysis:
+    """Check the bound top-level SELECT ``stmt`` and say how its rows are placed."""
+    analyzer = _Analyzer(layout)
+    info = analyzer.select(stmt, None)
+    if not info.sharded:
+        return Analysis(sharded=False, local=True)
+    level = info.level
+    pins: tuple[Pin, ...] = ()
+    if level is not None and not analyzer.unkeyed:
+        pins = tuple(_pins(stmt, level, analyzer))
+    return Analysis(
+        sharded=True,
+        local=info.exact,
+        pins=pins,
+        routable=bool(pins) and not analyzer.unkeyed,
+        local_reason=info.reason,
+    )
+
+
+def _pins(stmt: ast.SelectStmt, level: _Level, analyzer: _Analyzer) -> Iterator[Pin]:
+    for node in _conjuncts(stmt.whereClause):
+        if not isinstance(node, ast.A_Expr) or [n.sval for n in node.name] != ["="]:
+            continue
+        if node.kind == enums.A_Expr_Kind.AEXPR_OP:
+            for column, value in ((node.lexpr, node.rexpr), (node.rexpr, node.lexpr)):
+                function = analyzer.key_function(column, level)
+                constant = _value(value)
+                if function is not None and constant is not None:
+                    yield Pin(function, (constant,), key_type=_key_type(column, level, analyzer))
+        elif node.kind == enums.A_Expr_Kind.AEXPR_IN and isinstance(node.rexpr, (tuple, list)):
+            function = analyzer.key_function(node.lexpr, level)
+            values = [_value(v) for v in node.rexpr]
+            if function is not None and all(v is not None for v in values):
+                yield Pin(function, tuple(v for v in values if v is not None), key_type=_key_type(node.lexpr, level, analyzer))
+        elif node.kind == enums.A_Expr_Kind.AEXPR_OP_ANY:
+            function = analyzer.key_function(node.lexpr, level)
+            if function is None:
+                continue
+            key_type = _key_type(node.lexpr, level, analyzer)
+            rexpr = node.rexpr.arg if isinstance(node.rexpr, ast.TypeCast) else node.rexpr
+            if isinstance(rexpr, ast.ParamRef):
+                yield Pin(function, (Param(rexpr.number),), array=True, key_type=key_type)
+            elif isinstance(rexpr, ast.A_ArrayExpr):
+                values = [_value(v) for v in rexpr.elements or ()]
+                if all(v is not None for v in values):
+                    yield Pin(function, tuple(v for v in values if v is not None), key_type=key_type)
+
+
+def _key_type(column: ast.Node, level: _Level, analyzer: _Analyzer) -> int | None:
+    identity = analyzer.resolve(column, level)
+    if identity is None or identity[0] != level.number:
+        return None
+    return level.items[identity[1]].key_type
+
+
+def _value(node: ast.Node) -> Value | None:
+    if isinstance(node, ast.TypeCast):
+        node = node.arg
+    if isinstance(node, ast.ParamRef):
+        return Param(node.number)
+    if isinstance(node, ast.A_Const) and not node.isnull:
+        value = node.val
+        if isinstance(value, ast.Integer):
+            return Const(value.ival)
+        if isinstance(value, ast.String):
+            return Const(value.sval)
+        if isinstance(value, ast.Float):
+            return Const(value.fval)
+    return None
