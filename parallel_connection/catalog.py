@@ -21,6 +21,7 @@ __all__ = [
     "CollationFact",
     "Column",
     "Relation",
+    "StampReader",
     "TypeFact",
     "catalog_query",
     "combine",
@@ -94,9 +95,9 @@ class Relation:
     schema: str
     name: str
     kind: str
-    """``table``, ``partitioned``, ``view``, ``matview``, ``foreign``, ``sequence``, ``composite``, ``index``..."""
+    """``table``, ``partitioned``, ``view``, ``matview``, ``foreign``, ``sequence``, ``index``, ..."""
     columns: tuple[Column, ...]
-    """In column order; () for relations in system schemas, indexes and toast tables."""
+    """In column order; () for relations in system schemas and for indexes."""
     view_sql: str | None
     """``pg_get_viewdef`` of a view outside the system schemas (a matview is stored: None)."""
 
@@ -138,6 +139,7 @@ class Catalog:
     search_path: tuple[str, ...]
     """``current_schemas(true)``: the schemas a bare relation name is looked up in, in order."""
     relations: Mapping[tuple[str, str], Relation]
+    """Every relation visible to the session (other sessions' temporary ones and pg_toast's left out)."""
     types: Mapping[tuple[str, str], TypeFact]
     collations: Mapping[str, CollationFact]
     """By name; of several with one name, the first on the search path (else pg_catalog's)."""
@@ -158,6 +160,8 @@ class Catalog:
     """(schema, name) of the types in pg_catalog and information_schema (they shadow user types)."""
     qualified_collations: Mapping[tuple[str, str], CollationFact] = field(default_factory=dict)
     """Every collation by (schema, name)."""
+    snapshot: str | None = None
+    """The snapshot the catalog was read in, when the session held no transaction ID (see StampReader)."""
 
     def resolve(self, schema: str | None, name: str) -> Relation | None:
         """The relation a (possibly schema-qualified) name means, as PostgreSQL looks it up.
@@ -209,119 +213,170 @@ class Catalog:
         return self.temp_schema if schema == "pg_temp" else schema
 
     def _path(self, *, with_temp: bool) -> list[str]:
-        path = [s for s in self.search_path if with_temp or s != self.temp_schema]
-        if "pg_catalog" not in path:
-            path.insert(0, "pg_catalog")
-        if with_temp and self.temp_schema is not None and self.temp_schema not in path:
-            path.insert(0, self.temp_schema)
-        return path
+        return _effective_path(self.search_path, self.temp_schema, with_temp=with_temp)
 
 
-# Rows in other sessions' temporary schemas are left out: they are invisible
+def _effective_path(search_path: Sequence[str], temp_schema: str | None, *, with_temp: bool) -> list[str]:
+    """The schemas searched in order: pg_catalog first unless listed, the temporary schema before it.
+
+    Only relations and types are looked up in the temporary schema, never functions or collations.
+    """
+    path = [s for s in search_path if with_temp or s != temp_schema]
+    if "pg_catalog" not in path:
+        path.insert(0, "pg_catalog")
+    if with_temp and temp_schema is not None and temp_schema not in path:
+        path.insert(0, temp_schema)
+    return path
+
+
+# The stamp: for each catalog holding a fact, over its user rows (OIDs from
+# 16384 up; built-in ones never change), the row count and the XOR of a 64-bit
+# hash of (row key, xmin). Creating, altering or dropping anything inserts,
+# updates or deletes such rows, and every new row version has a new xmin.
+# Rows of other sessions' temporary objects are left out: they are invisible
 # here, and counting them would change the stamp at each of their temp tables.
-_STAMP_SOURCES = (
-    ("pg_class", "pg_class WHERE oid >= 16384 AND NOT pg_is_other_temp_schema(relnamespace)"),
-    ("pg_type", "pg_type WHERE oid >= 16384 AND NOT pg_is_other_temp_schema(typnamespace)"),
-    ("pg_proc", "pg_proc WHERE oid >= 16384 AND NOT pg_is_other_temp_schema(pronamespace)"),
-    ("pg_collation", "pg_collation WHERE oid >= 16384 AND NOT pg_is_other_temp_schema(collnamespace)"),
-    ("pg_namespace", "pg_namespace WHERE oid >= 16384 AND NOT pg_is_other_temp_schema(oid)"),
-    (
-        "a",
-        "pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
-        " WHERE a.attrelid >= 16384 AND a.attnum > 0 AND NOT pg_is_other_temp_schema(c.relnamespace)",
-    ),
-    (
-        "r",
-        "pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class"
-        " WHERE r.oid >= 16384 AND NOT pg_is_other_temp_schema(c.relnamespace)",
-    ),
-    (
-        "e",
-        "pg_enum e JOIN pg_type t ON t.oid = e.enumtypid"
-        " WHERE e.oid >= 16384 AND NOT pg_is_other_temp_schema(t.typnamespace)",
-    ),
+_OTHER_TEMP_RELATIONS = (
+    "ARRAY(SELECT oid FROM pg_class WHERE oid >= 16384 AND relpersistence = 't'"
+    " AND pg_is_other_temp_schema(relnamespace))"
 )
-_STAMP_SETTINGS = " || ',' || ".join(f"current_setting('{s}')" for s in SETTINGS)
+_OTHER_TEMP_TYPES = (
+    "ARRAY(SELECT oid FROM pg_type WHERE oid >= 16384 AND pg_is_other_temp_schema(typnamespace))"
+)
+_STAMPED = (
+    ("oid::int8", "pg_class WHERE oid >= 16384 AND NOT pg_is_other_temp_schema(relnamespace)"),
+    ("oid::int8", "pg_type WHERE oid >= 16384 AND NOT pg_is_other_temp_schema(typnamespace)"),
+    ("oid::int8", "pg_proc WHERE oid >= 16384 AND NOT pg_is_other_temp_schema(pronamespace)"),
+    ("oid::int8", "pg_collation WHERE oid >= 16384 AND NOT pg_is_other_temp_schema(collnamespace)"),
+    ("oid::int8", "pg_namespace WHERE oid >= 16384 AND NOT pg_is_other_temp_schema(oid)"),
+    (
+        "attrelid::int8 * 4096 + attnum",
+        f"pg_attribute WHERE attrelid >= 16384 AND attnum > 0 AND attrelid <> ALL({_OTHER_TEMP_RELATIONS})",
+    ),
+    ("oid::int8", f"pg_rewrite WHERE oid >= 16384 AND ev_class <> ALL({_OTHER_TEMP_RELATIONS})"),
+    ("oid::int8", f"pg_enum WHERE oid >= 16384 AND enumtypid <> ALL({_OTHER_TEMP_TYPES})"),
+)
+_CATALOG_STAMP = " || ".join(
+    f"(SELECT ARRAY[count(*), coalesce(bit_xor(hashtextextended(xmin::text, {key})), 0)] FROM {source})"
+    for key, source in _STAMPED
+)
+_SETTINGS_STAMP = "ARRAY[hashtextextended(concat_ws(',', {}, current_schemas(true)::text), 0)]".format(
+    ", ".join(f"current_setting('{s}')" for s in SETTINGS)
+)
+_SNAPSHOT = (
+    "pg_current_snapshot()::text, pg_current_xact_id_if_assigned() IS NULL AND NOT pg_is_in_recovery()"
+)
+
+STAMP_SQL = f"SELECT {_CATALOG_STAMP} || {_SETTINGS_STAMP}"
+"""One row, one bigint[]: the catalogs' counts and hashes, then a hash of the settings and search path."""
+
+_CHECK_SQL = f"SELECT {_SNAPSHOT}, {_SETTINGS_STAMP}"
+_SCAN_SQL = f"SELECT {_SNAPSHOT}, {_CATALOG_STAMP}, {_SETTINGS_STAMP}"
 
 
-STAMP_SQL = "SELECT " + " || ".join(
-    [
-        *(f"(SELECT ARRAY[count(*), coalesce(sum({alias}.xmin::text::bigint), 0)::bigint] FROM {source})"
-          for alias, source in _STAMP_SOURCES),
-        f"ARRAY[hashtext({_STAMP_SETTINGS} || ',' || current_schemas(true)::text)::bigint]",
-    ]
-)
-"""One row, one bigint[]: per catalog the count and xmin sum of user rows, and a hash of the settings."""
+class StampReader:
+    """One connection's :func:`read_stamp`, scanning the catalogs only when they may have changed.
+
+    Two statements run under the same snapshot see the same catalog rows, and
+    a catalog change needs a transaction ID, whose end changes every later
+    snapshot. So while the connection holds no transaction ID and the snapshot
+    is the one of the last scan, the last scan's answer stands, and the check
+    costs about a ``SELECT 1``. A standby's snapshots are not compared.
+    """
+
+    def __init__(self) -> None:
+        self._snapshot: str | None = None
+        self._catalog: tuple[int, ...] = ()
+        self.scans = 0
+        """How many times the catalogs were scanned."""
+
+    def read(self, cursor: Any) -> tuple[int, ...]:
+        """The connection's stamp, equal to what :func:`read_stamp` would return."""
+        if self._snapshot is not None:
+            cursor.execute(_CHECK_SQL)
+            snapshot, quiet, settings = cursor.fetchone()
+            if quiet and snapshot == self._snapshot:
+                return (*self._catalog, *settings)
+        cursor.execute(_SCAN_SQL)
+        snapshot, quiet, catalog, settings = cursor.fetchone()
+        self.scans += 1
+        self._snapshot = snapshot if quiet else None
+        self._catalog = tuple(catalog)
+        return (*self._catalog, *settings)
+
+    def prime(self, catalog: Catalog) -> None:
+        """Take a catalog just read on this connection as the last scan."""
+        if catalog.snapshot is not None:
+            self._snapshot = catalog.snapshot
+            self._catalog = catalog.stamp[:-1]
 
 
 _CATALOG = """
 WITH nsp AS (
-    SELECT oid, nspname::text AS name,
-           nspname IN ('pg_catalog', 'information_schema') OR nspname LIKE 'pg\\_toast%%' AS system
-      FROM pg_namespace
-     WHERE NOT pg_is_other_temp_schema(oid)
-), coll AS (
-    SELECT co.oid, co.collname::text AS name, n.name AS schema, co.collprovider AS provider,
-           co.collisdeterministic AS deterministic,
-           co.collprovider = 'c' AND co.collcollate IN ('C', 'POSIX') AS is_c
-      FROM pg_collation co JOIN nsp n ON n.oid = co.collnamespace
-     WHERE co.collencoding IN (-1, pg_char_to_encoding(current_setting('server_encoding')))
-), cols AS (
-    SELECT a.attrelid,
-           json_agg(json_build_array(
-               a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod),
-               co.name, coalesce(co.deterministic, true), coalesce(co.is_c, true)
-           ) ORDER BY a.attnum) AS columns
-      FROM pg_attribute a
-      JOIN pg_class c ON c.oid = a.attrelid
-      JOIN nsp n ON n.oid = c.relnamespace AND NOT n.system
-      LEFT JOIN coll co ON co.oid = a.attcollation AND a.attcollation <> 100
-     WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S', 'c')
-     GROUP BY a.attrelid
+    SELECT oid, nspname FROM pg_namespace WHERE NOT pg_is_other_temp_schema(oid)
+), usr AS (
+    SELECT oid FROM nsp
+     WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND NOT starts_with(nspname::text, 'pg_toast')
 )
 SELECT json_build_object(
     'search_path', current_schemas(true),
-    'temp_schema', (SELECT name FROM nsp WHERE oid = pg_my_temp_schema()),
+    'temp_schema', pg_my_temp_schema()::int8,
     'settings', json_build_object(%(settings)s),
-    'text_order_c', (SELECT datcollate IN ('C', 'POSIX') AND datlocprovider = 'c'
-                       FROM pg_database WHERE datname = current_database()),
+    'text_order_c', (SELECT datcollate IN ('C', 'POSIX')
+                            AND coalesce(to_jsonb(d)->>'datlocprovider', 'c') = 'c'
+                       FROM pg_database d WHERE datname = current_database()),
+    'namespaces', (SELECT json_build_array(array_agg(oid::int8), array_agg(nspname)) FROM nsp),
     'relations', (
-        SELECT json_agg(json_build_array(
-                   n.name, c.relname, c.relkind,
-                   CASE WHEN c.relkind = 'v' AND NOT n.system THEN pg_get_viewdef(c.oid) END,
-                   cols.columns))
-          FROM pg_class c
-          JOIN nsp n ON n.oid = c.relnamespace
-          LEFT JOIN cols ON cols.attrelid = c.oid),
+        SELECT json_build_array(
+                   array_agg(oid::int8), array_agg(relnamespace::int8), array_agg(relname),
+                   array_agg(relkind),
+                   array_agg(CASE WHEN relkind = 'v' AND relnamespace IN (SELECT oid FROM usr)
+                                  THEN pg_get_viewdef(oid) END))
+          FROM pg_class
+         WHERE relnamespace IN (SELECT oid FROM nsp WHERE NOT starts_with(nspname::text, 'pg_toast'))),
+    'columns', (
+        SELECT json_build_array(
+                   array_agg(a.attrelid::int8), array_agg(a.attnum), array_agg(a.attname),
+                   array_agg(a.atttypid::int8), array_agg(format_type(a.atttypid, a.atttypmod)),
+                   array_agg(a.attcollation::int8))
+          FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+         WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S', 'c')
+           AND c.relnamespace IN (SELECT oid FROM usr)),
     'types', (
-        SELECT json_agg(json_build_array(
-                   n.name, t.typname, t.typtype,
-                   CASE t.typtype WHEN 'd' THEN t.typbasetype WHEN 'r' THEN r.rngsubtype END,
-                   co.name, coalesce(co.deterministic, true), coalesce(co.is_c, true),
-                   (SELECT json_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_enum e
-                     WHERE e.enumtypid = t.oid)))
+        SELECT json_build_array(
+                   array_agg(t.typnamespace::int8), array_agg(t.typname), array_agg(t.typtype),
+                   array_agg(CASE t.typtype WHEN 'd' THEN t.typbasetype::int8
+                                            WHEN 'r' THEN (SELECT rngsubtype::int8 FROM pg_range
+                                                            WHERE rngtypid = t.oid) END),
+                   array_agg(t.typcollation::int8),
+                   array_agg((SELECT json_agg(enumlabel ORDER BY enumsortorder) FROM pg_enum
+                               WHERE enumtypid = t.oid)))
           FROM pg_type t
-          JOIN nsp n ON n.oid = t.typnamespace AND NOT n.system
-          LEFT JOIN pg_range r ON r.rngtypid = t.oid
-          LEFT JOIN coll co ON co.oid = t.typcollation AND t.typcollation <> 100
-         WHERE NOT (t.typcategory = 'A' AND t.typelem <> 0)),
+         WHERE t.typnamespace IN (SELECT oid FROM usr) AND NOT (t.typcategory = 'A' AND t.typelem <> 0)),
     'system_types', (
-        SELECT json_agg(json_build_array(n.name, t.typname))
-          FROM pg_type t JOIN nsp n ON n.oid = t.typnamespace
-         WHERE n.name IN ('pg_catalog', 'information_schema')),
+        SELECT json_build_array(array_agg(typnamespace::int8), array_agg(typname))
+          FROM pg_type
+         WHERE typnamespace IN (SELECT oid FROM nsp WHERE nspname IN ('pg_catalog', 'information_schema'))),
     'collations', (
-        SELECT json_agg(json_build_array(name, schema, provider, deterministic, is_c)) FROM coll),
+        SELECT json_build_array(
+                   array_agg(oid::int8), array_agg(collnamespace::int8), array_agg(collname),
+                   array_agg(collprovider), array_agg(collisdeterministic),
+                   array_agg(collprovider = 'c' AND collcollate IN ('C', 'POSIX')))
+          FROM pg_collation
+         WHERE collencoding IN (-1, pg_char_to_encoding(current_setting('server_encoding')))
+           AND collnamespace IN (SELECT oid FROM nsp)),
     'functions', (
-        SELECT json_agg(json_build_array(proname, aggregate, volatile))
-          FROM (SELECT p.proname, bool_or(p.prokind IN ('a', 'w')) AS aggregate,
-                       bool_or(p.provolatile = 'v') AS volatile
-                  FROM pg_proc p JOIN nsp n ON n.oid = p.pronamespace
-                 GROUP BY p.proname) f),
-    'user_aggregates', (
-        SELECT json_agg(DISTINCT json_build_array(n.name, p.proname)::text)
-          FROM pg_proc p JOIN nsp n ON n.oid = p.pronamespace
-         WHERE p.prokind IN ('a', 'w') AND n.name <> 'pg_catalog'),
-    'stamp', (%(stamp)s)
+        SELECT json_build_array(
+                   array_agg(proname), array_agg(proname) FILTER (WHERE prokind IN ('a', 'w')),
+                   array_agg(proname) FILTER (WHERE provolatile = 'v'),
+                   array_agg(pronamespace::int8) FILTER (WHERE prokind IN ('a', 'w')
+                                                          AND pronamespace <> 'pg_catalog'::regnamespace),
+                   array_agg(proname) FILTER (WHERE prokind IN ('a', 'w')
+                                                AND pronamespace <> 'pg_catalog'::regnamespace))
+          FROM pg_proc
+         WHERE pronamespace IN (SELECT oid FROM nsp)),
+    'snapshot', CASE WHEN pg_current_xact_id_if_assigned() IS NULL AND NOT pg_is_in_recovery()
+                     THEN pg_current_snapshot()::text END,
+    'stamp', %(stamp)s
 )::text
 """
 
@@ -329,7 +384,7 @@ SELECT json_build_object(
 def catalog_query() -> str:
     """The one SELECT that reads a shard's catalog facts: one row, one json text."""
     settings = ", ".join(f"'{s}', current_setting('{s}')" for s in SETTINGS)
-    return _CATALOG % {"settings": settings, "stamp": STAMP_SQL}
+    return _CATALOG % {"settings": settings, "stamp": f"{_CATALOG_STAMP} || {_SETTINGS_STAMP}"}
 
 
 _QUERY = catalog_query()
@@ -345,8 +400,7 @@ def read_catalog(cursor: Any) -> Catalog:
 def read_stamp(cursor: Any) -> tuple[int, ...]:
     """A value that changes whenever a catalog fact of the shard (or one of its settings) does."""
     cursor.execute(STAMP_SQL)
-    row = cursor.fetchone()
-    return tuple(int(x) for x in row[0])
+    return tuple(cursor.fetchone()[0])
 
 
 def combine_stamps(stamps: Iterable[Sequence[int]]) -> tuple[int, ...]:
@@ -354,61 +408,84 @@ def combine_stamps(stamps: Iterable[Sequence[int]]) -> tuple[int, ...]:
     return tuple(x for stamp in stamps for x in stamp)
 
 
-def _collation(name: str | None, deterministic: bool, is_c: bool) -> str | None:
-    return None if name is None or is_c else name
+def _rows(columns: list[list[Any]] | None) -> Iterable[tuple[Any, ...]]:
+    """The rows of a section sent as one array per column (array_agg of no rows is null)."""
+    if not columns or columns[0] is None:
+        return ()
+    return zip(*columns, strict=True)
+
+
+_NO_COLLATION = (0, 100)
 
 
 def _build(doc: dict[str, Any]) -> Catalog:
+    schemas: dict[int, str] = dict(_rows(doc["namespaces"]))
+    qualified: dict[tuple[str, str], CollationFact] = {}
+    by_oid: dict[int, CollationFact] = {}
+    for oid, schema, name, provider, deterministic, is_c in _rows(doc["collations"]):
+        fact = CollationFact(name, schemas[schema], provider, deterministic, is_c)
+        qualified[fact.schema, name] = by_oid[oid] = fact
+
+    def collated(oid: int) -> tuple[str | None, str | None, bool]:
+        """(collation unless it orders like the default or C, declared collation, deterministic)."""
+        fact = by_oid.get(oid) if oid not in _NO_COLLATION else None
+        if fact is None:
+            return None, None, True
+        return (None if fact.is_c else fact.name), fact.name, fact.deterministic
+
+    columns: dict[int, list[tuple[int, Column]]] = {}
+    for relid, attnum, name, type_oid, type_name, coll in _rows(doc["columns"]):
+        collation, declared, deterministic = collated(coll)
+        column = Column(name, type_oid, type_name, collation, deterministic, declared)
+        columns.setdefault(relid, []).append((attnum, column))
     relations: dict[tuple[str, str], Relation] = {}
-    for schema, name, relkind, view_sql, columns in doc["relations"] or ():
-        relations[schema, name] = Relation(
-            schema=schema,
-            name=name,
-            kind=_KINDS.get(relkind, relkind),
-            columns=tuple(
-                Column(col, oid, type_name, _collation(coll, det, is_c), det, coll)
-                for col, oid, type_name, coll, det, is_c in columns or ()
-            ),
-            view_sql=view_sql,
+    for oid, schema, name, relkind, view_sql in _rows(doc["relations"]):
+        cols = tuple(column for _, column in sorted(columns.get(oid, ()), key=lambda pair: pair[0]))
+        relations[schemas[schema], name] = Relation(
+            schemas[schema], name, _KINDS.get(relkind, relkind), cols, view_sql
         )
-    types = {
-        (schema, name): TypeFact(
-            schema, name, _TYPE_KINDS.get(typtype, typtype), base, _collation(coll, det, is_c), det,
+    types: dict[tuple[str, str], TypeFact] = {}
+    for schema, name, typtype, base, coll, labels in _rows(doc["types"]):
+        collation, _, deterministic = collated(coll)
+        types[schemas[schema], name] = TypeFact(
+            schemas[schema],
+            name,
+            _TYPE_KINDS.get(typtype, typtype),
+            base,
+            collation,
+            deterministic,
             tuple(labels or ()),
         )
-        for schema, name, typtype, base, coll, det, is_c, labels in doc["types"] or ()
-    }
+    names, aggregates, volatile, agg_schemas, agg_names = doc["functions"]
     search_path = tuple(doc["search_path"])
-    qualified = {
-        (schema, name): CollationFact(name, schema, provider, det, is_c)
-        for name, schema, provider, det, is_c in doc["collations"] or ()
-    }
-    functions = doc["functions"] or ()
+    temp_schema = schemas.get(doc["temp_schema"])
     return Catalog(
         search_path=search_path,
         relations=MappingProxyType(relations),
         types=MappingProxyType(types),
-        collations=MappingProxyType(_by_name(qualified, search_path)),
-        aggregates=frozenset(name for name, aggregate, _ in functions if aggregate),
-        user_aggregates=frozenset(tuple(json.loads(pair)) for pair in doc["user_aggregates"] or ()),
-        functions=frozenset(name for name, _, _ in functions),
-        volatile=frozenset(name for name, _, volatile in functions if volatile),
+        collations=MappingProxyType(_by_name(qualified, search_path, temp_schema)),
+        aggregates=frozenset(aggregates or ()),
+        user_aggregates=frozenset((schemas[s], n) for s, n in _rows([agg_schemas, agg_names])),
+        functions=frozenset(names or ()),
+        volatile=frozenset(volatile or ()),
         text_order_c=bool(doc["text_order_c"]),
         settings=MappingProxyType(dict(doc["settings"])),
         stamp=tuple(int(x) for x in doc["stamp"]),
-        temp_schema=doc["temp_schema"],
-        system_types=frozenset((s, n) for s, n in doc["system_types"] or ()),
+        temp_schema=temp_schema,
+        system_types=frozenset((schemas[s], n) for s, n in _rows(doc["system_types"])),
         qualified_collations=MappingProxyType(qualified),
+        snapshot=doc["snapshot"],
     )
 
 
 def _by_name(
-    qualified: Mapping[tuple[str, str], CollationFact], search_path: Sequence[str]
+    qualified: Mapping[tuple[str, str], CollationFact], search_path: Sequence[str], temp_schema: str | None
 ) -> dict[str, CollationFact]:
-    """Collations by bare name: the first on the search path wins, then pg_catalog's, then any."""
-    rank = {s: i for i, s in enumerate(reversed(["pg_catalog", *search_path]))}
+    """Collations by bare name: the one a bare name finds, else any (a later one on the path, say)."""
+    path = _effective_path(search_path, temp_schema, with_temp=False)
+    rank = {schema: len(path) - i for i, schema in enumerate(path)}
     by_name: dict[str, CollationFact] = {}
-    for (schema, name), fact in sorted(qualified.items(), key=lambda item: rank.get(item[0][0], -1)):
+    for (_, name), fact in sorted(qualified.items(), key=lambda item: rank.get(item[0][0], 0)):
         by_name[name] = fact
     return by_name
 
@@ -431,22 +508,32 @@ def combine(catalogs: Sequence[Catalog], shard_names: Sequence[str]) -> Catalog:
     """
     _check_shards(catalogs, shard_names)
     first = catalogs[0]
-    relations = {key: _combine_relation(rel, [c.relations.get(key) for c in catalogs[1:]])
-                 for key, rel in first.relations.items()}
-    types = {key: _combine_type(fact, [c.types.get(key) for c in catalogs[1:]])
-             for key, fact in first.types.items()}
+    relations = {
+        key: _combine_relation(rel, [c.relations.get(key) for c in catalogs[1:]])
+        for key, rel in first.relations.items()
+    }
+    types = {
+        key: _combine_type(fact, [c.types.get(key) for c in catalogs[1:]])
+        for key, fact in first.types.items()
+    }
     qualified: dict[tuple[str, str], CollationFact] = {}
     for catalog in catalogs:
         for key, fact in catalog.qualified_collations.items():
             seen = qualified.get(key)
-            qualified[key] = fact if seen is None else replace(
-                seen, deterministic=seen.deterministic and fact.deterministic, is_c=seen.is_c and fact.is_c
+            qualified[key] = (
+                fact
+                if seen is None
+                else replace(
+                    seen,
+                    deterministic=seen.deterministic and fact.deterministic,
+                    is_c=seen.is_c and fact.is_c,
+                )
             )
     return Catalog(
         search_path=first.search_path,
         relations=MappingProxyType(relations),
         types=MappingProxyType(types),
-        collations=MappingProxyType(_by_name(qualified, first.search_path)),
+        collations=MappingProxyType(_by_name(qualified, first.search_path, first.temp_schema)),
         aggregates=frozenset().union(*(c.aggregates for c in catalogs)),
         user_aggregates=frozenset().union(*(c.user_aggregates for c in catalogs)),
         functions=frozenset().union(*(c.functions for c in catalogs)),
@@ -502,11 +589,14 @@ def _differences(what: str, values: Sequence[str | None], shard_names: Sequence[
         groups.setdefault(value, []).append(i)
     if len(groups) < 2:
         return None
-    parts = [
-        f"{'missing' if value is None else json.dumps(value, ensure_ascii=False)} on {_shards(ix, shard_names)}"
-        for value, ix in groups.items()
-    ]
-    return f"{what} is {parts[0]} but " + ", ".join(parts[1:-1] + [parts[-1]]) if len(parts) > 1 else None
+    first, *others = (
+        f"{_quoted(value)} on {_shards(indexes, shard_names)}" for value, indexes in groups.items()
+    )
+    return f"{what} is {first} but {', '.join(others)}"
+
+
+def _quoted(value: str | None) -> str:
+    return "missing" if value is None else json.dumps(value, ensure_ascii=False)
 
 
 def settings_differences(catalogs: Sequence[Catalog], shard_names: Sequence[str]) -> list[str]:

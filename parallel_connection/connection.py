@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import psycopg2
@@ -16,12 +14,12 @@ import psycopg2.pool
 from .cancel import broken
 from .cursor import ParallelCursor
 from .errors import NotSupportedError, ShardInfo, dsn_secrets, shard_error
-from .facts import lookup_facts
-from .fanout import FanOut
-from .plan import ShardFacts
+from .placement import Placement
 from .rows import rebuildable
+from .shards import ShardSet
 
 if TYPE_CHECKING:
+    from .placement_check import PlacementReport
     from .ranges import ScanReport
 
 __all__ = ["ParallelConnection", "connect"]
@@ -60,23 +58,33 @@ class ParallelConnection:
         dsns: Sequence[str] | None = None,
         connect_kwargs: dict[str, Any] | None = None,
         replicated_tables: Iterable[str] = (),
+        placement: Placement | None = None,
     ) -> None:
-        if not connections:
-            raise psycopg2.InterfaceError("ParallelConnection needs at least one shard connection")
+        if isinstance(connections, (str, bytes)) or not connections:
+            raise psycopg2.InterfaceError(
+                "ParallelConnection needs a list of psycopg2 connections, one per shard "
+                "(to open them from DSNs, use parallel_connection.connect(dsns))"
+            )
         self._connections = list(connections)
+        for index, conn in enumerate(self._connections):
+            if not isinstance(conn, psycopg2.extensions.connection):
+                raise psycopg2.InterfaceError(
+                    f"shard {index}: ParallelConnection takes psycopg2 connections, not "
+                    f"{type(conn).__name__} (to open them from DSNs, use parallel_connection.connect(dsns))"
+                )
         self._pools = list(pools) if pools is not None else None
         self._dsns = list(dsns) if dsns is not None else None
         self._connect_kwargs = dict(connect_kwargs or {})
         self._closed = False
-        self._shards = [ShardInfo.from_connection(i, c) for i, c in enumerate(self._connections)]
-        self._secrets = set(secrets or ())
-        for conn in self._connections:
-            self._secrets |= dsn_secrets(None, [_password_of(conn)])
-        self._fanout = FanOut(self._shards, self._connections, self._secrets, max_workers)
+        self.shard_set = ShardSet(
+            self._connections,
+            secrets=set(secrets or ()),
+            max_workers=max_workers,
+            placement=_placement(placement, replicated_tables),
+        )
+        """The shards behind this connection (for the library's own machinery)."""
+        self._shards = self.shard_set.infos
         self._statement_timeout = statement_timeout
-        self._facts: ShardFacts | None = None
-        self._facts_lock = threading.Lock()
-        self._replicated: frozenset[str] = frozenset(replicated_tables)
         if statement_timeout is not None:
             self._set_statement_timeout(statement_timeout)
 
@@ -139,33 +147,34 @@ class ParallelConnection:
         except BaseException as exc:
             for cur in shard_cursors:
                 cur.close()
-            raise shard_error(exc, self._shards[len(shard_cursors)], self._secrets) from None
+            raise self.shard_set.error(exc, len(shard_cursors)) from None
         return ParallelCursor(self, shard_cursors, name=name, merge=merge, row_factory=factory, tuples=tuples)
 
-    def _shard_facts(self) -> ShardFacts:
-        """The shards' collation and aggregate names, looked up on first use."""
-        with self._facts_lock:
-            if self._facts is None:
-                facts = lookup_facts(self._fanout, self._connections)
-                self._facts = replace(facts, replicated=frozenset(self._replicated))
-            return self._facts
+    @property
+    def placement(self) -> Placement | None:
+        """Where rows live (None: every table is read as sharded, joins unchecked)."""
+        return self.shard_set.placement
 
     @property
     def replicated_tables(self) -> frozenset[str]:
-        """Tables copied whole to every shard (``name`` or ``schema.name``).
-
-        A SELECT reading only these tables is answered by one shard instead of
-        once per shard. Empty by default: the library cannot know which tables
-        are copied, and treats every table as sharded.
-        """
-        return frozenset(self._replicated)
+        """The tables the placement copies whole to every shard (as named there)."""
+        placement = self.shard_set.placement
+        return frozenset(placement.copied) if placement is not None else frozenset()
 
     @replicated_tables.setter
     def replicated_tables(self, tables: Iterable[str]) -> None:
-        with self._facts_lock:
-            self._replicated = frozenset(tables)
-            if self._facts is not None:
-                self._facts = replace(self._facts, replicated=self._replicated)
+        self.shard_set.set_placement(_placement(None, tables))
+
+    def check_placement(self, *, progress: Any = None) -> PlacementReport:
+        """Check the data against the placement: copies identical everywhere, sharded rows where their key says.
+
+        One pass per table per shard, in parallel. See
+        :class:`parallel_connection.placement_check.PlacementReport`.
+        """
+        from .placement_check import check_placement
+
+        self._check_open()
+        return check_placement(self.shard_set, progress=progress)
 
     # -- range jobs -----------------------------------------------------------
 
@@ -194,17 +203,19 @@ class ParallelConnection:
     def commit(self) -> None:
         """Commit on every shard (each shard commits on its own: not two-phase)."""
         self._check_open()
-        self._fanout.run(lambda i: self._connections[i].commit())
+        self.shard_set.end_transaction()
+        self.shard_set.run(lambda i: self._connections[i].commit())
 
     def rollback(self) -> None:
         """Roll back on every shard."""
         self._check_open()
-        self._fanout.run(lambda i: self._connections[i].rollback())
+        self.shard_set.end_transaction()
+        self.shard_set.run(lambda i: self._connections[i].rollback())
 
     def cancel(self) -> None:
         """Cancel whatever statement each shard is running."""
         self._check_open()
-        self._fanout.cancel_all(range(len(self._connections)))
+        self.shard_set.cancel(range(len(self._connections)))
 
     @property
     def autocommit(self) -> bool:
@@ -213,12 +224,12 @@ class ParallelConnection:
     @autocommit.setter
     def autocommit(self, value: bool) -> None:
         self._check_open()
-        self._fanout.run(lambda i: setattr(self._connections[i], "autocommit", value))
+        self.shard_set.run(lambda i: setattr(self._connections[i], "autocommit", value))
 
     def set_session(self, *args: Any, **kwargs: Any) -> None:
         """``set_session`` on every shard (isolation_level, readonly, deferrable, autocommit)."""
         self._check_open()
-        self._fanout.run(lambda i: self._connections[i].set_session(*args, **kwargs))
+        self.shard_set.run(lambda i: self._connections[i].set_session(*args, **kwargs))
 
     @property
     def isolation_level(self) -> int | None:
@@ -227,7 +238,7 @@ class ParallelConnection:
     @isolation_level.setter
     def isolation_level(self, value: int | None) -> None:
         self._check_open()
-        self._fanout.run(lambda i: setattr(self._connections[i], "isolation_level", value))
+        self.shard_set.run(lambda i: setattr(self._connections[i], "isolation_level", value))
 
     @property
     def readonly(self) -> bool | None:
@@ -236,7 +247,7 @@ class ParallelConnection:
     @readonly.setter
     def readonly(self, value: bool | None) -> None:
         self._check_open()
-        self._fanout.run(lambda i: setattr(self._connections[i], "readonly", value))
+        self.shard_set.run(lambda i: setattr(self._connections[i], "readonly", value))
 
     @property
     def encoding(self) -> str:
@@ -244,7 +255,7 @@ class ParallelConnection:
 
     def set_client_encoding(self, encoding: str) -> None:
         self._check_open()
-        self._fanout.run(lambda i: self._connections[i].set_client_encoding(encoding))
+        self.shard_set.run(lambda i: self._connections[i].set_client_encoding(encoding))
 
     @property
     def server_version(self) -> int:
@@ -289,7 +300,7 @@ class ParallelConnection:
                 with contextlib.suppress(Exception):
                     pool.putconn(conn, close=True)
             except Exception as exc:
-                errors.append(shard_error(exc, shard, self._secrets))
+                errors.append(shard_error(exc, shard, self.shard_set.secrets))
         if errors:
             raise errors[0]
 
@@ -332,9 +343,9 @@ class ParallelConnection:
         return f"<ParallelConnection closed={self.closed} [{shards}]>"
 
     def __del__(self) -> None:
-        fanout = getattr(self, "_fanout", None)
-        if fanout is not None:
-            fanout.close()
+        shard_set = getattr(self, "shard_set", None)
+        if shard_set is not None:
+            shard_set.fanout.close()
 
     # -- helpers --------------------------------------------------------------
 
@@ -344,8 +355,7 @@ class ParallelConnection:
 
     def _shutdown(self) -> None:
         self._closed = True
-        self._fanout.release_stuck()
-        self._fanout.close()
+        self.shard_set.close()
 
     def _set_statement_timeout(self, seconds: float) -> None:
         millis = max(1, round(seconds * 1000))
@@ -358,14 +368,24 @@ class ParallelConnection:
             if was_idle and not conn.autocommit:
                 conn.commit()
 
-        self._fanout.run(apply)
+        self.shard_set.run(apply)
 
 
-def _password_of(conn: Any) -> str | None:
-    try:
-        return conn.info.password
-    except Exception:
-        return None
+def _placement(placement: Placement | None, replicated_tables: Iterable[str]) -> Placement | None:
+    """The placement given, or the ``replicated_tables`` shorthand (copies only, other tables sharded)."""
+    if isinstance(replicated_tables, (str, bytes)):
+        raise TypeError(
+            f"replicated_tables takes a collection of table names, not one string: "
+            f"replicated_tables=[{replicated_tables!r}]"
+        )
+    copies = list(replicated_tables)
+    if placement is not None and copies:
+        raise TypeError(
+            "give either placement= or replicated_tables=, not both (name copies in the placement)"
+        )
+    if placement is not None and not isinstance(placement, Placement):
+        raise TypeError(f"placement must be a parallel_connection.Placement, not {type(placement).__name__}")
+    return Placement.copies_only(copies) if copies else placement
 
 
 def _with_statement_timeout(dsns: list[str], seconds: float, connect_kwargs: dict[str, Any]) -> list[str]:
@@ -391,6 +411,7 @@ def connect(
     connect_timeout: float | None = None,
     max_workers: int | None = None,
     replicated_tables: Iterable[str] = (),
+    placement: Placement | None = None,
     **connect_kwargs: Any,
 ) -> ParallelConnection:
     """Open one ThreadedConnectionPool per DSN and a ParallelConnection over them.
@@ -398,11 +419,17 @@ def connect(
     ``maxconn`` caps each shard's pool (range jobs borrow from it). Closing
     the connection, or leaving ``with``, hands everything back and closes
     the pools. ``statement_timeout`` and ``connect_timeout`` are in seconds.
-    ``replicated_tables`` names the tables copied whole to every shard (see
-    :attr:`ParallelConnection.replicated_tables`).
+    ``placement`` says where rows live (a :class:`Placement`);
+    ``replicated_tables`` is a shorthand naming only the tables copied whole
+    to every shard.
     """
-    if isinstance(dsns, str):
-        dsns = [dsns]
+    if isinstance(dsns, (str, bytes)):
+        lines = [line for line in str(dsns).splitlines() if line.strip()]
+        hint = "dsns.splitlines()" if len(lines) > 1 else "[dsn]"
+        raise psycopg2.InterfaceError(
+            f"connect takes a list of DSNs, one per shard, not one string (pass {hint}; "
+            "a string is never split silently)"
+        )
     dsns = list(dsns)
     if not dsns:
         raise psycopg2.InterfaceError("connect needs at least one DSN")
@@ -447,6 +474,7 @@ def connect(
             dsns=dsns,
             connect_kwargs=connect_kwargs,
             replicated_tables=replicated_tables,
+            placement=placement,
         )
     except BaseException:
         for pool in pools:

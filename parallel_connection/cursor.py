@@ -1,8 +1,8 @@
 """ParallelCursor: one DB-API cursor over one cursor per shard.
 
-The cursor only wires things together: it runs the statement on every shard
-through the connection's fan-out, turns each shard's result into a stream of
-batches and hands the streams to a merge operator whose rows it serves.
+A thin face: the executor plans and runs each statement on the shards it
+needs; the cursor keeps the DB-API state (description, counts) and serves
+the merged rows one, many or all at a time.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.sql
 
-from .merge.pipeline import build_merge
-from .merge.union import tagged_union, union
-from .plan import Plan, check_shard_types, plan_statement, refuse
+from .executor import Outcome, Statement, combined_status, execute, run_finished
 from .rows import RowMaker, row_maker
-from .streams import ShardStream
+from .streams import ShardStream, tagged_interleave
 
 if TYPE_CHECKING:
     from .connection import ParallelConnection
@@ -27,7 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["ParallelCursor"]
 
 Row = Any
-Merge = Callable[[Sequence[ShardStream]], Iterator[list[Row]]]
 
 
 class _Rows:
@@ -114,6 +111,7 @@ class ParallelCursor:
         tuples: bool = True,
     ) -> None:
         self._connection = connection
+        self._shards = connection.shard_set
         self._cursors = shard_cursors
         self._name = name
         self._merge_mode = merge
@@ -183,85 +181,18 @@ class ParallelCursor:
     # -- executing ----------------------------------------------------------------
 
     def execute(self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None) -> None:
-        """Run ``query`` on every shard at once; its rows are then ready to fetch.
+        """Run ``query`` on the shards it needs, at once; its rows are then ready to fetch.
 
         With ``merge="auto"`` the statement is planned first, so the merged
         rows are what one database holding every shard's rows would return.
         """
         self._check_open()
         self._reset()
-        if self._merge_mode == "union" or len(self._cursors) == 1:
-            self._run(query, vars, union)
-            return
-        plan, shard_vars = self._plan(query, vars)
-        if plan.mode == "union":
-            self._run(query, vars, union)
-        elif plan.mode == "first":
-            self._run(query, vars, lambda streams: union(streams[:1]), first_only=True)
-        else:
-            if not self._tuples:
-                raise refuse(f"merging rows of cursor_factory={self._row_factory!r}")
-            self._run(plan.sql, shard_vars, plan=plan)
-
-    def _plan(self, query: str | bytes | psycopg2.sql.Composable, vars: Any) -> tuple[Plan, Any]:
-        text = self._text(query)
-        facts = self._connection._shard_facts()
-        planned = plan_statement(text, vars, facts)
-        if planned is None:
-            # Values psycopg2 renders as SQL (tuples, custom adapters): plan the rendered statement.
-            text = self._cursors[0].mogrify(text, vars).decode(self._python_encoding())
-            planned = plan_statement(text, None, facts)
-            assert planned is not None
-        return planned
-
-    def _text(self, query: str | bytes | psycopg2.sql.Composable) -> str:
-        if isinstance(query, psycopg2.sql.Composable):
-            return query.as_string(self._cursors[0])
-        if isinstance(query, bytes):
-            return query.decode(self._python_encoding())
-        return query
-
-    def _python_encoding(self) -> str:
-        return psycopg2.extensions.encodings.get(self._connection.encoding, "utf-8")
-
-    def _run(
-        self,
-        query: Any,
-        vars: Any,
-        merge: Merge | None = None,
-        *,
-        plan: Plan | None = None,
-        first_only: bool = False,
-    ) -> None:
-        streaming = self._name is not None
-        batch_size = self._itersize
-
-        def run(i: int) -> list[Row] | None:
-            cur = self._cursors[i]
-            cur.execute(query, vars)
-            if streaming:
-                return cur.fetchmany(batch_size)
-            # Converting this shard's rows here overlaps with the shards still running.
-            return cur.fetchall() if cur.description is not None else None
-
-        firsts = self._connection._fanout.run(run)
-        if plan is None:
-            assert merge is not None
-            self._after_execute(merge, firsts, batch_size, first_only=first_only)
-            return
-        shard_description = self._agreed_description()
-        assert shard_description is not None
-        check_shard_types(plan.client, [column.type_code for column in shard_description])
-        description, merged = build_merge(
-            plan.client,
-            shard_description,
-            params=vars,
-            names=plan.names,
-            text_order_c=self._connection._shard_facts().text_order_c,
-            streaming=streaming,
-            batch_size=batch_size,
+        statement = Statement(
+            query, vars, streaming=self._name is not None, batch_size=self._itersize, tuples=self._tuples
         )
-        self._after_execute(merged, firsts, batch_size, description=description)
+        outcome = execute(self._shards, self._cursors, statement, merge=self._merge_mode == "auto")
+        self._serve(outcome)
 
     def executemany(self, query: str | bytes | psycopg2.sql.Composable, vars_list: Iterable[Any]) -> None:
         """Run ``query`` once per parameter set, on every shard."""
@@ -270,70 +201,42 @@ class ParallelCursor:
             raise psycopg2.ProgrammingError("executemany cannot be used with a named cursor")
         self._reset()
         params = list(vars_list)
-        self._connection._fanout.run(lambda i: self._cursors[i].executemany(query, params))
-        self._after_execute(union, [None] * len(self._cursors), self._itersize)
+        self._shards.run(lambda i: self._cursors[i].executemany(query, params))
+        self._serve(Outcome(**_counts(self._cursors)))
 
     def callproc(self, procname: str, parameters: Sequence[Any] | None = None) -> Sequence[Any] | None:
         """Call a procedure on every shard; its result rows are the union."""
         self._check_open()
         self._reset()
-        results = self._connection._fanout.run(lambda i: self._cursors[i].callproc(procname, parameters))
-        self._after_execute(union, [None] * len(self._cursors), self._itersize)
+        results = self._shards.run(lambda i: self._cursors[i].callproc(procname, parameters))
+        statement = Statement(None, None, streaming=False, batch_size=self._itersize, tuples=self._tuples)
+        self._serve(run_finished(self._shards, self._cursors, statement))
         return results[0]
 
     def mogrify(self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None) -> bytes:
         """The statement as it would be sent to each shard."""
         self._check_open()
-        return self._cursors[0].mogrify(query, vars)
+        result: bytes = self._cursors[0].mogrify(query, vars)
+        return result
 
-    def _after_execute(
-        self,
-        merge: Merge,
-        firsts: list[list[Row] | None],
-        batch_size: int,
-        *,
-        description: tuple[Any, ...] | None = None,
-        first_only: bool = False,
-    ) -> None:
-        self._description = description or self._agreed_description()
-        cursors = self._cursors[:1] if first_only else self._cursors
-        counts = [c.rowcount for c in cursors]
-        self._rowcount = -1 if -1 in counts else sum(counts)
-        self._statusmessage = _combined_status([c.statusmessage for c in cursors], self._rowcount)
-        if self._description is None:
+    def _serve(self, outcome: Outcome) -> None:
+        """Take the executor's outcome: counts now, rows as they are fetched."""
+        self._description = outcome.description
+        self._rowcount = outcome.rowcount
+        self._statusmessage = outcome.statusmessage
+        self._streams = outcome.streams
+        self._targets = outcome.targets
+        if outcome.description is None or outcome.batches is None:
             return
-        fanout = self._connection._fanout
-        self._streams = [
-            ShardStream(i, cur, fanout, batch_size=batch_size, first_batch=firsts[i])
-            for i, cur in enumerate(self._cursors)
-        ]
-        maker = row_maker(self._row_factory, self._description) if self._tuples else None
-        self._first_only = first_only
-        if description is None:
-            self._rows = _Rows(merge(self._streams), self._cancel_fetches, maker)
+        maker = row_maker(self._row_factory, outcome.description) if self._tuples else None
+        if not outcome.merged or self._name is not None:
+            self._rows = _Rows(outcome.batches, self._cancel_fetches, maker)
             return
-        if self._name is not None:
-            self._rows = _Rows(merge(self._streams), self._cancel_fetches, maker)
-            return
-        batches = list(merge(self._streams))
+        batches = list(outcome.batches)
         rows = batches[0] if len(batches) == 1 else [row for batch in batches for row in batch]
         self._rowcount = len(rows)
         self._statusmessage = f"SELECT {len(rows)}"
         self._rows = _Rows(iter([rows]), self._cancel_fetches, maker)
-
-    def _agreed_description(self) -> tuple[Any, ...] | None:
-        descriptions = [c.description for c in self._cursors]
-        first = descriptions[0]
-        shape = _shape(first)
-        for index, other in enumerate(descriptions[1:], start=1):
-            if _shape(other) != shape:
-                shards = self._connection._shards
-                raise psycopg2.ProgrammingError(
-                    "the shards return different columns for this statement: "
-                    f"{shards[0]} gives {_show(first)} but {shards[index]} gives {_show(other)}; "
-                    "make the schemas agree, or select the columns explicitly"
-                )
-        return first
 
     # -- fetching -----------------------------------------------------------------
 
@@ -375,7 +278,7 @@ class ParallelCursor:
         return self._tagged_rows()
 
     def _tagged_rows(self) -> Iterator[tuple[int, Row]]:
-        for index, batch in tagged_union(self._streams):
+        for index, batch in tagged_interleave(self._streams):
             self._rownumber += len(batch)
             for row in batch:
                 yield index, row
@@ -414,7 +317,7 @@ class ParallelCursor:
                 cur.close()
             return
         with contextlib.suppress(psycopg2.Error):
-            self._connection._fanout.run(lambda i: self._cursors[i].close())
+            self._shards.run(lambda i: self._cursors[i].close())
 
     def __enter__(self) -> ParallelCursor:
         return self
@@ -430,7 +333,7 @@ class ParallelCursor:
         """Cancel the background fetches still running (after Ctrl-C)."""
         busy = [s.index for s in self._streams if not s.ready()]
         if busy:
-            self._connection._fanout.cancel_all(busy)
+            self._shards.cancel(busy)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -447,41 +350,13 @@ class ParallelCursor:
         self._rowcount = -1
         self._rownumber = 0
         self._statusmessage: str | None = None
-        self._first_only = False
+        self._targets: list[int] = []
 
 
-FIRST_USER_OID = 16384
-"""Types made in a database (enums, domains, composites) get their own OIDs on each shard."""
-
-
-def _shape(description: Sequence[Any] | None) -> list[tuple[str, int | None]] | None:
-    if description is None:
-        return None
-    return [(col.name, col.type_code if col.type_code < FIRST_USER_OID else None) for col in description]
-
-
-def _show(description: Sequence[Any] | None) -> str:
-    if description is None:
-        return "no result set"
-    names = [f"{c.name} {_TYPE_NAMES.get(c.type_code, f'(type oid {c.type_code})')}" for c in description]
-    return "(" + ", ".join(names) + ")"
-
-
-_TYPE_NAMES = {
-    16: "boolean", 17: "bytea", 20: "bigint", 21: "smallint", 23: "integer", 25: "text",
-    114: "json", 700: "real", 701: "double precision", 1007: "integer[]", 1009: "text[]",
-    1016: "bigint[]", 1042: "character", 1043: "character varying", 1082: "date",
-    1083: "time", 1114: "timestamp", 1184: "timestamptz", 1186: "interval", 1700: "numeric",
-    2950: "uuid", 3802: "jsonb",
-}  # fmt: skip
-
-
-def _combined_status(messages: list[str | None], rowcount: int) -> str | None:
-    """One status like a single server's: ``UPDATE 12`` for shards that updated 12 rows."""
-    present = [m for m in messages if m]
-    if not present:
-        return None
-    verbs = {m.rsplit(" ", 1)[0] if m.rsplit(" ", 1)[-1].isdigit() else m for m in present}
-    if len(verbs) == 1 and rowcount >= 0 and present[0].rsplit(" ", 1)[-1].isdigit():
-        return f"{verbs.pop()} {rowcount}"
-    return present[0]
+def _counts(cursors: Sequence[Any]) -> dict[str, Any]:
+    counts = [c.rowcount for c in cursors]
+    rowcount = -1 if -1 in counts else sum(counts)
+    return {
+        "rowcount": rowcount,
+        "statusmessage": combined_status([c.statusmessage for c in cursors], rowcount),
+    }

@@ -62,6 +62,9 @@ def _unmappable(function: str, key: Any, need: str) -> NoReturn:
     raise psycopg2.DataError(f"the {function} shard function needs {need}; got {_describe(key)}")
 
 
+_DECIMAL_DIGITS = 1000
+
+
 def _integer(function: str, key: Any) -> int:
     """``key`` as a Python int, or DataError: ints and integral Decimals, never bool."""
     if type(key) is int:
@@ -69,9 +72,9 @@ def _integer(function: str, key: Any) -> int:
     if isinstance(key, bool):
         _unmappable(function, key, "an integer key")
     if isinstance(key, Decimal):
-        if key.is_finite() and key == key.to_integral_value():
+        if key.is_finite() and key.adjusted() < _DECIMAL_DIGITS and key == key.to_integral_value():
             return int(key)
-        _unmappable(function, key, "an integer key")
+        _unmappable(function, key, f"an integer key (a Decimal of at most {_DECIMAL_DIGITS} digits)")
     try:
         return operator.index(key)
     except TypeError:
@@ -191,7 +194,8 @@ def _hash_bytes(data: bytes) -> int:
 class Hash(ShardFunction):
     """The shard that ``PARTITION BY HASH (key)`` with MODULUS = shards picks: REMAINDER = index.
 
-    Keys: integers (smallint, integer and bigint hash alike for equal values), ``str`` for text
+    Keys: integers (smallint, integer and bigint hash alike for equal values; an integral Decimal
+    hashes as its integer, not as numeric), ``str`` for text
     and varchar under a deterministic collation (the hash of its UTF-8 bytes, so a database whose
     encoding is not UTF8 only agrees on ASCII texts), ``bytes`` for bytea and ``uuid.UUID``.
     Text and bytea hashes are those of a little-endian server (x86-64, ARM64).
@@ -425,9 +429,9 @@ def _quote_identifier(name: str) -> str:
 class ShardedTable:
     """A sharded table: its name as written, its key column and its shard function.
 
-    ``name`` and ``key`` are read as SQL reads them: ``key`` is stored folded (``"CustomerId"``,
-    quoted, keeps its case), so ``ShardedTable(t.name, t.key)`` is another table when the key has
-    capitals; :attr:`key_sql` is the key as SQL text.
+    ``name`` and ``key`` are read as SQL reads them. ``key`` is stored folded (``"CustomerId"``,
+    quoted, keeps its case), so rebuild a table from :attr:`key_sql`, the key as SQL text: a key
+    with capitals read again unquoted folds to another column.
     """
 
     name: str

@@ -9,14 +9,14 @@ caller works on the current one: memory stays bounded by shards x itersize.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .fanout import FanOut
 
-__all__ = ["ShardStream"]
+__all__ = ["ShardStream", "interleave", "tagged_interleave"]
 
 Row = Any
 
@@ -43,7 +43,7 @@ class ShardStream:
         """Rows read from the server so far (delivered or waiting in memory)."""
         if first_batch is not None:
             self._future = _done(first_batch)
-            if len(first_batch) < batch_size or not self.streaming:
+            if len(first_batch) < batch_size or batch_size <= 0 or not self.streaming:
                 self._finished = True
 
     @property
@@ -75,7 +75,7 @@ class ShardStream:
         except BaseException as exc:
             self._finished = True
             raise self._fanout.error(exc, self.index) from None
-        if len(batch) < self._batch_size:
+        if len(batch) < self._batch_size or self._batch_size <= 0:
             self._finished = True
         if not self._finished:
             self._future = self._fanout.submit(self._fetch)
@@ -99,7 +99,8 @@ class ShardStream:
                 future.result()
 
     def _fetch(self) -> list[Row]:
-        batch = self._cursor.fetchmany(self._batch_size)
+        # itersize 0 reads every row at once, as psycopg2 does.
+        batch = self._cursor.fetchmany(self._batch_size) if self._batch_size > 0 else self._cursor.fetchall()
         self.fetched += len(batch)
         return batch
 
@@ -114,3 +115,26 @@ def _done(value: list[Row]) -> Future[list[Row]]:
     future: Future[list[Row]] = Future()
     future.set_result(value)
     return future
+
+
+def interleave(streams: Sequence[ShardStream]) -> Iterator[list[Row]]:
+    """Every shard's batches, taking whichever shard is ready first."""
+    for _, batch in tagged_interleave(streams):
+        yield batch
+
+
+def tagged_interleave(streams: Sequence[ShardStream]) -> Iterator[tuple[int, list[Row]]]:
+    """Like :func:`interleave`, each batch with the index of the shard it came from."""
+    live = list(streams)
+    while live:
+        ready = [s for s in live if s.ready()]
+        if not ready:
+            in_flight = [f for s in live if (f := s.future()) is not None]
+            wait(in_flight, return_when=FIRST_COMPLETED)
+            continue
+        for stream in ready:
+            batch = stream.next_batch()
+            if batch:
+                yield stream.index, batch
+            else:
+                live.remove(stream)

@@ -34,7 +34,7 @@ def test_select_without_a_table_is_answered_by_one_shard():
         "SELECT * FROM generate_series(1, 3)",
         "WITH x AS (SELECT 1) SELECT * FROM x",
     ):
-        assert plan(sql)[0].mode == "first", sql
+        assert plan(sql)[0].tasks[0].targets.kind == "one", sql
 
 
 def test_order_by_key_outside_the_select_list_becomes_a_hidden_column():
@@ -131,9 +131,9 @@ def test_group_by_an_output_name_of_the_same_column_is_fine():
         ("SELECT id FROM orders FOR UPDATE", "FOR UPDATE"),
         ("SELECT string_agg(note, ',' ORDER BY id) FROM orders", "ORDER BY inside"),
         ("SELECT array_agg(id ORDER BY id) FROM orders", "ORDER BY inside"),
-        ("SELECT count(*) FROM (SELECT DISTINCT customer_id FROM orders) t", "DISTINCT in a subquery"),
-        ("SELECT id FROM orders WHERE amount > (SELECT avg(amount) FROM orders)", "aggregate (avg())"),
-        ("WITH t AS (SELECT * FROM orders LIMIT 5) SELECT * FROM t", "LIMIT / OFFSET in a subquery"),
+        ("SELECT count(*) FROM (SELECT DISTINCT customer_id FROM orders) t", "DISTINCT (without the shard key) in a subquery"),
+        ("SELECT id FROM orders WHERE amount > (SELECT avg(amount) FROM orders)", "a subquery reading a sharded table"),
+        ("WITH t AS (SELECT * FROM orders LIMIT 5) SELECT * FROM t", "LIMIT / OFFSET in a CTE"),
         ("SELECT my_agg(amount) FROM orders", "aggregate my_agg()"),
         ("SELECT sum(amount) / count(*) FROM orders", "expression over aggregate results"),
         ("SELECT * FROM orders ORDER BY id FETCH FIRST 3 ROWS WITH TIES", "WITH TIES"),
@@ -188,4 +188,4 @@ def test_subqueries_over_tables_copied_to_every_shard_are_allowed_once_declared(
     planned = plan_statement(sql, None, facts)
     assert planned is not None and planned[0].mode == "union"
     planned = plan_statement("SELECT count(*) FROM public.customers", None, facts)
-    assert planned is not None and planned[0].mode == "first"
+    assert planned is not None and planned[0].tasks[0].targets.kind == "one"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import heapq
+import itertools
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ..errors import refuse
-from ..streams import ShardStream
 
 __all__ = ["check_sorted", "ordered"]
 
@@ -16,13 +16,20 @@ Key = Callable[[Any], Any]
 
 
 def ordered(
-    streams: Sequence[ShardStream], key: Key, reverse: bool, batch_size: int, *, check: bool = False
+    shards: Sequence[tuple[int, Iterable[list[Any]]]],
+    key: Key,
+    reverse: bool,
+    batch_size: int,
+    *,
+    check: bool = False,
 ) -> Iterator[list[Any]]:
-    """Yield the shards' rows in order, ``batch_size`` at a time; each shard's stream is sorted.
+    """Yield the shards' rows in order, ``batch_size`` at a time; each shard's batches are sorted.
 
-    With ``check``, a shard whose rows are not in the merge's order is an error.
+    ``shards`` are (shard index, batches). With ``check``, a shard whose rows
+    are not in the merge's order is an error.
     """
-    sources = [_checked(s.rows(), key, reverse, s.index) if check else s.rows() for s in streams]
+    rows = [(index, itertools.chain.from_iterable(batches)) for index, batches in shards]
+    sources = [_checked(r, key, reverse, index) if check else r for index, r in rows]
     merged = heapq.merge(*sources, key=key, reverse=reverse)
     batch: list[Any] = []
     for row in merged:

@@ -3,28 +3,40 @@
 The types come from the shards' description, so type checks (can Python
 order or compare this column as PostgreSQL does?) run here, before any row is
 returned. The result is the merged description and a function from the
-shards' streams to batches of merged rows.
+shards' rows (:class:`MergeInputs`) to batches of merged rows.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..plan.model import ClientPlan
-from ..streams import ShardStream
 from .aggregate import Combiner
 from .having import having
 from .ordered import check_sorted, ordered
 from .rowops import bind, distinct, distinct_on, offset_limit
-from .union import union
 from .values import COLLATED, check_equality, check_order, fast_sort, row_key
 
-__all__ = ["Merge", "build_merge"]
+__all__ = ["Merge", "MergeInputs", "build_merge"]
 
 Row = Any
-Merge = Callable[[Sequence[ShardStream]], Iterator[list[Row]]]
+Batches = Iterable[list[Row]]
+
+
+@dataclass(frozen=True)
+class MergeInputs:
+    """The shards' rows, as the merge reads them: batches per shard, or every batch as it arrives."""
+
+    shards: Sequence[tuple[int, Batches]]
+    """Each shard's index and batches, in shard order."""
+    arrival: Callable[[], Batches]
+    """Every shard's batches, whichever shard is ready first (for merges where order is free)."""
+
+
+Merge = Callable[[MergeInputs], Iterator[list[Row]]]
 
 
 def build_merge(
@@ -58,10 +70,10 @@ def build_merge(
     # COLLATE): check that every shard's rows come in the order the merge reproduces.
     check_runs = any(types[k.column] in COLLATED and not k.collate_c for k in client.order)
 
-    def merge(streams: Sequence[ShardStream]) -> Iterator[list[Row]]:
+    def merge(inputs: MergeInputs) -> Iterator[list[Row]]:
         rows: Iterable[Row]
         if combiner is not None:
-            groups = combiner.combine(r for s in streams for r in s.rows())
+            groups = combiner.combine(r for batch in inputs.arrival() for r in batch)
             if client.aggregate is not None and client.aggregate.having is not None:
                 groups = list(having(groups, client.aggregate.having, params, names, text_order_c, types))
             if client.order:
@@ -69,19 +81,21 @@ def build_merge(
             rows = groups
         elif client.order and streaming:
             key, reverse = row_key(client.order, types)
-            rows = itertools.chain.from_iterable(ordered(streams, key, reverse, batch_size, check=check_runs))
+            rows = itertools.chain.from_iterable(
+                ordered(inputs.shards, key, reverse, batch_size, check=check_runs)
+            )
         elif client.order:
             everything: list[Row] = []
-            for stream in streams:
+            for index, batches in inputs.shards:
                 start = len(everything)
-                for batch in stream:
+                for batch in batches:
                     everything.extend(batch)
                 if check_runs:
-                    check_sorted(everything[start:], *row_key(client.order, types), stream.index)
+                    check_sorted(everything[start:], *row_key(client.order, types), index)
             fast_sort(everything, client.order, types)
             rows = everything
         else:
-            rows = itertools.chain.from_iterable(union(streams))
+            rows = itertools.chain.from_iterable(inputs.arrival())
         if client.distinct:
             rows = distinct(rows, width, types, [k.column for k in client.order])
         elif client.distinct_on:

@@ -33,7 +33,7 @@ BOOL, INT8, INT2, INT4, TEXT, OID, NAME, CHAR = 16, 20, 21, 23, 25, 26, 19, 18
 FLOAT4, FLOAT8, NUMERIC, VARCHAR, BPCHAR = 700, 701, 1700, 1043, 1042
 DATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL, UUID = 1082, 1083, 1114, 1184, 1186, 2950
 
-COLLATED = frozenset({TEXT, VARCHAR})
+COLLATED = frozenset({TEXT, VARCHAR, BPCHAR})
 """Text types ordered by the database collation (``name`` and ``"char"`` always order bytes)."""
 ORDERED = frozenset({BOOL, INT8, INT2, INT4, OID, NAME, CHAR, FLOAT4, FLOAT8, NUMERIC, DATE})
 ORDERED |= frozenset({TIMESTAMP, TIMESTAMPTZ, UUID}) | COLLATED
@@ -43,6 +43,8 @@ Not interval (psycopg2 makes a year 365 days, PostgreSQL compares it as 360),
 nor time (psycopg2 returns 24:00 as 00:00).
 """
 CALENDAR = frozenset({DATE, TIMESTAMP, TIMESTAMPTZ})
+PADDED = frozenset({BPCHAR})
+"""character(n): PostgreSQL compares it without its trailing spaces; psycopg2 returns them."""
 """Types whose infinities psycopg2 returns as the calendar's last or first value: see ``unrepresentable``."""
 EQUAL = ORDERED
 """Types whose Python equality (NaN aside) is PostgreSQL's."""
@@ -107,6 +109,8 @@ def equality_key(type_code: int, what: str = "GROUP BY or DISTINCT") -> Callable
         return lambda v: _calendar(v, what)
     if type_code in (FLOAT4, FLOAT8):
         return lambda v: v if v == v else NAN
+    if type_code in PADDED:
+        return _unpadded
     if type_code == NUMERIC:
         return lambda v: NAN if v is not None and v.is_nan() else v
     return None
@@ -132,6 +136,10 @@ def unrepresentable(value: Any, what: str) -> None:
 def _calendar(value: Any, what: str) -> Any:
     unrepresentable(value, what)
     return value
+
+
+def _unpadded(value: Any) -> Any:
+    return value.rstrip(" ") if isinstance(value, str) else value
 
 
 def _number_key(value: Any) -> tuple[int, Any]:
@@ -168,21 +176,22 @@ def row_key(
         nulls_high = key.descending == key.nulls_first
         number = types[key.column] in WITH_NAN
         calendar = check and types[key.column] in CALENDAR
-        parts.append((key.column, nulls_high, number, calendar, key.descending != reverse))
+        padded = types[key.column] in PADDED
+        parts.append((key.column, nulls_high, number, calendar, padded, key.descending != reverse))
 
-    def component(value: Any, nulls_high: bool, number: bool, calendar: bool, flip: bool) -> Any:
+    def component(value: Any, nulls_high: bool, number: bool, calendar: bool, padded: bool, flip: bool) -> Any:
         if value is None:
             part: Any = (2,) if nulls_high else (0,)
         else:
             if calendar:
                 unrepresentable(value, "ORDER BY")
-            part = (1, _number_key(value) if number else value)
+            part = (1, _number_key(value) if number else value.rstrip(" ") if padded else value)
         return _Reversed(part) if flip else part
 
     if len(parts) == 1:
-        column, nulls_high, number, calendar, flip = parts[0]
-        return (lambda row: component(row[column], nulls_high, number, calendar, flip)), reverse
-    return (lambda row: tuple(component(row[c], h, n, d, f) for c, h, n, d, f in parts)), reverse
+        column, nulls_high, number, calendar, padded, flip = parts[0]
+        return (lambda row: component(row[column], nulls_high, number, calendar, padded, flip)), reverse
+    return (lambda row: tuple(component(row[c], h, n, d, p, f) for c, h, n, d, p, f in parts)), reverse
 
 
 def fast_sort(rows: list[Any], keys: Sequence[SortKey], types: Sequence[int]) -> None:
@@ -209,7 +218,7 @@ def _sort(rows: list[Any], keys: Sequence[SortKey], types: Sequence[int]) -> Non
         for row in rows:
             unrepresentable(row[column], "ORDER BY")
     reverse = keys[0].descending
-    if all(k.descending == reverse for k in keys):
+    if all(k.descending == reverse for k in keys) and not any(types[c] in PADDED for c in columns):
         getter = itemgetter(*columns)
         floats = [c for c in columns if types[c] in (FLOAT4, FLOAT8)]
         try:

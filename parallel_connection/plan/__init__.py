@@ -5,21 +5,40 @@ it never touches a connection.
 """
 
 from .aggregates import check_shard_types
-from .model import AggregatePlan, ClientPlan, Const, Output, Param, Partial, Plan, ShardFacts, SortKey
-from .planner import plan_statement
+from .model import (
+    AggregatePlan,
+    ClientPlan,
+    Const,
+    Moment,
+    Output,
+    Param,
+    Partial,
+    Pin,
+    Plan,
+    ShardFacts,
+    SortKey,
+    Targets,
+    Task,
+)
+from .planner import plan_statement, quick_plan
 from .refusals import refuse
 
 __all__ = [
     "AggregatePlan",
     "ClientPlan",
     "Const",
+    "Moment",
     "Output",
     "Param",
     "Partial",
+    "Pin",
     "Plan",
     "ShardFacts",
     "SortKey",
+    "Targets",
+    "Task",
     "check_shard_types",
     "plan_statement",
+    "quick_plan",
     "refuse",
 ]

@@ -9,6 +9,7 @@ say ``COLLATE "C"``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from pglast import ast
 
@@ -27,11 +28,14 @@ def is_c(node: ast.CollateClause) -> bool:
     return names[-1] in _C and (len(names) == 1 or names[:-1] == ["pg_catalog"])
 
 
-def check_collations(stmt: ast.SelectStmt, collated: frozenset[tuple[str, ...]]) -> None:
+def check_collations(stmt: ast.SelectStmt, collated: frozenset[tuple[str, ...]], catalog: Any = None) -> None:
     """Refuse a merge that would order or compare text under a collation other than C.
 
-    ``collated`` holds (table, column, collation) of the columns declared with another collation.
+    ``collated`` holds (table, column, collation) of the columns declared with
+    another collation; ``catalog`` knows the domains that carry one.
     """
+    if catalog is not None:
+        _check_domains(stmt, catalog)
     for node in walk(stmt, into_selects=True):
         if isinstance(node, ast.CollateClause) and not is_c(node):
             name = ".".join(n.sval for n in node.collname)
@@ -58,6 +62,23 @@ def check_collations(stmt: ast.SelectStmt, collated: frozenset[tuple[str, ...]])
                 raise refuse(
                     f'ordering or comparing {column} (collation "{names[column]}", not "C"; '
                     f'write {column} COLLATE "C" to order by code point)'
+                )
+
+
+def _check_domains(stmt: ast.SelectStmt, catalog: Any) -> None:
+    """Refuse a key cast to a domain whose collation is not C (``v::my_icu_text``)."""
+    for key in _keys(stmt):
+        for node in walk(key, into_selects=True):
+            if not isinstance(node, ast.TypeCast) or node.typeName is None:
+                continue
+            names = [n.sval for n in node.typeName.names if isinstance(n, ast.String)]
+            if not names or len(names) > 2:
+                continue
+            fact = catalog.resolve_type(names[0] if len(names) == 2 else None, names[-1])
+            if fact is not None and (fact.collation is not None or not fact.deterministic):
+                raise refuse(
+                    f'ordering or comparing a value of the type {fact.schema}.{fact.name} (collation '
+                    f'"{fact.collation}", not "C"; add COLLATE "C" to order by code point)'
                 )
 
 

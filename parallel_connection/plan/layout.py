@@ -40,10 +40,20 @@ class TableInfo:
 class Layout:
     """The placement (bound to the catalog) and the catalog, as one question: where are these rows?"""
 
-    def __init__(self, catalog: Any, placement: Any, shards: int) -> None:
+    def __init__(
+        self,
+        catalog: Any,
+        placement: Any,
+        shards: int,
+        aggregates: frozenset[str],
+        replicated: frozenset[str] = frozenset(),
+    ) -> None:
+        self.aggregates = aggregates
         self.catalog = catalog
         self.placement = placement
         self.shards = shards
+        self.replicated = replicated
+        """Without a placement: names read as copied (the planner's tests)."""
 
     @property
     def declared(self) -> bool:
@@ -63,6 +73,8 @@ class Layout:
         if relation is not None and relation.schema in SYSTEM_SCHEMAS:
             return TableInfo("whole", shown, columns=columns)
         if self.placement is None:
+            if name in self.replicated or shown in self.replicated:
+                return TableInfo("whole", shown, columns=columns)
             return TableInfo("sharded", shown, columns=columns)
         qualified = (relation.schema, relation.name) if relation is not None else (schema or "", name)
         kind = self.placement.kind_of(qualified)

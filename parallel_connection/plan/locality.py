@@ -21,24 +21,13 @@ from pglast import ast, enums
 
 from ..errors import refuse
 from .layout import Layout, TableInfo
-from .model import Const, Param, Value
+from .model import Const, Param, Pin, Value
 from .syntax import aggregate_name, is_aggregate, output_name, walk
 
-__all__ = ["Analysis", "Pin", "analyze"]
+__all__ = ["Analysis", "analyze"]
 
 Identity = tuple[int, int, str]
 """(level, FROM item, column): one column of one FROM item of one query level."""
-
-
-@dataclass(frozen=True)
-class Pin:
-    """A WHERE test that keeps the statement's sharded rows to the shards of these keys."""
-
-    function: Any
-    values: tuple[Value, ...]
-    array: bool = False
-    """``values`` is one parameter holding a list (``key = ANY(%s)``)."""
-    key_type: int | None = None
 
 
 @dataclass
@@ -53,6 +42,9 @@ class Analysis:
     routable: bool = False
     """Every sharded table read is tied to the pinned key, so the pins alone pick the shards."""
     local_reason: str = ""
+    key_local: frozenset[int] = frozenset()
+    """``id()`` of the subqueries each shard answers whole: tied to the outer rows by the shard key, or
+    reading no sharded table."""
 
 
 @dataclass
@@ -110,6 +102,8 @@ class _Analyzer:
         self.levels = 0
         self.ctes: dict[str, _Info] = {}
         self.unkeyed = False
+        self.key_local: set[int] = set()
+        self.sharded_seen = 0
 
     # -- one query level ------------------------------------------------------------
 
@@ -191,10 +185,13 @@ class _Analyzer:
     def table_item(self, info: TableInfo, alias: str) -> _Item:
         if info.kind == "whole":
             return _Item(alias, columns=info.columns, name=info.name)
+        self.sharded_seen += 1
         if info.key is None:
             self.unkeyed = True
             return _Item(alias, True, info.columns, unkeyed=True, name=info.name)
-        return _Item(alias, True, info.columns, {info.key: info.function}, name=info.name, key_type=info.key_type)
+        return _Item(
+            alias, True, info.columns, {info.key: info.function}, name=info.name, key_type=info.key_type
+        )
 
     def derived(self, info: _Info, alias: ast.Alias | None, what: str) -> _Item:
         names = list(info.names)
@@ -208,6 +205,7 @@ class _Analyzer:
         item = _Item(alias.aliasname if alias is not None else None, columns=frozenset(n for n in names if n))
         if not info.sharded:
             return item
+        self.sharded_seen += 1
         if not info.exact:
             raise refuse(f"{info.reason} in {what}")
         item.sharded = True
@@ -294,17 +292,23 @@ class _Analyzer:
         sub = node.subselect
         if not isinstance(sub, ast.SelectStmt):
             return
+        seen = self.sharded_seen
         info = self.select(sub, level)
         self.outer_aggregates(sub, info, level)
+        if self.sharded_seen == seen:
+            self.key_local.add(id(node))
         if not info.sharded:
             return
         inner = info.level
-        if inner is not None and self.correlated_on_key(inner, level):
+        if (inner is not None and self.correlated_on_key(inner, level)) or self.key_in(node, info, level):
+            self.key_local.add(id(node))
             return
-        if self.key_in(node, info, level):
-            return
-        if inner is not None and self.correlated(sub, inner) and any(i.unkeyed for i in inner.items):
-            return  # no declared keys: joins are assumed co-located, as for FROM items
+        if inner is not None and any(i.unkeyed for i in inner.items):
+            # No declared keys: tables are assumed co-located, as FROM items are.
+            if self.correlated(sub, inner):
+                return
+            if node.subLinkType == enums.SubLinkType.ANY_SUBLINK and info.exact:
+                return
         raise refuse(
             "a subquery reading a sharded table that is not tied to the outer rows by the shard "
             "key (correlate it on the key, or join the table in FROM)"
@@ -352,9 +356,13 @@ class _Analyzer:
                 continue
             refs = [n for n in walk(node.args or ()) if isinstance(n, ast.ColumnRef)]
             inner = info.level
-            outer = [r for r in refs if inner is None or (i := self.resolve(r, inner)) is None or i[0] < inner.number]
+            if inner is not None and inner.items:
+                outer = [r for r in refs if (i := self.resolve(r, inner)) is not None and i[0] < inner.number]
+            else:
+                outer = refs
             if refs and len(outer) == len(refs) and self.outer_sharded(level):
-                raise refuse(f"an aggregate of the outer query's rows ({aggregate_name(node, aggregates)}) inside a subquery")
+                name = aggregate_name(node, aggregates)
+                raise refuse(f"an aggregate of the outer query's rows ({name}) inside a subquery")
 
     def outer_sharded(self, level: _Level | None) -> bool:
         while level is not None:
@@ -364,8 +372,7 @@ class _Analyzer:
         return False
 
     def layout_aggregates(self) -> frozenset[str]:
-        catalog = self.layout.catalog
-        return frozenset(catalog.aggregates) if catalog is not None else _BUILTIN_AGGREGATES
+        return self.layout.aggregates
 
     # -- what each shard can finish -----------------------------------------------------
 
@@ -376,9 +383,7 @@ class _Analyzer:
         if stmt.limitCount is not None or stmt.limitOffset is not None:
             return False, "LIMIT / OFFSET"
         grouped = bool(stmt.groupClause) or stmt.havingClause is not None
-        grouped = grouped or any(
-            is_aggregate(n, aggregates) for t in stmt.targetList or () for n in walk(t)
-        )
+        grouped = grouped or any(is_aggregate(n, aggregates) for t in stmt.targetList or () for n in walk(t))
         if grouped:
             items = list(stmt.groupClause or ())
             if any(isinstance(i, ast.GroupingSet) for i in items):
@@ -484,10 +489,6 @@ def _sublinks(node: Any) -> Iterator[ast.SubLink]:
             yield sub
 
 
-_BUILTIN_AGGREGATES = frozenset(
-    "count sum avg min max bool_and bool_or every array_agg string_agg stddev variance".split()
-)
-
 
 def analyze(stmt: ast.SelectStmt, layout: Layout) -> Analysis:
     """Check the bound top-level SELECT ``stmt`` and say how its rows are placed."""
@@ -505,6 +506,7 @@ def analyze(stmt: ast.SelectStmt, layout: Layout) -> Analysis:
         pins=pins,
         routable=bool(pins) and not analyzer.unkeyed,
         local_reason=info.reason,
+        key_local=frozenset(analyzer.key_local),
     )
 
 
@@ -522,7 +524,11 @@ def _pins(stmt: ast.SelectStmt, level: _Level, analyzer: _Analyzer) -> Iterator[
             function = analyzer.key_function(node.lexpr, level)
             values = [_value(v) for v in node.rexpr]
             if function is not None and all(v is not None for v in values):
-                yield Pin(function, tuple(v for v in values if v is not None), key_type=_key_type(node.lexpr, level, analyzer))
+                yield Pin(
+                    function,
+                    tuple(v for v in values if v is not None),
+                    key_type=_key_type(node.lexpr, level, analyzer),
+                )
         elif node.kind == enums.A_Expr_Kind.AEXPR_OP_ANY:
             function = analyzer.key_function(node.lexpr, level)
             if function is None:

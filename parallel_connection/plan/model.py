@@ -13,19 +13,27 @@ __all__ = [
     "ClientPlan",
     "Const",
     "Expr",
+    "Moment",
     "Output",
     "Param",
     "Partial",
+    "Pin",
     "Plan",
     "ShardFacts",
     "SortKey",
+    "Targets",
+    "Task",
     "Value",
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ShardFacts:
-    """What the planner must know about the shards, looked up once per connection."""
+    """What the planner must know about the shards: the catalog, the placement and a few summaries.
+
+    Compared by identity: a fresh read of the catalog is a new value, so plans
+    cached for the old one are never reused.
+    """
 
     text_order_c: bool = False
     """Every shard orders text by code point (its database collation is C or POSIX)."""
@@ -35,6 +43,13 @@ class ShardFacts:
     """Tables the user says are copied whole to every shard (``name`` or ``schema.name``)."""
     collated_columns: frozenset[tuple[str, ...]] = frozenset()
     """(table, column, collation) of every table column whose collation is not default, C or POSIX."""
+    catalog: Any = None
+    """The shards' catalog (a ``catalog.Catalog``), when read."""
+    placement: Any = None
+    """The placement bound to the catalog (a ``placement.BoundPlacement``), or None: every table sharded."""
+    shards: int = 1
+    volatile: frozenset[str] = frozenset()
+    """Names of the shards' volatile functions."""
 
 
 @dataclass(frozen=True)
@@ -128,18 +143,81 @@ class ClientPlan:
 
 
 @dataclass(frozen=True)
+class Pin:
+    """A WHERE test of the shard key: the statement's sharded rows live on the shards of ``values``."""
+
+    function: Any
+    """The key's shard function (a ``placement.ShardFunction``)."""
+    values: tuple[Value, ...]
+    array: bool = False
+    """``values`` is one parameter holding a list (``key = ANY(%s)``)."""
+    key_type: int | None = None
+    """The key column's type OID, to read literals as the column's type."""
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Which shards a task runs on: all, one, or those its pins name (bound at execution)."""
+
+    kind: Literal["all", "one", "pinned"] = "all"
+    shard: int = 0
+    pins: tuple[Pin, ...] = ()
+
+
+ALL = Targets()
+ONE = Targets("one")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One statement for some shards. ``sql`` None: the user's statement and parameters, unchanged."""
+
+    targets: Targets = ALL
+    sql: str | None = None
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A value one statement must see the same on every shard (``now()``), sent as parameter ``name``."""
+
+    name: str
+    kind: Literal["transaction", "statement"]
+
+
+@dataclass(frozen=True)
 class Plan:
     """How to run one statement on the shards and merge the answers.
 
-    ``mode`` is ``union`` (run unchanged, concatenate), ``first`` (run
-    unchanged on every shard, return the first shard's rows: the statement
-    reads no table, or only tables copied to every shard, or is a SHOW) or ``merge`` (run
-    ``sql`` and merge as ``client`` says).
-    In ``sql`` the parameters are ``%(name)s`` placeholders: see ``params``.
+    ``tasks`` run on their targets; the rows are the union of theirs, or
+    merged as ``client`` says when ``merge`` is set. ``first`` keeps one
+    shard's rows only. With ``pins``, the statement goes only to the shards
+    of the pinned keys: on one shard ``local`` runs (one shard holds every
+    row it can see, so it answers any SQL); on several, ``tasks`` run on
+    those shards, unless ``refusal`` says the spread statement cannot be
+    answered exactly. In task SQL the parameters are ``%(name)s``
+    placeholders: the key of ``$n`` is ``names[n - 1]``.
     """
 
-    mode: Literal["union", "first", "merge"]
-    sql: str | None = None
+    tasks: tuple[Task, ...] = (Task(),)
+    merge: bool = False
     client: ClientPlan = field(default_factory=ClientPlan)
     names: tuple[str, ...] = ()
-    """The key of parameter ``$n`` in the parameters sent with ``sql`` is ``names[n - 1]``."""
+    first: bool = False
+    pins: tuple[Pin, ...] = ()
+    local: Task | None = None
+    refusal: Exception | None = None
+    moments: tuple[Moment, ...] = ()
+    refresh: bool = False
+    """The statement may change the catalog or the settings (DDL, SET): read them again after it."""
+    checked: bool = False
+    """Planned from the shards' facts: check that they are fresh before spreading it."""
+
+    @property
+    def mode(self) -> str:
+        """``merge``, ``first`` or ``union``: how the rows of the tasks come back."""
+        return "merge" if self.merge else "first" if self.first else "union"
+
+    @property
+    def sql(self) -> str | None:
+        """The SQL of the (first) task."""
+        return self.tasks[0].sql if self.tasks else None

@@ -93,7 +93,9 @@ class _Binder:
             return node  # the shards report the missing relation themselves
         if relation.kind == "view" and relation.view_sql:
             if depth >= _MAX_VIEW_DEPTH:
-                raise refuse(f"views nested more than {_MAX_VIEW_DEPTH} deep ({relation.schema}.{relation.name})")
+                raise refuse(
+                    f"views nested more than {_MAX_VIEW_DEPTH} deep ({relation.schema}.{relation.name})"
+                )
             body = pglast.parse_sql(relation.view_sql)[0].stmt
             # A view's body sees no CTE of the statement that reads it.
             return ast.RangeSubselect(lateral=False, subquery=self.visit(body, {}, depth + 1), alias=alias)
@@ -104,4 +106,3 @@ class _Binder:
             relpersistence=node.relpersistence,
             alias=alias,
         )
-

@@ -3,31 +3,32 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
 import pglast
 from pglast import ast
 
-from .model import Plan, ShardFacts
-from .params import Template, shard_vars, to_pyformat, to_template
+from .model import ALL, ONE, Plan, ShardFacts, Task
+from .params import Template, shard_vars, to_template
+from .query import check_write, plan_query
 from .refusals import refuse
-from .select import plan_select, reads_sharded
-from .syntax import deparse
 
-__all__ = ["CACHE_SIZE", "plan_statement"]
+__all__ = ["CACHE_SIZE", "plan_statement", "quick_plan"]
 
 CACHE_SIZE = 512
 
 
 def plan_statement(query: str, vars: Any, facts: ShardFacts) -> tuple[Plan, Any] | None:
-    """The plan for ``query`` and the parameters to send with ``plan.sql``.
+    """The plan for ``query`` and the parameters to send with the plan's task SQL.
 
     None when the parameters can only be understood by rendering them into
     the statement (``mogrify`` it, then plan the result without parameters).
     """
-    if not _may_be_query(query):
-        return Plan("union"), vars
+    quick = quick_plan(query, writes=facts.placement is not None)
+    if quick is not None:
+        return quick, vars
     template = to_template(query, vars)
     if template is None:
         return None
@@ -75,15 +76,33 @@ _UNION_WORDS = frozenset(
 _WORD = re.compile(r"[A-Za-z]+")
 
 
-def _may_be_query(query: str) -> bool:
-    """False for statements that are surely not queries (INSERT, COPY, DDL...): they are never parsed."""
+def quick_plan(query: str, *, writes: bool) -> Plan | None:
+    """The plan of a statement that needs no parsing (INSERT, COPY, DDL, SET...), else None.
+
+    With ``writes``, writes are parsed (to check them against the placement).
+    """
+    word = _first_word(query, writes=writes)
+    return None if word is None else Plan(refresh=word in _DDL_WORDS)
+
+
+_WRITE_WORDS = frozenset(["insert", "update", "delete", "copy", "merge"])
+_DDL_WORDS = _UNION_WORDS - _WRITE_WORDS - {"begin", "start", "commit", "rollback", "savepoint", "release"}
+
+
+def _first_word(query: str, *, writes: bool) -> str | None:
+    """The first word of a statement that is surely not a query (INSERT, COPY, DDL...), else None.
+
+    Such statements are never parsed (big INSERTs stay cheap), unless
+    ``writes``: with a placement, writes are checked against it.
+    """
     start = _skip_comments(query)
     if start is None:
-        return True
-    word = _WORD.match(query, start)
-    if word is None or word.group(0).lower() not in _UNION_WORDS:
-        return True
-    return ";" in query[start:].rstrip().rstrip(";")
+        return None
+    match = _WORD.match(query, start)
+    word = match.group(0).lower() if match is not None else None
+    if word is None or word not in _UNION_WORDS or (writes and word in _WRITE_WORDS):
+        return None
+    return None if ";" in query[start:].rstrip().rstrip(";") else word
 
 
 def _skip_comments(query: str) -> int | None:
@@ -117,39 +136,47 @@ def _plan(template: Template, facts: ShardFacts) -> Plan | None:
     try:
         statements = pglast.parse_sql(template.text)
     except pglast.parser.ParseError:
-        return Plan("union")  # the shards report the syntax error themselves
+        return Plan()  # the shards report the syntax error themselves
     if any(_parameter_as_item(raw.stmt) for raw in statements):
         return None
     if len(statements) > 1:
         # psycopg2 returns the last statement's rows; each statement must be a plain union.
-        for raw in statements:
-            if _plan_one(raw.stmt, template, facts).mode != "union":
+        plans = [_plan_one(raw.stmt, template, facts) for raw in statements]
+        for plan in plans:
+            if plan.mode != "union" or plan.pins or plan.moments or plan.tasks[0].targets != ALL:
                 raise refuse("several statements in one execute() with a query to merge or answer once")
-        return Plan("union")
+        return Plan(refresh=any(p.refresh for p in plans))
     if not statements:
-        return Plan("union")
+        return Plan()
     return _plan_one(statements[0].stmt, template, facts)
+
+
+_REFRESHING = (ast.VariableSetStmt, ast.DiscardStmt)
+_DATA = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)
+_SESSION = (ast.TransactionStmt, ast.VariableShowStmt, ast.ClosePortalStmt, ast.ListenStmt)
+_SESSION += (ast.UnlistenStmt, ast.NotifyStmt, ast.DeallocateStmt, ast.CopyStmt, ast.LockStmt)
 
 
 def _plan_one(stmt: ast.Node, template: Template, facts: ShardFacts) -> Plan:
     """The plan of one parsed statement."""
     if isinstance(stmt, ast.VariableShowStmt):
-        return Plan("first")
+        return Plan(tasks=(Task(ONE),))
     if isinstance(stmt, ast.ExecuteStmt):
         raise refuse("EXECUTE of a prepared statement (what it returns is not known here)")
     if isinstance(stmt, ast.FetchStmt) and not stmt.ismove:
         raise refuse("FETCH from a cursor (what it returns is not known here)")
     if isinstance(stmt, ast.ExplainStmt):
         raise refuse("EXPLAIN (every shard has its own plan)")
-    if not isinstance(stmt, ast.SelectStmt):
-        return Plan("union")
-    if not reads_sharded(stmt, facts.replicated):
-        return Plan("first")
-    planned = plan_select(stmt, facts.aggregates, facts.replicated, facts.collated_columns)
-    if planned is None:
-        return Plan("union")
-    shard, client = planned
-    return Plan("merge", to_pyformat(deparse(shard), template.names), client, template.names)
+    if isinstance(stmt, ast.SelectStmt):
+        return replace(plan_query(stmt, template, facts), checked=True)
+    if isinstance(stmt, _DATA):
+        check_write(stmt, facts)
+        return Plan(checked=facts.placement is not None)
+    if isinstance(stmt, _REFRESHING):
+        return Plan(refresh=True)
+    if isinstance(stmt, (*_SESSION, ast.FetchStmt)):
+        return Plan()
+    return Plan(refresh=True)  # DDL: the catalog may have changed
 
 
 def _parameter_as_item(stmt: ast.Node) -> bool:

@@ -9,52 +9,31 @@ from pglast import ast, enums
 from .aggregates import AggregatePlanner, uses_aggregates
 from .collation import check_collations
 from .columns import ShardColumns
-from .model import ClientPlan, Const, Param, Value
+from .locality import Analysis
+from .model import ClientPlan, Const, Param, ShardFacts, Value
 from .ordering import limit_value, resolve_reference, sort_key
-from .refusals import check_nested, check_top, refuse
-from .sources import check_sources
-from .syntax import copy_node, walk
+from .refusals import check_top, refuse
+from .syntax import copy_node
 
-__all__ = ["plan_select", "reads_sharded", "tables_read"]
+__all__ = ["plan_select"]
 
 _BIGINT_MAX = 2**63 - 1
 
 
-def tables_read(stmt: ast.Node) -> list[tuple[str | None, str]]:
-    """(schema, name) of every table or view the statement reads (CTE names aside)."""
-    ctes = {
-        cte.ctename
-        for node in walk(stmt, into_selects=True)
-        if isinstance(node, ast.WithClause)
-        for cte in node.ctes
-    }
-    return [
-        (node.schemaname, node.relname)
-        for node in walk(stmt, into_selects=True)
-        if isinstance(node, ast.RangeVar) and (node.schemaname or node.relname not in ctes)
-    ]
-
-
-def reads_sharded(stmt: ast.Node, replicated: frozenset[str]) -> bool:
-    """True when the statement reads a table that is not copied to every shard."""
-    return any(
-        name not in replicated and f"{schema}.{name}" not in replicated for schema, name in tables_read(stmt)
-    )
-
-
 def plan_select(
-    stmt: ast.SelectStmt,
-    aggregates: frozenset[str],
-    replicated: frozenset[str] = frozenset(),
-    collated: frozenset[tuple[str, ...]] = frozenset(),
+    stmt: ast.SelectStmt, bound: ast.SelectStmt, analysis: Analysis, facts: ShardFacts
 ) -> tuple[ast.SelectStmt, ClientPlan] | None:
-    """The shard statement and client plan, or None when the plain union is exact."""
-    check_top(stmt, aggregates)
-    check_nested(stmt, aggregates, lambda sub: not reads_sharded(sub, replicated))
-    check_sources(stmt, replicated)
-    if uses_aggregates(stmt, aggregates):
-        check_collations(stmt, collated)
-        return AggregatePlanner(stmt, aggregates).plan()
+    """The shard statement and client plan, or None when the plain union is exact.
+
+    ``bound`` is ``stmt`` with its names bound (see ``names``), for the checks;
+    the shards run ``stmt`` rewritten. When ``analysis`` finds the top level
+    shard-local (grouped by the shard key, say), only ORDER BY, DISTINCT and
+    LIMIT are left to merge.
+    """
+    check_top(stmt, facts.aggregates, local=analysis.local)
+    if uses_aggregates(stmt, facts.aggregates) and not analysis.local:
+        check_collations(bound, facts.collated_columns, facts.catalog)
+        return AggregatePlanner(stmt, facts.aggregates).plan()
     if (
         not stmt.sortClause
         and stmt.distinctClause is None
@@ -62,7 +41,7 @@ def plan_select(
         and stmt.limitOffset is None
     ):
         return None
-    check_collations(stmt, collated)
+    check_collations(bound, facts.collated_columns, facts.catalog)
     return _plan_rows(stmt)
 
 

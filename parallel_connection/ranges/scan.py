@@ -48,7 +48,7 @@ class Scan:
         self.options = options
         self.shards = pdb.shards
         self.own: list[psycopg2.extensions.connection] = pdb.connections
-        self.secrets = pdb._secrets
+        self.secrets = pdb.shard_set.secrets
         pools = pdb.pools
         self.pool_caps = [pool_capacity(p) for p in pools] if pools is not None else [0] * len(self.own)
         self._check_setup(pools)
@@ -112,7 +112,7 @@ class Scan:
         return Scan(self.pdb, self.target, self.work, options).run(ranges)
 
     def _fanout(self, fn: Callable[[int], Any]) -> list[Any]:
-        return self.pdb._fanout.run(fn)
+        return self.pdb.shard_set.run(fn)
 
     def _export_snapshot(self, i: int) -> str:
         conn = self.own[i]

@@ -1,0 +1,357 @@
+"""Where plans meet connections: statement -> plan -> tasks -> fan-out -> streams -> merge -> rows.
+
+The cursor hands over the statement and its shard cursors; the executor
+plans it (with the shards' facts, checked fresh), binds the tasks' targets
+(the pins' keys to shards), runs the tasks on their shards at once, turns
+each shard's answer into a stream and the streams into the merged rows.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.sql
+
+from .errors import NotSupportedError, refuse
+from .merge.pipeline import MergeInputs, build_merge
+from .plan import Plan, ShardFacts, check_shard_types, plan_statement, quick_plan
+from .plan.layout import INTEGER_TYPES
+from .plan.model import Const, Pin, Targets
+from .shards import ShardSet
+from .streams import ShardStream, interleave
+
+__all__ = ["Outcome", "Statement", "combined_status", "execute", "run_finished", "run_union"]
+
+Row = Any
+FIRST_USER_OID = 16384
+"""Types made in a database (enums, domains, composites) get their own OIDs on each shard."""
+
+
+@dataclass
+class Outcome:
+    """What one statement gave: its description, counts, and the rows to serve."""
+
+    description: tuple[Any, ...] | None = None
+    rowcount: int = -1
+    statusmessage: str | None = None
+    batches: Iterator[list[Row]] | None = None
+    streams: list[ShardStream] = field(default_factory=list)
+    merged: bool = False
+    """The rows come from a merge (a plain union otherwise)."""
+    targets: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One execute(): the statement, its parameters and how its rows are wanted."""
+
+    query: Any
+    vars: Any
+    streaming: bool
+    batch_size: int
+    tuples: bool
+    """Shard cursors return tuples, so rows can be merged."""
+
+
+def execute(shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, merge: bool) -> Outcome:
+    """Run ``statement`` on the shards it needs; with ``merge``, as one database would answer it."""
+    if not merge or len(cursors) == 1:
+        return run_union(shards, cursors, statement.query, statement.vars, statement, range(len(cursors)))
+    text = _text(statement.query, cursors[0], shards)
+    quick = quick_plan(text, writes=shards.placement is not None)
+    if quick is not None:
+        return _run(shards, cursors, statement, quick, statement.vars)
+    facts = shards.facts()
+    plan, shard_vars = _plan(text, statement.vars, facts, cursors[0], shards)
+    targets = bind_targets(plan, shard_vars, len(cursors))
+    if len(targets) > 1 and plan.checked:
+        fresh = shards.check_facts(facts)
+        if fresh is not facts:
+            plan, shard_vars = _plan(text, statement.vars, fresh, cursors[0], shards)
+            targets = bind_targets(plan, shard_vars, len(cursors))
+    return _run(shards, cursors, statement, plan, shard_vars, targets)
+
+
+def _plan(text: str, vars: Any, facts: ShardFacts, cursor: Any, shards: ShardSet) -> tuple[Plan, Any]:
+    try:
+        planned = plan_statement(text, vars, facts)
+        if planned is None:
+            # Values psycopg2 renders as SQL (tuples, custom adapters): plan the rendered statement.
+            text = cursor.mogrify(text, vars).decode(_python_encoding(cursor))
+            planned = plan_statement(text, None, facts)
+            assert planned is not None
+    except NotSupportedError:
+        fresh = shards.check_facts(facts)
+        if fresh is facts:
+            raise
+        return _plan(text, vars, fresh, cursor, shards)
+    return planned
+
+
+def _run(
+    shards: ShardSet,
+    cursors: Sequence[Any],
+    statement: Statement,
+    plan: Plan,
+    shard_vars: Any,
+    targets: list[int] | None = None,
+) -> Outcome:
+    n = len(cursors)
+    targets = bind_targets(plan, shard_vars, n) if targets is None else targets
+    try:
+        if plan.pins and len(targets) <= 1:
+            # One shard holds every row the statement can see: it answers as it is.
+            return run_union(shards, cursors, statement.query, statement.vars, statement, targets or [0])
+        if plan.refusal is not None and len(targets) > 1:
+            raise plan.refusal
+        task = plan.tasks[0]
+        if task.sql is None and not plan.merge:
+            outcome = run_union(
+                shards, cursors, statement.query, statement.vars, statement, targets, first=plan.first
+            )
+            return outcome
+        vars = _with_moments(plan, shard_vars, shards)
+        query = task.sql if task.sql is not None else statement.query
+        if not plan.merge:
+            return run_union(shards, cursors, query, vars, statement, targets)
+        if not statement.tuples:
+            raise refuse("merging rows of this cursor_factory")
+        return _run_merge(shards, cursors, statement, plan, query, vars, targets)
+    finally:
+        if plan.refresh:
+            shards.forget_facts()
+
+
+def bind_targets(plan: Plan, vars: Any, n: int) -> list[int]:
+    """The shards the plan's tasks run on, with this execution's parameters."""
+    targets = plan.tasks[0].targets if plan.tasks else Targets()
+    if targets.kind == "one":
+        return [targets.shard]
+    if targets.kind == "all" or not plan.pins:
+        return list(range(n))
+    chosen: set[int] | None = None
+    for pin in plan.pins:
+        found = _pin_shards(pin, vars, plan.names, n)
+        if found is not None:
+            chosen = found if chosen is None else chosen & found
+    return sorted(chosen) if chosen is not None else list(range(n))
+
+
+def _pin_shards(pin: Pin, vars: Any, names: tuple[str, ...], n: int) -> set[int] | None:
+    """The shards holding the pin's keys; None when a value can't be mapped (ask every shard)."""
+    values: list[Any] = []
+    for value in pin.values:
+        bound = value.value if isinstance(value, Const) else vars[names[value.number - 1]]
+        if pin.array:
+            if not isinstance(bound, (list, tuple)):
+                return None
+            values.extend(bound)
+        else:
+            values.append(bound)
+    shards: set[int] = set()
+    for value in values:
+        if value is None:
+            continue  # key = NULL matches no row anywhere
+        key = _as_key(value, pin.key_type)
+        if key is None:
+            return None
+        try:
+            shards.add(pin.function.shard_of(key, n))
+        except (psycopg2.DataError, TypeError, ValueError):
+            return None
+    return shards
+
+
+def _as_key(value: Any, key_type: int | None) -> Any:
+    """A parameter or literal as the key column's type would read it (None: not sure)."""
+    if key_type in INTEGER_TYPES or (key_type is None and isinstance(value, int)):
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return value
+        if isinstance(value, decimal.Decimal) and value == value.to_integral_value():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                return None
+        return None
+    return value
+
+
+def _with_moments(plan: Plan, vars: Any, shards: ShardSet) -> Any:
+    if not plan.moments:
+        return vars
+    values = dict(vars or {})
+    for moment in plan.moments:
+        values[moment.name] = shards.moment(moment.kind)
+    return values
+
+
+def run_union(
+    shards: ShardSet,
+    cursors: Sequence[Any],
+    query: Any,
+    vars: Any,
+    statement: Statement,
+    targets: Sequence[int],
+    *,
+    first: bool = False,
+) -> Outcome:
+    """Run ``query`` on ``targets``; the rows are the union (``first``: only the first target's)."""
+    targets = list(targets)
+    firsts = shards.run(_runner(cursors, query, vars, statement), targets)
+    outcome = _counted(shards, cursors, targets[:1] if first else targets)
+    if outcome.description is None:
+        return outcome
+    used = targets[:1] if first else targets
+    streams = _streams(shards, cursors, targets, firsts, statement)
+    outcome.streams = streams
+    outcome.batches = interleave([s for s in streams if s.index in used])
+    return outcome
+
+
+def run_finished(shards: ShardSet, cursors: Sequence[Any], statement: Statement) -> Outcome:
+    """The union of what every shard cursor already holds (after ``callproc``)."""
+    targets = list(range(len(cursors)))
+    outcome = _counted(shards, cursors, targets)
+    if outcome.description is None:
+        return outcome
+    firsts: list[list[Row] | None] = [None] * len(cursors)
+    outcome.streams = _streams(shards, cursors, targets, firsts, statement)
+    outcome.batches = interleave(outcome.streams)
+    return outcome
+
+
+def _run_merge(
+    shards: ShardSet,
+    cursors: Sequence[Any],
+    statement: Statement,
+    plan: Plan,
+    query: str,
+    vars: Any,
+    targets: list[int],
+) -> Outcome:
+    firsts = shards.run(_runner(cursors, query, vars, statement), targets)
+    shard_description = agreed_description(shards, cursors, targets)
+    assert shard_description is not None
+    check_shard_types(plan.client, [column.type_code for column in shard_description])
+    facts = shards.facts()
+    description, merged = build_merge(
+        plan.client,
+        shard_description,
+        params=vars,
+        names=plan.names,
+        text_order_c=facts.text_order_c,
+        streaming=statement.streaming,
+        batch_size=max(1, statement.batch_size),
+    )
+    streams = _streams(shards, cursors, targets, firsts, statement)
+    outcome = _counted(shards, cursors, targets)
+    outcome.description = description
+    outcome.streams = streams
+    outcome.merged = True
+    outcome.batches = merged(MergeInputs([(s.index, s) for s in streams], lambda: interleave(streams)))
+    return outcome
+
+
+def _runner(cursors: Sequence[Any], query: Any, vars: Any, statement: Statement) -> Any:
+    streaming, batch_size = statement.streaming, statement.batch_size
+
+    def run(i: int) -> list[Row] | None:
+        cur = cursors[i]
+        cur.execute(query, vars)
+        if streaming:
+            return cur.fetchmany(batch_size) if batch_size > 0 else cur.fetchall()
+        # Converting this shard's rows here overlaps with the shards still running.
+        return cur.fetchall() if cur.description is not None else None
+
+    return run
+
+
+def _streams(
+    shards: ShardSet,
+    cursors: Sequence[Any],
+    targets: Sequence[int],
+    firsts: Sequence[list[Row] | None],
+    statement: Statement,
+) -> list[ShardStream]:
+    return [
+        ShardStream(i, cursors[i], shards.fanout, batch_size=statement.batch_size, first_batch=first)
+        for i, first in zip(targets, firsts, strict=True)
+    ]
+
+
+def _counted(shards: ShardSet, cursors: Sequence[Any], targets: Sequence[int]) -> Outcome:
+    used = [cursors[i] for i in targets]
+    counts = [c.rowcount for c in used]
+    rowcount = -1 if -1 in counts else sum(counts)
+    return Outcome(
+        description=agreed_description(shards, cursors, targets),
+        rowcount=rowcount,
+        statusmessage=combined_status([c.statusmessage for c in used], rowcount),
+        targets=list(targets),
+    )
+
+
+def agreed_description(
+    shards: ShardSet, cursors: Sequence[Any], targets: Sequence[int]
+) -> tuple[Any, ...] | None:
+    """The shards' common description of their result; an error naming two shards that disagree."""
+    descriptions = [(i, cursors[i].description) for i in targets]
+    first_index, first = descriptions[0]
+    shape = _shape(first)
+    for index, other in descriptions[1:]:
+        if _shape(other) != shape:
+            infos = shards.infos
+            raise psycopg2.ProgrammingError(
+                "the shards return different columns for this statement: "
+                f"{infos[first_index]} gives {_show(first)} but {infos[index]} gives {_show(other)}; "
+                "make the schemas agree, or select the columns explicitly"
+            )
+    return tuple(first) if first is not None else None
+
+
+def _text(query: Any, cursor: Any, shards: ShardSet) -> str:
+    if isinstance(query, psycopg2.sql.Composable):
+        return query.as_string(cursor)
+    if isinstance(query, bytes):
+        return query.decode(_python_encoding(cursor))
+    return str(query)
+
+
+def _python_encoding(cursor: Any) -> str:
+    encoding: str = psycopg2.extensions.encodings.get(cursor.connection.encoding, "utf-8")
+    return encoding
+
+
+def _shape(description: Sequence[Any] | None) -> list[tuple[str, int | None]] | None:
+    if description is None:
+        return None
+    return [(col.name, col.type_code if col.type_code < FIRST_USER_OID else None) for col in description]
+
+
+def _show(description: Sequence[Any] | None) -> str:
+    if description is None:
+        return "no result set"
+    from .merge.values import type_name
+
+    names = [f"{c.name} {type_name(c.type_code)}" for c in description]
+    return "(" + ", ".join(names) + ")"
+
+
+def combined_status(messages: list[str | None], rowcount: int) -> str | None:
+    """One status like a single server's: ``UPDATE 12`` for shards that updated 12 rows."""
+    present = [m for m in messages if m]
+    if not present:
+        return None
+    verbs = {m.rsplit(" ", 1)[0] if m.rsplit(" ", 1)[-1].isdigit() else m for m in present}
+    if len(verbs) == 1 and rowcount >= 0 and present[0].rsplit(" ", 1)[-1].isdigit():
+        return f"{verbs.pop()} {rowcount}"
+    return present[0]

@@ -1,0 +1,178 @@
+"""Plan one SELECT against the placement: answered once, routed by its key pins, or spread and merged.
+
+The order: bind names (views, CTEs, search_path), check where the rows
+live (co-location, subqueries), then choose the tasks. A statement that
+lands on one shard runs there as the user wrote it; a statement spread over
+several shards is rewritten for the merge, with the moments (``now()``)
+every shard must share sent as parameters.
+"""
+
+from __future__ import annotations
+
+from pglast import ast, enums
+
+from ..errors import NotSupportedError, refuse
+from .layout import Layout
+from .locality import Analysis, analyze
+from .model import ONE, Moment, Plan, ShardFacts, Targets, Task
+from .names import bind_names
+from .params import Template, to_pyformat
+from .select import plan_select
+from .sources import check_negated
+from .syntax import copy_node, deparse, func_name, walk
+
+__all__ = ["MOMENT_PARAM", "STATEMENT_PARAM", "check_write", "layout_of", "plan_query"]
+
+MOMENT_PARAM = "_pc_now"
+STATEMENT_PARAM = "_pc_statement_now"
+_HARMLESS_VOLATILE = frozenset({"pg_sleep", "pg_sleep_for", "pg_sleep_until"})
+_ON_EVERY_SHARD = frozenset({"set_config"})
+"""Functions that change the session: a SELECT calling them runs on every shard, as before."""
+
+_TRANSACTION_MOMENTS = {"now", "transaction_timestamp"}
+_STATEMENT_MOMENTS = {"statement_timestamp"}
+_VALUE_TYPES = {
+    enums.SQLValueFunctionOp.SVFOP_CURRENT_DATE: "date",
+    enums.SQLValueFunctionOp.SVFOP_CURRENT_TIME: "timetz",
+    enums.SQLValueFunctionOp.SVFOP_CURRENT_TIME_N: "timetz",
+    enums.SQLValueFunctionOp.SVFOP_CURRENT_TIMESTAMP: "timestamptz",
+    enums.SQLValueFunctionOp.SVFOP_CURRENT_TIMESTAMP_N: "timestamptz",
+    enums.SQLValueFunctionOp.SVFOP_LOCALTIME: "time",
+    enums.SQLValueFunctionOp.SVFOP_LOCALTIME_N: "time",
+    enums.SQLValueFunctionOp.SVFOP_LOCALTIMESTAMP: "timestamp",
+    enums.SQLValueFunctionOp.SVFOP_LOCALTIMESTAMP_N: "timestamp",
+}
+
+
+def layout_of(facts: ShardFacts) -> Layout:
+    return Layout(facts.catalog, facts.placement, facts.shards, facts.aggregates, facts.replicated)
+
+
+def plan_query(stmt: ast.SelectStmt, template: Template, facts: ShardFacts) -> Plan:
+    """The plan of a top-level SELECT."""
+    bound = bind_names(stmt, facts.catalog)
+    assert isinstance(bound, ast.SelectStmt)
+    analysis = analyze(bound, layout_of(facts))
+    calls = {func_name(n)[1] for n in walk(bound, into_selects=True) if isinstance(n, ast.FuncCall)}
+    if not analysis.sharded:
+        if calls & _ON_EVERY_SHARD:
+            return Plan(first=True)
+        return Plan(tasks=(Task(ONE),))
+    refusal: NotSupportedError | None = None
+    try:
+        spread = _spread(stmt, bound, analysis, template, facts, calls)
+    except NotSupportedError as exc:
+        if not analysis.routable:
+            raise
+        spread, refusal = Plan(), exc
+    if not analysis.routable:
+        return spread
+    pinned = Targets("pinned", pins=analysis.pins)
+    tasks = tuple(Task(pinned, t.sql) for t in spread.tasks)
+    return Plan(
+        tasks=tasks,
+        merge=spread.merge,
+        client=spread.client,
+        names=spread.names,
+        pins=analysis.pins,
+        local=Task(pinned),
+        refusal=refusal,
+        moments=spread.moments,
+    )
+
+
+def _spread(
+    stmt: ast.SelectStmt,
+    bound: ast.SelectStmt,
+    analysis: Analysis,
+    template: Template,
+    facts: ShardFacts,
+    calls: set[str],
+) -> Plan:
+    """The plan for a SELECT that runs on several shards (raises what cannot be answered exactly)."""
+    volatile = sorted((calls & facts.volatile) - _HARMLESS_VOLATILE)
+    if volatile:
+        raise refuse(
+            f"the volatile function {volatile[0]}() on several shards (each shard has its own "
+            "value: one database would give one)"
+        )
+    check_negated(bound, analysis.key_local)
+    planned = plan_select(stmt, bound, analysis, facts)
+    shard = copy_node(planned[0]) if planned is not None else copy_node(stmt)
+    names = list(template.names)
+    moments = _replace_moments(shard, names)
+    if planned is None:
+        if not moments:
+            return Plan()
+        sql = to_pyformat(deparse(shard), tuple(names))
+        return Plan(tasks=(Task(sql=sql),), moments=moments, names=tuple(names))
+    return Plan(
+        tasks=(Task(sql=to_pyformat(deparse(shard), tuple(names))),),
+        merge=True,
+        client=planned[1],
+        names=tuple(names),
+        moments=moments,
+    )
+
+
+def _replace_moments(stmt: ast.Node, names: list[str]) -> tuple[Moment, ...]:
+    """Replace ``now()``, ``CURRENT_DATE``... with parameters every shard gets the same value of."""
+    found: dict[str, Moment] = {}
+
+    def param(kind: str) -> ast.ParamRef:
+        name = MOMENT_PARAM if kind == "transaction" else STATEMENT_PARAM
+        if name not in names:
+            names.append(name)
+        found[name] = Moment(name, "transaction" if kind == "transaction" else "statement")
+        return ast.ParamRef(number=names.index(name) + 1)
+
+    def visit(node: object) -> object:
+        if isinstance(node, tuple):
+            return tuple(visit(n) for n in node)
+        if not isinstance(node, ast.Node):
+            return node
+        if isinstance(node, ast.SQLValueFunction) and node.op in _VALUE_TYPES:
+            moment = _cast(param("transaction"), "timestamptz")
+            typmod = node.typmod if node.typmod is not None and node.typmod >= 0 else None
+            return _cast(moment, _VALUE_TYPES[node.op], typmod)
+        if isinstance(node, ast.FuncCall) and not node.args and node.over is None:
+            schema, name = func_name(node)
+            if schema in (None, "pg_catalog") and name in _TRANSACTION_MOMENTS | _STATEMENT_MOMENTS:
+                kind = "transaction" if name in _TRANSACTION_MOMENTS else "statement"
+                return _cast(param(kind), "timestamptz")
+        for slot in type(node).__slots__:
+            value = getattr(node, slot, None)
+            if isinstance(value, (ast.Node, tuple)):
+                setattr(node, slot, visit(value))
+        return node
+
+    visit(stmt)
+    return tuple(found.values())
+
+
+def _cast(arg: ast.Node, type_name: str, typmod: int | None = None) -> ast.TypeCast:
+    mods = (ast.A_Const(isnull=False, val=ast.Integer(ival=typmod)),) if typmod is not None else None
+    name = ast.TypeName(
+        names=(ast.String(sval="pg_catalog"), ast.String(sval=type_name)), typmods=mods, typemod=-1
+    )
+    return ast.TypeCast(arg=arg, typeName=name)
+
+
+def check_write(stmt: ast.Node, facts: ShardFacts) -> None:
+    """Refuse a write the placement cannot place: an undeclared table, or an INSERT into a sharded one."""
+    if facts.placement is None:
+        return
+    relation = getattr(stmt, "relation", None)
+    if not isinstance(relation, ast.RangeVar):
+        return
+    layout = layout_of(facts)
+    bound = bind_names(relation, facts.catalog)
+    if not isinstance(bound, ast.RangeVar):
+        raise NotSupportedError(f"writing to the view {relation.relname} across shards")
+    info = layout.table(bound)
+    if info is not None and info.key is not None and isinstance(stmt, ast.InsertStmt):
+        raise NotSupportedError(
+            f"INSERT into the sharded table {info.name} is not routed by its shard key yet; it would "
+            "write every row on every shard. Insert through the shard's own connection "
+            "(pdb.connections[i]) for now"
+        )

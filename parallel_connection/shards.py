@@ -1,0 +1,213 @@
+"""The shards as one object: connections in shard order, the fan-out, secrets, catalog and placement.
+
+The connection and the cursor are thin DB-API faces over this object; the
+executor runs plans on it; range jobs borrow its fan-out. The catalog facts
+are read from every shard on first use, checked with a cheap stamp before
+each statement that fans out, and read again after DDL or SET through the
+connection, so they are never stale.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import psycopg2
+import psycopg2.extensions
+
+from .catalog import Catalog, combine, combine_stamps, read_catalog, read_stamp, settings_differences
+from .errors import ShardInfo, dsn_secrets
+from .fanout import FanOut
+from .placement import Placement
+from .plan import ShardFacts
+
+__all__ = ["ShardSet"]
+
+T = TypeVar("T")
+
+
+class ShardSet:
+    """Every shard of one ParallelConnection, and what is known about them."""
+
+    def __init__(
+        self,
+        connections: Sequence[Any],
+        *,
+        secrets: set[str] | None = None,
+        max_workers: int | None = None,
+        placement: Placement | None = None,
+    ) -> None:
+        self.connections = list(connections)
+        self.infos = [ShardInfo.from_connection(i, c) for i, c in enumerate(self.connections)]
+        self.secrets = set(secrets or ())
+        for conn in self.connections:
+            self.secrets |= dsn_secrets(None, [_password_of(conn)])
+        self.fanout = FanOut(self.infos, self.connections, self.secrets, max_workers)
+        self._lock = threading.Lock()
+        self._facts: ShardFacts | None = None
+        self._moment: datetime.datetime | None = None
+        self.placement: Placement | None = None
+        self.set_placement(placement)
+        self._check_distinct()
+
+    def set_placement(self, placement: Placement | None) -> None:
+        """Use ``placement`` from the next statement on."""
+        if placement is not None:
+            placement.check_shards(len(self.connections))
+        with self._lock:
+            self.placement = placement
+            self._facts = None
+
+    def _check_distinct(self) -> None:
+        """Refuse two shards that are one database: every count would double."""
+        if len(self.connections) < 2:
+            return
+        identities = self.run(lambda i: _identity(self.connections[i]))
+        seen: dict[tuple[Any, ...], int] = {}
+        for index, identity in enumerate(identities):
+            if identity in seen:
+                raise psycopg2.InterfaceError(
+                    f"{self.infos[seen[identity]]} and {self.infos[index]} are the same database: "
+                    "each shard must be a database of its own"
+                )
+            seen[identity] = index
+
+    def __len__(self) -> int:
+        return len(self.connections)
+
+    # -- running ----------------------------------------------------------------
+
+    def run(self, fn: Callable[[int], T], indexes: Sequence[int] | None = None) -> list[T]:
+        """``[fn(i) for i in indexes]`` at once on the fan-out; the first failure wins."""
+        return self.fanout.run(fn, indexes)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        return self.fanout.submit(fn, *args)
+
+    def error(self, exc: BaseException, index: int) -> BaseException:
+        """``exc`` raised on shard ``index``, naming the shard, without secrets."""
+        return self.fanout.error(exc, index)
+
+    def cancel(self, indexes: Sequence[int]) -> None:
+        self.fanout.cancel_all(indexes)
+
+    def close(self) -> None:
+        self.fanout.release_stuck()
+        self.fanout.close()
+
+    # -- catalog facts ---------------------------------------------------------------
+
+    def facts(self) -> ShardFacts:
+        """The planner's facts, read on first use (in the current transaction)."""
+        with self._lock:
+            if self._facts is None:
+                self._facts = self._read_facts()
+            return self._facts
+
+    def check_facts(self, facts: ShardFacts) -> ShardFacts:
+        """``facts``, or fresh ones when a shard's catalog changed since they were read (a cheap stamp)."""
+        stamps = combine_stamps(self.run(lambda i: _stamp(self.connections[i])))
+        catalog = facts.catalog
+        if catalog is not None and stamps == catalog.stamp:
+            return facts
+        with self._lock:
+            if self._facts is facts or self._facts is None:
+                self._facts = self._read_facts()
+            return self._facts
+
+    def forget_facts(self) -> None:
+        """Read the facts again before the next statement (after DDL or SET through the connection)."""
+        with self._lock:
+            self._facts = None
+
+    def _read_facts(self) -> ShardFacts:
+        catalogs: list[Catalog] = self.run(lambda i: _read(self.connections[i]))
+        names = [str(info) for info in self.infos]
+        differences = settings_differences(catalogs, names)
+        if differences:
+            raise psycopg2.OperationalError(
+                "the shards' settings differ, so their answers would not agree: "
+                + "; ".join(differences)
+                + " (set them alike, e.g. with ALTER DATABASE ... SET, or options='-c name=value' "
+                "in the DSNs)"
+            )
+        catalog = combine(catalogs, names)
+        bound = None
+        if self.placement is not None:
+            bound = self.placement.bind(catalog.qualified)
+        collated = frozenset(
+            (relation.name, column.name, column.collation or "nondeterministic")
+            for relation in catalog.relations.values()
+            for column in relation.columns
+            if column.collation is not None or not column.deterministic
+        )
+        return ShardFacts(
+            text_order_c=catalog.text_order_c,
+            aggregates=frozenset(catalog.aggregates),
+            collated_columns=collated,
+            catalog=catalog,
+            placement=bound,
+            shards=len(self.connections),
+            volatile=frozenset(catalog.volatile),
+        )
+
+    # -- one moment per transaction -------------------------------------------------
+
+    def moment(self, kind: str) -> datetime.datetime:
+        """``now()`` of the current transaction (``statement``: of this statement), from the first shard.
+
+        Every shard gets this one value, so a statement sees one moment as one
+        database would.
+        """
+        conn = self.connections[0]
+        idle = conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        if kind == "transaction" and self._moment is not None and not idle:
+            return self._moment
+        sql = "SELECT now()" if kind == "transaction" else "SELECT statement_timestamp()"
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            row = cur.fetchone()
+        assert row is not None
+        value: datetime.datetime = row[0]
+        if kind == "transaction":
+            self._moment = None if conn.autocommit else value
+        return value
+
+    def end_transaction(self) -> None:
+        """The transaction ended (commit, rollback): the next statement takes a new moment."""
+        self._moment = None
+
+
+_IDENTITY = "SELECT pg_postmaster_start_time(), current_setting('port'), current_database()"
+
+
+def _identity(conn: Any) -> tuple[Any, ...]:
+    """What tells one database from another: its server's start time and port, and its name."""
+    idle = conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+    with conn.cursor() as cur:
+        cur.execute(_IDENTITY)
+        row = cur.fetchone()
+    if idle and not conn.autocommit:
+        conn.rollback()
+    return tuple(row or ())
+
+
+def _read(conn: Any) -> Catalog:
+    with conn.cursor() as cur:
+        return read_catalog(cur)
+
+
+def _stamp(conn: Any) -> tuple[int, ...]:
+    with conn.cursor() as cur:
+        return read_stamp(cur)
+
+
+def _password_of(conn: Any) -> str | None:
+    try:
+        password: str | None = conn.info.password
+    except Exception:
+        return None
+    return password
