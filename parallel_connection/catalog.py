@@ -1,15 +1,15 @@
 """The shards' catalog facts the planner needs, read from one shard in one round trip.
 
 :func:`read_catalog` reads one shard's :class:`Catalog`, :func:`combine` makes
-the planner's one value out of every shard's, and :func:`read_stamp` tells
-cheaply whether a shard's catalog changed since. Nothing here fans out: the
-caller runs these on every shard.
+the planner's one value out of every shard's, and :func:`read_stamp` (or a
+:class:`StampReader`, cheaper) tells whether a shard's catalog changed since.
+Nothing here fans out: the caller runs these on every shard.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -236,28 +236,30 @@ def _effective_path(search_path: Sequence[str], temp_schema: str | None, *, with
 # Rows of other sessions' temporary objects are left out: they are invisible
 # here, and counting them would change the stamp at each of their temp tables.
 _OTHER_TEMP_RELATIONS = (
-    "ARRAY(SELECT oid FROM pg_class WHERE oid >= 16384 AND relpersistence = 't'"
+    "ARRAY(SELECT oid FROM pg_catalog.pg_class WHERE oid >= 16384 AND relpersistence = 't'"
     " AND pg_is_other_temp_schema(relnamespace))"
 )
 _OTHER_TEMP_TYPES = (
-    "ARRAY(SELECT oid FROM pg_type WHERE oid >= 16384 AND pg_is_other_temp_schema(typnamespace))"
+    "ARRAY(SELECT oid FROM pg_catalog.pg_type WHERE oid >= 16384 AND pg_is_other_temp_schema(typnamespace))"
 )
 _STAMPED = (
-    ("oid::int8", "pg_class WHERE oid >= 16384 AND NOT pg_is_other_temp_schema(relnamespace)"),
-    ("oid::int8", "pg_type WHERE oid >= 16384 AND NOT pg_is_other_temp_schema(typnamespace)"),
-    ("oid::int8", "pg_proc WHERE oid >= 16384 AND NOT pg_is_other_temp_schema(pronamespace)"),
-    ("oid::int8", "pg_collation WHERE oid >= 16384 AND NOT pg_is_other_temp_schema(collnamespace)"),
-    ("oid::int8", "pg_namespace WHERE oid >= 16384 AND NOT pg_is_other_temp_schema(oid)"),
+    ("pg_class", "oid", "oid >= 16384 AND NOT pg_is_other_temp_schema(relnamespace)"),
+    ("pg_type", "oid", "oid >= 16384 AND NOT pg_is_other_temp_schema(typnamespace)"),
+    ("pg_proc", "oid", "oid >= 16384 AND NOT pg_is_other_temp_schema(pronamespace)"),
+    ("pg_collation", "oid", "oid >= 16384 AND NOT pg_is_other_temp_schema(collnamespace)"),
+    ("pg_namespace", "oid", "oid >= 16384 AND NOT pg_is_other_temp_schema(oid)"),
     (
+        "pg_attribute",
         "attrelid::int8 * 4096 + attnum",
-        f"pg_attribute WHERE attrelid >= 16384 AND attnum > 0 AND attrelid <> ALL({_OTHER_TEMP_RELATIONS})",
+        f"attrelid >= 16384 AND attnum > 0 AND attrelid <> ALL({_OTHER_TEMP_RELATIONS})",
     ),
-    ("oid::int8", f"pg_rewrite WHERE oid >= 16384 AND ev_class <> ALL({_OTHER_TEMP_RELATIONS})"),
-    ("oid::int8", f"pg_enum WHERE oid >= 16384 AND enumtypid <> ALL({_OTHER_TEMP_TYPES})"),
+    ("pg_rewrite", "oid", f"oid >= 16384 AND ev_class <> ALL({_OTHER_TEMP_RELATIONS})"),
+    ("pg_enum", "oid", f"oid >= 16384 AND enumtypid <> ALL({_OTHER_TEMP_TYPES})"),
 )
 _CATALOG_STAMP = " || ".join(
-    f"(SELECT ARRAY[count(*), coalesce(bit_xor(hashtextextended(xmin::text, {key})), 0)] FROM {source})"
-    for key, source in _STAMPED
+    f"(SELECT ARRAY[count(*), coalesce(bit_xor(hashtextextended(xmin::text, ({key})::int8)), 0)]"
+    f" FROM pg_catalog.{table} WHERE {where})"
+    for table, key, where in _STAMPED
 )
 _SETTINGS_STAMP = "ARRAY[hashtextextended(concat_ws(',', {}, current_schemas(true)::text), 0)]".format(
     ", ".join(f"current_setting('{s}')" for s in SETTINGS)
@@ -276,11 +278,13 @@ _SCAN_SQL = f"SELECT {_SNAPSHOT}, {_CATALOG_STAMP}, {_SETTINGS_STAMP}"
 class StampReader:
     """One connection's :func:`read_stamp`, scanning the catalogs only when they may have changed.
 
-    Two statements run under the same snapshot see the same catalog rows, and
-    a catalog change needs a transaction ID, whose end changes every later
-    snapshot. So while the connection holds no transaction ID and the snapshot
-    is the one of the last scan, the last scan's answer stands, and the check
-    costs about a ``SELECT 1``. A standby's snapshots are not compared.
+    Two statements under the same snapshot see the same catalog rows, and a
+    catalog change needs a transaction ID, whose end (commit or abort) changes
+    every later snapshot. So while the connection holds no transaction ID of
+    its own (a snapshot never lists those) and its snapshot is the last scan's,
+    that scan's answer stands: the check costs about a ``SELECT 1``. Otherwise
+    a second statement scans. Standbys' snapshots are never compared. One
+    reader per connection.
     """
 
     def __init__(self) -> None:
@@ -304,15 +308,15 @@ class StampReader:
         return (*self._catalog, *settings)
 
     def prime(self, catalog: Catalog) -> None:
-        """Take a catalog just read on this connection as the last scan."""
+        """Take a catalog just read on this connection (not a combined one) as the last scan."""
         if catalog.snapshot is not None:
             self._snapshot = catalog.snapshot
-            self._catalog = catalog.stamp[:-1]
+            self._catalog = catalog.stamp[:-1]  # without the settings' hash, read every time
 
 
 _CATALOG = """
 WITH nsp AS (
-    SELECT oid, nspname FROM pg_namespace WHERE NOT pg_is_other_temp_schema(oid)
+    SELECT oid, nspname FROM pg_catalog.pg_namespace WHERE NOT pg_is_other_temp_schema(oid)
 ), usr AS (
     SELECT oid FROM nsp
      WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND NOT starts_with(nspname::text, 'pg_toast')
@@ -323,7 +327,7 @@ SELECT json_build_object(
     'settings', json_build_object(%(settings)s),
     'text_order_c', (SELECT datcollate IN ('C', 'POSIX')
                             AND coalesce(to_jsonb(d)->>'datlocprovider', 'c') = 'c'
-                       FROM pg_database d WHERE datname = current_database()),
+                       FROM pg_catalog.pg_database d WHERE datname = current_database()),
     'namespaces', (SELECT json_build_array(array_agg(oid::int8), array_agg(nspname)) FROM nsp),
     'relations', (
         SELECT json_build_array(
@@ -331,37 +335,37 @@ SELECT json_build_object(
                    array_agg(relkind),
                    array_agg(CASE WHEN relkind = 'v' AND relnamespace IN (SELECT oid FROM usr)
                                   THEN pg_get_viewdef(oid) END))
-          FROM pg_class
+          FROM pg_catalog.pg_class
          WHERE relnamespace IN (SELECT oid FROM nsp WHERE NOT starts_with(nspname::text, 'pg_toast'))),
     'columns', (
         SELECT json_build_array(
                    array_agg(a.attrelid::int8), array_agg(a.attnum), array_agg(a.attname),
                    array_agg(a.atttypid::int8), array_agg(format_type(a.atttypid, a.atttypmod)),
                    array_agg(a.attcollation::int8))
-          FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+          FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
          WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S', 'c')
            AND c.relnamespace IN (SELECT oid FROM usr)),
     'types', (
         SELECT json_build_array(
                    array_agg(t.typnamespace::int8), array_agg(t.typname), array_agg(t.typtype),
                    array_agg(CASE t.typtype WHEN 'd' THEN t.typbasetype::int8
-                                            WHEN 'r' THEN (SELECT rngsubtype::int8 FROM pg_range
+                                            WHEN 'r' THEN (SELECT rngsubtype::int8 FROM pg_catalog.pg_range
                                                             WHERE rngtypid = t.oid) END),
                    array_agg(t.typcollation::int8),
-                   array_agg((SELECT json_agg(enumlabel ORDER BY enumsortorder) FROM pg_enum
+                   array_agg((SELECT json_agg(enumlabel ORDER BY enumsortorder) FROM pg_catalog.pg_enum
                                WHERE enumtypid = t.oid)))
-          FROM pg_type t
+          FROM pg_catalog.pg_type t
          WHERE t.typnamespace IN (SELECT oid FROM usr) AND NOT (t.typcategory = 'A' AND t.typelem <> 0)),
     'system_types', (
         SELECT json_build_array(array_agg(typnamespace::int8), array_agg(typname))
-          FROM pg_type
+          FROM pg_catalog.pg_type
          WHERE typnamespace IN (SELECT oid FROM nsp WHERE nspname IN ('pg_catalog', 'information_schema'))),
     'collations', (
         SELECT json_build_array(
                    array_agg(oid::int8), array_agg(collnamespace::int8), array_agg(collname),
                    array_agg(collprovider), array_agg(collisdeterministic),
                    array_agg(collprovider = 'c' AND collcollate IN ('C', 'POSIX')))
-          FROM pg_collation
+          FROM pg_catalog.pg_collation
          WHERE collencoding IN (-1, pg_char_to_encoding(current_setting('server_encoding')))
            AND collnamespace IN (SELECT oid FROM nsp)),
     'functions', (
@@ -372,7 +376,7 @@ SELECT json_build_object(
                                                           AND pronamespace <> 'pg_catalog'::regnamespace),
                    array_agg(proname) FILTER (WHERE prokind IN ('a', 'w')
                                                 AND pronamespace <> 'pg_catalog'::regnamespace))
-          FROM pg_proc
+          FROM pg_catalog.pg_proc
          WHERE pronamespace IN (SELECT oid FROM nsp)),
     'snapshot', CASE WHEN pg_current_xact_id_if_assigned() IS NULL AND NOT pg_is_in_recovery()
                      THEN pg_current_snapshot()::text END,
@@ -398,7 +402,11 @@ def read_catalog(cursor: Any) -> Catalog:
 
 
 def read_stamp(cursor: Any) -> tuple[int, ...]:
-    """A value that changes whenever a catalog fact of the shard (or one of its settings) does."""
+    """A value that changes whenever a catalog fact of the shard (or one of its settings) does.
+
+    Like any query on the catalogs, it sees them as of the statement's snapshot: in a
+    REPEATABLE READ transaction, as of the transaction's first statement.
+    """
     cursor.execute(STAMP_SQL)
     return tuple(cursor.fetchone()[0])
 
@@ -582,21 +590,24 @@ def _shards(indexes: Sequence[int], shard_names: Sequence[str]) -> str:
     return ("shard " if len(named) == 1 else "shards ") + listed
 
 
-def _differences(what: str, values: Sequence[str | None], shard_names: Sequence[str]) -> str | None:
-    """'<what> is "a" on shard 0 (...) but "b" on shard 2 (...)', or None when every shard agrees."""
+def _differences(
+    what: str, values: Sequence[str | None], shard_names: Sequence[str], show: Callable[[str], str] = str
+) -> str | None:
+    """'<what> is <a> on shard 0 (...) but <b> on shard 2 (...)', or None when every shard agrees."""
     groups: dict[str | None, list[int]] = {}
     for i, value in enumerate(values):
         groups.setdefault(value, []).append(i)
     if len(groups) < 2:
         return None
     first, *others = (
-        f"{_quoted(value)} on {_shards(indexes, shard_names)}" for value, indexes in groups.items()
+        f"{'missing' if value is None else show(value)} on {_shards(indexes, shard_names)}"
+        for value, indexes in groups.items()
     )
     return f"{what} is {first} but {', '.join(others)}"
 
 
-def _quoted(value: str | None) -> str:
-    return "missing" if value is None else json.dumps(value, ensure_ascii=False)
+def _quoted(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def settings_differences(catalogs: Sequence[Catalog], shard_names: Sequence[str]) -> list[str]:
@@ -605,7 +616,7 @@ def settings_differences(catalogs: Sequence[Catalog], shard_names: Sequence[str]
     names = sorted({name for c in catalogs for name in c.settings}, key=_setting_order)
     messages = []
     for name in names:
-        message = _differences(name, [c.settings.get(name) for c in catalogs], shard_names)
+        message = _differences(name, [c.settings.get(name) for c in catalogs], shard_names, _quoted)
         if message is not None:
             messages.append(message)
     return messages

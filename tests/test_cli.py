@@ -286,7 +286,7 @@ def test_statement_timeout_exits_7_naming_the_shard(sample):
 def test_interrupt_exits_130_and_cancels_every_shard(sample):
     marker = "cli_interrupt_marker"
     proc = subprocess.Popen(
-        [*MODULE, "query", f"SELECT pg_sleep(30) AS {marker}"],
+        [*MODULE, "query", "--union", f"SELECT pg_sleep(30) AS {marker}"],
         env=cli_env(sample.shard_dsns),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

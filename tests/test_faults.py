@@ -87,7 +87,7 @@ def test_terminated_backend_names_its_shard_and_is_not_reused(sample):
     killer = threading.Thread(target=kill)
     killer.start()
     start = time.monotonic()
-    with pytest.raises(psycopg2.OperationalError) as info, pdb.cursor() as cur:
+    with pytest.raises(psycopg2.OperationalError) as info, pdb.cursor(merge="union") as cur:
         cur.execute("SELECT pg_sleep(20)")
     killer.join()
     assert time.monotonic() - start < 4
@@ -270,7 +270,7 @@ def test_connection_reset_mid_statement_names_the_shard(sample):
         pools = pdb.pools
         threading.Timer(0.5, proxy.reset).start()
         start = time.monotonic()
-        with pytest.raises(psycopg2.OperationalError, match=r"^shard 2 \(127\.0\.0\.1:"), pdb.cursor() as cur:
+        with pytest.raises(psycopg2.OperationalError, match=r"^shard 2 \(127\.0\.0\.1:"), pdb.cursor(merge="union") as cur:
             cur.execute("SELECT pg_sleep(30)")
         assert time.monotonic() - start < 3
         pdb.close()
@@ -282,7 +282,7 @@ def test_rollback_after_a_black_holed_shard_names_it_instead_of_hanging(sample):
         pdb = parallel_connection.connect([proxy.dsn(sample.shard_dsns[0]), sample.shard_dsns[1]])
         proxy.black_hole = True
         threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
-        with pytest.raises(KeyboardInterrupt), pdb.cursor() as cur:
+        with pytest.raises(KeyboardInterrupt), pdb.cursor(merge="union") as cur:
             cur.execute("SELECT pg_sleep(30)")
         start = time.monotonic()
         # The stuck connection was cut: psycopg2 reports it closed, as for any lost connection.
@@ -298,7 +298,7 @@ def test_cancel_stops_statements_of_other_threads_at_once(pdb, sample):
     def sleeper() -> None:
         start = time.monotonic()
         try:
-            with pdb.cursor() as cur:
+            with pdb.cursor(merge="union") as cur:
                 cur.execute("SELECT pg_sleep(10)")
             outcome["result"] = "finished"
         except psycopg2.errors.QueryCanceled:

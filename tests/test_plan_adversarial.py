@@ -28,7 +28,7 @@ def same_or_refused(pdb, ref, sql, vars=None, *, refused=None, ordered=True):
 
 # -- A2: a sharded table read only below the top-level FROM --------------------------------
 
-SUBQUERY_ONLY = "not copied to every shard"
+SUBQUERY_ONLY = "a subquery reading a sharded table|a CTE|a table that is not copied"
 
 
 @pytest.mark.parametrize(
@@ -38,7 +38,6 @@ SUBQUERY_ONLY = "not copied to every shard"
         "SELECT (SELECT status FROM orders WHERE id = 5)",
         "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM orders WHERE id = 5)",
         "SELECT 1 WHERE EXISTS (SELECT 1 FROM orders WHERE id = 5)",
-        "WITH x AS (SELECT * FROM orders) SELECT 1",
         "SELECT * FROM (SELECT EXISTS (SELECT 1 FROM orders WHERE id = 5) AS e) t",
         "SELECT count(*) FROM generate_series(1, 3) g WHERE g IN (SELECT quantity FROM orders)",
     ],
@@ -62,6 +61,7 @@ def test_sharded_table_only_in_a_subquery_is_refused_with_copied_table_declared(
     "sql",
     [
         "WITH x AS (SELECT id, amount FROM orders) SELECT id FROM x ORDER BY id LIMIT 5",
+        "WITH x AS (SELECT * FROM orders) SELECT 1",
         "SELECT t.id FROM (SELECT id FROM orders WHERE id < 20) t ORDER BY 1",
         "SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id LIMIT 5",
         "SELECT count(*) FROM orders o WHERE EXISTS (SELECT 1 FROM orders p "
@@ -75,6 +75,8 @@ def test_sharded_table_in_the_from_clause_is_still_merged(pdb, ref, sql):
 
 # -- A3: anti-joins and outer joins keeping copied rows ------------------------------------
 
+ANTI = "NOT EXISTS, NOT IN|not tied to the outer rows by the shard key"
+
 
 @pytest.mark.parametrize("declared", [False, True])
 @pytest.mark.parametrize(
@@ -83,31 +85,31 @@ def test_sharded_table_in_the_from_clause_is_still_merged(pdb, ref, sql):
         (
             "SELECT count(*) FROM customers c WHERE NOT EXISTS "
             "(SELECT 1 FROM orders o WHERE o.customer_id = c.id)",
-            "NOT EXISTS, NOT IN",
+            ANTI,
         ),
         (
             "SELECT count(*) FROM customers "
             "WHERE id NOT IN (SELECT customer_id FROM orders WHERE amount > 900)",
-            "NOT EXISTS, NOT IN",
+            ANTI,
         ),
         (
             "SELECT count(*) FROM customers WHERE id <> ALL (SELECT customer_id FROM orders)",
-            "ALL",
+            "ALL|" + ANTI,
         ),
         (
             "SELECT count(*) FROM customers c WHERE "
             "(EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id)) IS NOT TRUE",
-            "NOT EXISTS, NOT IN",
+            ANTI,
         ),
         (
             "SELECT count(*) FROM customers c WHERE "
             "EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = c.id) = false",
-            "NOT EXISTS, NOT IN",
+            ANTI,
         ),
         (
             "SELECT count(*) FROM customers c WHERE "
             "CASE WHEN c.id IN (SELECT customer_id FROM orders) THEN false ELSE true END",
-            "NOT EXISTS, NOT IN",
+            ANTI,
         ),
     ],
 )

@@ -303,7 +303,7 @@ class _Analyzer:
         if (inner is not None and self.correlated_on_key(inner, level)) or self.key_in(node, info, level):
             self.key_local.add(id(node))
             return
-        if inner is not None and any(i.unkeyed for i in inner.items):
+        if inner is not None and any(i.unkeyed for i in inner.items) and self.outer_sharded(level):
             # No declared keys: tables are assumed co-located, as FROM items are.
             if self.correlated(sub, inner):
                 return
