@@ -27,8 +27,8 @@ ROWS = 200_000
 SEED = 20240501
 RUN_SECONDS = 2.0
 ROUNDS = 3
-SINGLE_STATEMENTS = 2000
-SINGLE_ROUNDS = 5
+SINGLE_STATEMENTS = 1000
+SINGLE_ROUNDS = 9
 LOOKUP = "SELECT id, payload, amount FROM bench_items WHERE id = %s"
 ROUTED = Placement(sharded={"bench_items": ("id", "modulo")})
 EVERYWHERE = Placement(sharded={}, unknown="sharded")
@@ -191,7 +191,9 @@ def threaded_lookups(env: BenchEnv, dsns: Sequence[str]) -> None:
     best = {name: max(r) for name, r in rates.items()}
     tag = f"{THREADS} threads x {SHARDS} shards"
     report(env, f"{tag}: routed / sent to every shard", best["routed"] / best["everywhere"], at_least=4)
-    report(env, f"{tag}: routed / raw psycopg2 on the key's shard", best["routed"] / best["raw"], at_least=0.8)
+    report(
+        env, f"{tag}: routed / raw psycopg2 on the key's shard", best["routed"] / best["raw"], at_least=0.8
+    )
     report(env, f"{tag}: routed, lookups per second", best["routed"], unit="/s")
     report(env, f"{tag}: sent to every shard, lookups per second", best["everywhere"], unit="/s")
     report(env, f"{tag}: raw psycopg2, lookups per second", best["raw"], unit="/s")

@@ -1,7 +1,8 @@
 """The ``parallel-connection`` command line, thin over the library.
 
 ``query`` prints a statement's merged rows; ``scan`` runs a job per id range
-and prints the reduced report; ``shards`` starts, lists and stops throwaway
+and prints the reduced report; ``placement`` checks the data against a
+placement or proposes one; ``shards`` starts, lists and stops throwaway
 local shards. Every failure is one line on stderr and an exit
 code of its own (see :class:`Exit`), never a traceback or a password.
 """
@@ -28,6 +29,7 @@ from .connection import ParallelConnection, connect
 from .errors import NotSupportedError, dsn_secrets, redact
 from .formats import FORMATS, write_rows
 from .local import SHARDS_DIR_VARIABLE, LocalCluster, default_base_dir
+from .placement import Placement
 from .ranges import ScanReport
 from .ranges.rows import each_range, failure_line, reduced, summary_line
 
@@ -46,7 +48,8 @@ class Exit(enum.IntEnum):
     0 success; 1 any other error; 2 usage; 3 bad DSN; 4 cannot connect to a
     shard; 5 SQL error; 6 not supported across shards; 7 a shard failed while
     the statement ran; 8 local shards could not be started, found or stopped;
-    9 ``scan``: some ranges still failed after retries; 130 interrupted
+    9 ``scan``: some ranges still failed after retries; 10 ``placement
+    check``: the data does not follow the placement; 130 interrupted
     (Ctrl-C, SIGTERM); 141 stdout closed early.
     """
 
@@ -60,6 +63,7 @@ class Exit(enum.IntEnum):
     SHARD_FAILED = 7
     LOCAL_SHARDS = 8
     RANGES_FAILED = 9
+    PLACEMENT_PROBLEMS = 10
     INTERRUPTED = 130
     BROKEN_PIPE = 141
 
@@ -74,6 +78,7 @@ _LABELS = {
     Exit.SHARD_FAILED: "shard failed",
     Exit.LOCAL_SHARDS: "local shards",
     Exit.RANGES_FAILED: "ranges failed",
+    Exit.PLACEMENT_PROBLEMS: "placement problems",
 }
 
 
@@ -96,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if args.placement is not None and not getattr(args, "takes_placement", False):
+            raise Failure(Exit.USAGE, "--placement is for query, scan and placement check")
         return int(args.command(args, secrets))
     except Failure as exc:
         _say(f"{_LABELS[exc.code]}: {exc}", secrets)
@@ -127,9 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--placement", metavar="FILE", help=f"for query, scan and placement check: {PLACEMENT_HELP}"
+    )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_query(commands)
     _add_scan(commands)
+    _add_placement(commands)
     _add_shards(commands)
     return parser
 
@@ -140,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_query(commands: Any) -> None:
     query = commands.add_parser(
         "query",
-        parents=[_connection_options()],
+        parents=[_connection_options(), _placement_option()],
         help="run one statement on every shard and print the merged rows",
         description=(
             "Run SQL on every shard at once and print the rows one database holding "
@@ -215,6 +226,18 @@ def _connection_options() -> argparse.ArgumentParser:
     return options
 
 
+PLACEMENT_HELP = "a placement TOML file: which tables are sharded (key, function) and which are copied"
+
+
+def _placement_option(text: str = PLACEMENT_HELP) -> argparse.ArgumentParser:
+    """``--placement FILE`` after the command; before it (the global option) works too."""
+    options = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: a sub-command's default must not overwrite the global option's value.
+    options.add_argument("--placement", metavar="FILE", default=argparse.SUPPRESS, help=text)
+    options.set_defaults(takes_placement=True)
+    return options
+
+
 def run_query(args: argparse.Namespace, secrets: set[str]) -> Exit:
     """``parallel-connection query``."""
     if args.shard_column is not None and not args.union:
@@ -227,7 +250,8 @@ def run_query(args: argparse.Namespace, secrets: set[str]) -> Exit:
     sql = sys.stdin.read() if args.sql == "-" else args.sql
     params = _params(args.param)
     fmt = args.format or ("table" if sys.stdout.isatty() else "csv")
-    pdb = _connect(dsns, args.connect_timeout, args.timeout)
+    placement = _load_placement(args.placement, len(dsns))
+    pdb = _connect(dsns, args.connect_timeout, args.timeout, placement=placement)
     try:
         pdb.autocommit = not args.stream  # server-side cursors live in a transaction
         name = "parallel_connection_cli" if args.stream else None
@@ -264,7 +288,7 @@ SCAN_PER_SHARD = 2
 def _add_scan(commands: Any) -> None:
     scan = commands.add_parser(
         "scan",
-        parents=[_connection_options()],
+        parents=[_connection_options(), _placement_option()],
         help="run a job once per id range on every shard and print the reduced report",
         description=(
             "Cut TABLE.ID_COLUMN (an indexed integer column) into ranges on every shard and "
@@ -357,7 +381,8 @@ def run_scan(args: argparse.Namespace, secrets: set[str]) -> Exit:
     work = sys.stdin.read() if args.work == "-" else args.work
     parallelism = args.max_parallelism or SCAN_PER_SHARD * len(dsns)
     per_shard = -(-parallelism // len(dsns))
-    pdb = _connect(dsns, args.connect_timeout, args.timeout, maxconn=per_shard + 1)
+    placement = _load_placement(args.placement, len(dsns))
+    pdb = _connect(dsns, args.connect_timeout, args.timeout, maxconn=per_shard + 1, placement=placement)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -474,16 +499,45 @@ def _params(pairs: Sequence[str]) -> dict[str, str] | None:
 
 
 def _connect(
-    dsns: list[str], connect_timeout: float, timeout: float | None, *, maxconn: int = 1
+    dsns: list[str],
+    connect_timeout: float,
+    timeout: float | None,
+    *,
+    maxconn: int = 1,
+    placement: Placement | None = None,
 ) -> ParallelConnection:
     try:
         return connect(
-            dsns, minconn=1, maxconn=maxconn, connect_timeout=connect_timeout, statement_timeout=timeout
+            dsns,
+            minconn=1,
+            maxconn=maxconn,
+            connect_timeout=connect_timeout,
+            statement_timeout=timeout,
+            placement=placement,
         )
     except psycopg2.ProgrammingError as exc:
         raise Failure(Exit.BAD_DSN, _one_line(exc)) from None
     except psycopg2.Error as exc:
         raise Failure(Exit.UNREACHABLE, _one_line(exc)) from None
+
+
+def _load_placement(path: str | None, shards: int) -> Placement | None:
+    """The placement in ``--placement FILE``, checked against the number of shards; None without one."""
+    if path is None:
+        return None
+    try:
+        placement = Placement.from_file(path)
+        placement.check_shards(shards)
+    except OSError as exc:
+        raise Failure(Exit.USAGE, f"cannot read --placement {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise Failure(Exit.USAGE, f"--placement {path}: not UTF-8 text ({exc.reason})") from None
+    except ValueError as exc:
+        message = str(exc)
+        if not message.startswith(f"{path}:"):
+            message = f"{path}: {message}"
+        raise Failure(Exit.USAGE, f"bad --placement {message}") from None
+    return placement
 
 
 def _classify(exc: psycopg2.Error) -> Exit:
@@ -508,6 +562,116 @@ def _one_line(exc: BaseException) -> str:
 def _close(pdb: ParallelConnection) -> None:
     with contextlib.suppress(psycopg2.Error):
         pdb.close()
+
+
+# -- placement ------------------------------------------------------------------
+
+
+def _add_placement(commands: Any) -> None:
+    placement = commands.add_parser(
+        "placement",
+        help="check the data against a placement, or propose a placement from the data",
+        description=(
+            "A placement says which tables are sharded (on which key, by which function) and "
+            "which are copied to every shard. `check` reads every table it names once per shard; "
+            "`discover` reads every table once per shard and proposes the placement the data follows."
+        ),
+    )
+    actions = placement.add_subparsers(title="actions", required=True, metavar="ACTION")
+    progress = argparse.ArgumentParser(add_help=False)
+    progress.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a progress bar on stderr (default: only when stderr is a terminal)",
+    )
+    check = actions.add_parser(
+        "check",
+        parents=[_connection_options(), _placement_option("the placement TOML file to check"), progress],
+        help="check that copies are identical and sharded rows sit where their key says",
+        description=(
+            "Print one line per table of the placement: ok, or each problem (a copy that differs, "
+            "rows on the wrong shard, a table missing on a shard). Exit code 0 when all is ok, "
+            "10 when problems were found."
+        ),
+    )
+    check.set_defaults(command=run_placement_check)
+    discover = actions.add_parser(
+        "discover",
+        parents=[_connection_options(), progress],
+        help="propose a placement from the data, as TOML",
+        description=(
+            "Print (or write to --output) a placement TOML: tables identical on every shard are "
+            "copies; a table whose every row sits on the shard its integer or text column maps it "
+            "to (modulo or hash) is sharded on that column. Tables left out are listed, with the "
+            "reason, in comments at the top."
+        ),
+    )
+    discover.add_argument("--output", "-o", metavar="FILE", help="write the TOML to FILE instead of stdout")
+    discover.add_argument(
+        "--table",
+        action="append",
+        metavar="NAME",
+        help="look only at this table (repeatable; default: every table outside the system schemas)",
+    )
+    discover.set_defaults(command=run_placement_discover)
+
+
+def run_placement_check(args: argparse.Namespace, secrets: set[str]) -> Exit:
+    """``parallel-connection placement check``."""
+    dsns = read_dsns(args.dsn, args.dsn_file)
+    for dsn in dsns:
+        secrets |= dsn_secrets(dsn)
+    if args.placement is None:
+        raise Failure(
+            Exit.USAGE,
+            f"placement check needs --placement FILE (`{PROG} placement discover` proposes one)",
+        )
+    placement = _load_placement(args.placement, len(dsns))
+    pdb = _connect(dsns, args.connect_timeout, args.timeout, placement=placement)
+    try:
+        report = pdb.check_placement(progress=args.progress)
+    finally:
+        _close(pdb)
+    _print_lines(redact(line, secrets) for line in report.lines())
+    bad = sum(not table.ok for table in report.tables)
+    verdict = "all ok" if not bad else f"{bad} with problems"
+    _say(f"placement check: {len(report.tables)} tables on {len(dsns)} shards, {verdict}", secrets)
+    return Exit.PLACEMENT_PROBLEMS if bad else Exit.OK
+
+
+def run_placement_discover(args: argparse.Namespace, secrets: set[str]) -> Exit:
+    """``parallel-connection placement discover``."""
+    from .placement_check import discover_placement
+
+    dsns = read_dsns(args.dsn, args.dsn_file)
+    for dsn in dsns:
+        secrets |= dsn_secrets(dsn)
+    pdb = _connect(dsns, args.connect_timeout, args.timeout)
+    try:
+        try:
+            discovery = discover_placement(pdb.shard_set, progress=args.progress, tables=args.table)
+        except ValueError as exc:  # a --table that is not a table name
+            raise Failure(Exit.USAGE, f"--table: {exc}") from None
+    finally:
+        _close(pdb)
+    text = redact(discovery.to_toml(), secrets)
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise Failure(Exit.USAGE, f"cannot write --output {args.output}: {exc.strerror}") from None
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    proposed = discovery.placement
+    where = f" to {args.output}" if args.output else ""
+    _say(
+        f"placement discover: {len(proposed.sharded)} sharded, {len(proposed.copied)} copied, "
+        f"{len(discovery.undecided)} left out (listed in the comments){where}",
+        secrets,
+    )
+    return Exit.OK
 
 
 # -- shards ---------------------------------------------------------------------

@@ -233,7 +233,8 @@ class ParallelConnection:
 
     @property
     def isolation_level(self) -> int | None:
-        return self._connections[0].isolation_level
+        level: int | None = self._connections[0].isolation_level
+        return level
 
     @isolation_level.setter
     def isolation_level(self, value: int | None) -> None:
@@ -242,7 +243,8 @@ class ParallelConnection:
 
     @property
     def readonly(self) -> bool | None:
-        return self._connections[0].readonly
+        readonly: bool | None = self._connections[0].readonly
+        return readonly
 
     @readonly.setter
     def readonly(self, value: bool | None) -> None:
@@ -251,7 +253,8 @@ class ParallelConnection:
 
     @property
     def encoding(self) -> str:
-        return self._connections[0].encoding
+        encoding: str = self._connections[0].encoding
+        return encoding
 
     def set_client_encoding(self, encoding: str) -> None:
         self._check_open()
@@ -260,7 +263,8 @@ class ParallelConnection:
     @property
     def server_version(self) -> int:
         """The oldest server version among the shards."""
-        return min(c.server_version for c in self._connections)
+        version: int = min(c.server_version for c in self._connections)
+        return version
 
     @property
     def notices(self) -> list[str]:
@@ -269,7 +273,8 @@ class ParallelConnection:
 
     def get_transaction_status(self) -> int:
         """The least healthy transaction status among the shards."""
-        return max(c.get_transaction_status() for c in self._connections)
+        status: int = max(c.get_transaction_status() for c in self._connections)
+        return status
 
     # -- lifetime ------------------------------------------------------------
 

@@ -100,6 +100,13 @@ class _Rows:
 class ParallelCursor:
     """A DB-API 2.0 cursor whose statements run on every shard at once."""
 
+    # Set by _reset() and _serve(); declared here because _serve() assigns them first in the source.
+    _streams: list[ShardStream]
+    _rows: _Rows | None
+    _description: tuple[Any, ...] | None
+    _statusmessage: str | None
+    _targets: list[int]
+
     def __init__(
         self,
         connection: ParallelConnection,
@@ -157,7 +164,8 @@ class ParallelCursor:
 
     @property
     def query(self) -> bytes | None:
-        return self._cursors[0].query
+        query: bytes | None = self._cursors[0].query
+        return query
 
     @property
     def statusmessage(self) -> str | None:
@@ -211,7 +219,8 @@ class ParallelCursor:
         results = self._shards.run(lambda i: self._cursors[i].callproc(procname, parameters))
         statement = Statement(None, None, streaming=False, batch_size=self._itersize, tuples=self._tuples)
         self._serve(run_finished(self._shards, self._cursors, statement))
-        return results[0]
+        first: Sequence[Any] | None = results[0]
+        return first
 
     def mogrify(self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None) -> bytes:
         """The statement as it would be sent to each shard."""
@@ -344,13 +353,13 @@ class ParallelCursor:
     def _reset(self) -> None:
         for stream in getattr(self, "_streams", []):
             stream.close()
-        self._streams: list[ShardStream] = []
-        self._rows: _Rows | None = None
-        self._description: tuple[Any, ...] | None = None
+        self._streams = []
+        self._rows = None
+        self._description = None
         self._rowcount = -1
         self._rownumber = 0
-        self._statusmessage: str | None = None
-        self._targets: list[int] = []
+        self._statusmessage = None
+        self._targets = []
 
 
 def _counts(cursors: Sequence[Any]) -> dict[str, Any]:

@@ -127,7 +127,7 @@ def shard_error(exc: BaseException, shard: ShardInfo, secrets: Iterable[str] = (
     if isinstance(exc, psycopg2.Error):
         message = redact(f"{shard}: {str(exc).strip()}", secrets)
         new = type(exc)(message)
-        new.__setstate__(
+        new.__setstate__(  # type: ignore[no-untyped-call]  # types-psycopg2: Error.__setstate__ is unannotated
             {
                 "pgcode": exc.pgcode,
                 "pgerror": redact(exc.pgerror, secrets) if exc.pgerror else exc.pgerror,

@@ -268,7 +268,8 @@ def _runner(cursors: Sequence[Any], query: Any, vars: Any, statement: Statement)
         cur = cursors[i]
         cur.execute(query, vars)
         if streaming:
-            return cur.fetchmany(batch_size) if batch_size > 0 else cur.fetchall()
+            batch: list[Row] = cur.fetchmany(batch_size) if batch_size > 0 else cur.fetchall()
+            return batch
         # Converting this shard's rows here overlaps with the shards still running.
         return cur.fetchall() if cur.description is not None else None
 

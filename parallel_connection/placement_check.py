@@ -19,7 +19,6 @@ from typing import Any, Literal, TypeVar
 
 import psycopg2
 import psycopg2.extensions
-import psycopg2.extras
 from psycopg2 import sql
 
 from .placement import Custom, Hash, Modulo, Placement, Ranges, ShardedTable, ShardFunction, parse_name
@@ -209,9 +208,8 @@ class TableCheck:
             elsewhere = {t: c for t, c in sorted(s.targets.items()) if t != s.shard and c}
             if len(elsewhere) == 1:
                 ((target, count),) = elsewhere.items()
-                lines.append(
-                    f"{self.table}: {_rows(count)} on {s.where} belong on {self._where(target)} by {self.rule}"
-                )
+                there = self._where(target)
+                lines.append(f"{self.table}: {_rows(count)} on {s.where} belong on {there} by {self.rule}")
             elif elsewhere:
                 spread = ", ".join(f"{c} on {self._where(t)}" for t, c in elsewhere.items())
                 lines.append(
@@ -379,7 +377,8 @@ SELECT n.nspname, c.relname, c.relkind, a.atttypid::int8, current_setting('serve
   LEFT JOIN pg_attribute AS a
          ON a.attrelid = c.oid AND a.attname = %(key)s AND a.attnum > 0 AND NOT a.attisdropped
 """
-_READABLE = {"r": "table", "p": "table", "v": "view", "m": "materialized view", "f": "foreign table"}
+_READABLE = frozenset("rpvmf")  # tables, partitioned tables, views, materialized views, foreign tables
+_UNREADABLE = {"S": "a sequence", "i": "an index", "I": "an index", "c": "a composite type"}
 
 
 @dataclass(frozen=True)
@@ -396,7 +395,7 @@ def _locate(cur: Any, name: str, key: str | None) -> _Found | str:
     if relname is None:
         return "no such table"
     if relkind not in _READABLE:
-        return f"not a table (relkind {relkind!r})"
+        return f"not a table but {_UNREADABLE.get(relkind, f'relkind {relkind!r}')}"
     if key is not None and key_type is None:
         return f"no column {_sql_name(key)}"
     return _Found(sql.Identifier(schema, relname), key_type, encoding == "UTF8")
@@ -493,12 +492,9 @@ def _modulo_sql(key: sql.Composable, n: int) -> tuple[sql.Composable, list[Any]]
 
 
 def _hash_sql(hashed: sql.Composable, n: int) -> tuple[sql.Composable, list[Any]]:
-    """The remainder ``PARTITION BY HASH`` with modulus ``n`` gives a key whose extended hash is ``hashed``."""
-    return sql.SQL("mod(mod({h} + %s::numeric, %s::numeric), %s)").format(h=hashed), [
-        _WRAP + _COMBINE,
-        _WRAP,
-        n,
-    ]
+    """The remainder ``PARTITION BY HASH`` (modulus ``n``) gives a key whose extended hash is ``hashed``."""
+    expression = sql.SQL("mod(mod({h} + %s::numeric, %s::numeric), %s)").format(h=hashed)
+    return expression, [_WRAP + _COMBINE, _WRAP, n]
 
 
 def _int_hash(key: sql.Composable) -> sql.Composable:
@@ -513,7 +509,7 @@ def _text_hash(key: sql.Composable) -> sql.Composable:
 def _target_sql(
     key: sql.Composable, function: ShardFunction, found: _Found, n: int
 ) -> tuple[sql.Composable, list[Any]] | None:
-    """The shard ``function`` maps ``key`` to, as SQL that computes exactly what Python would; None if none."""
+    """The shard ``function`` maps ``key`` to, in SQL that computes what Python would; None: no such SQL."""
     key_type = found.key_type
     if key_type in _INTEGERS and isinstance(function, Modulo):
         return _modulo_sql(key, n)
@@ -527,7 +523,9 @@ def _target_sql(
             # "C" compares UTF-8 bytes, which order as code points do.
             left = sql.SQL('{k} COLLATE "C"').format(k=key) if text else key
             whens = [sql.SQL("WHEN {l} < %s THEN %s").format(l=left) for _ in function.splits]
-            params: list[Any] = [v for pair in zip(function.splits, function.intervals) for v in pair]
+            params: list[Any] = [
+                v for pair in zip(function.splits, function.intervals, strict=False) for v in pair
+            ]
             expression = sql.SQL("CASE WHEN {k} IS NULL THEN NULL {w} ELSE %s END").format(
                 k=key, w=sql.SQL(" ").join(whens)
             )
@@ -542,10 +540,9 @@ def _stream_keys(
     targets: Counter[int] = Counter()
     nulls = unmappable = 0
     example: str | None = None
+    is_uuid = found.key_type == _UUID  # psycopg2 reads a uuid as str unless told otherwise
     cursor = conn.cursor(f"parallel_connection_check_{uuid.uuid4().hex[:12]}")
     try:
-        if found.key_type == _UUID:
-            psycopg2.extras.register_uuid(None, cursor)
         cursor.itersize = ITERSIZE
         cursor.execute(sql.SQL("SELECT {k} FROM {t}").format(k=sql.Identifier(key), t=found.table))
         while batch := cursor.fetchmany(ITERSIZE):
@@ -554,7 +551,7 @@ def _stream_keys(
                     nulls += 1
                     continue
                 try:
-                    targets[function.shard_of(value, n)] += 1
+                    targets[function.shard_of(uuid.UUID(value) if is_uuid else value, n)] += 1
                 except psycopg2.DataError as exc:
                     unmappable += 1
                     example = example or str(exc)
@@ -581,7 +578,8 @@ SELECT n.nspname, c.relname, pg_table_is_visible(c.oid),
        array_agg(a.attname::text ORDER BY a.attnum),
        array_agg(a.atttypid::int8 ORDER BY a.attnum),
        array_agg(EXISTS (SELECT FROM pg_constraint AS k
-                          WHERE k.conrelid = c.oid AND k.contype IN ('p', 'f', 'u') AND a.attnum = ANY (k.conkey))
+                          WHERE k.conrelid = c.oid AND k.contype IN ('p', 'f', 'u')
+                            AND a.attnum = ANY (k.conkey))
                  ORDER BY a.attnum)
   FROM pg_class AS c
   JOIN pg_namespace AS n ON n.oid = c.relnamespace
@@ -590,7 +588,8 @@ SELECT n.nspname, c.relname, pg_table_is_visible(c.oid),
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
    AND NOT starts_with(n.nspname::text, 'pg_toast') AND NOT starts_with(n.nspname::text, 'pg_temp_')
    AND CASE WHEN %(every)s THEN NOT c.relispartition
-            ELSE (n.nspname::text, c.relname::text) IN (SELECT * FROM unnest(%(schemas)s::text[], %(names)s::text[]))
+            ELSE (n.nspname::text, c.relname::text)
+                 IN (SELECT * FROM unnest(%(schemas)s::text[], %(names)s::text[]))
        END
  GROUP BY c.oid, n.nspname, c.relname
  ORDER BY n.nspname, c.relname
@@ -691,50 +690,70 @@ def discover_placement(
     meter = _Progress(len(found) * n, progress, "placement discover")
     try:
         passes = _on_each(shards, lambda i, cur: [_pass(cur, t, i, n, meter) for t in found])
-        copied: list[str] = []
-        sharded: dict[str, tuple[str, str]] = {}
-        notes: list[str] = []
-        rejected: dict[str, set[tuple[str, str]]] = {t.display: set() for t in found}
-        pending = list(enumerate(found))
-        while pending:
-            verify: list[tuple[int, _Table, _Column]] = []
-            for position, table in pending:
-                outcome = _decide(table, [p[position] for p in passes], names, rejected[table.display])
-                if isinstance(outcome, str):
-                    undecided.append(f"{table.display}: {outcome}")
-                elif outcome is None:
-                    copied.append(table.display)
-                elif outcome[0].type_oid in _TEXTS:
-                    verify.append((position, table, outcome[0]))  # the SQL hash of text only approximates
-                else:
-                    sharded[table.display] = (outcome[0].name, outcome[1])
-            pending = []
-            if verify:
-                meter.grow(len(verify) * n)
-                exact = _on_each(
-                    shards, lambda i, cur: [_verify(cur, t, c, i, n, names, meter) for _, t, c in verify]
-                )
-                for k, (position, table, column) in enumerate(verify):
-                    if all(r[k] for r in exact):
-                        sharded[table.display] = (column.name, "hash")
-                    else:
-                        rejected[table.display].add((column.name, "hash"))
-                        pending.append((position, table))
+        outcomes, rejected = _choose(shards, found, passes, names, meter)
     finally:
         meter.close()
-    for position, table in enumerate(found):
-        if table.display in sharded:
-            notes += _notes(
-                table, [p[position] for p in passes], sharded[table.display], rejected[table.display]
-            )
+    copied: list[str] = []
+    sharded: dict[str, tuple[str, str]] = {}
+    notes: list[str] = []
+    for position, (table, outcome) in enumerate(zip(found, outcomes, strict=True)):
+        if outcome is None:
+            copied.append(table.display)
+        elif isinstance(outcome, str):
+            undecided.append(f"{table.display}: {outcome}")
+        else:
+            sharded[table.display] = outcome
+            notes += _notes(table, [p[position] for p in passes], outcome, rejected[position])
     placement = Placement(
         sharded={name: (_sql_name(key), function) for name, (key, function) in sharded.items()},
         copied=copied,
     )
-    order = {t.display: i for i, t in enumerate(found)}
-    return Discovery(
-        placement, sorted(undecided, key=lambda line: order.get(line.split(": ")[0], -1)), notes, n
-    )
+    return Discovery(placement, undecided, notes, n)
+
+
+Outcome = str | tuple[str, str] | None
+"""None: a copy; (column, function): sharded; a str: why the table is left out."""
+
+
+def _choose(
+    shards: ShardSet,
+    found: Sequence[_Table],
+    passes: Sequence[Sequence[_Pass]],
+    names: Sequence[str],
+    meter: _Progress,
+) -> tuple[list[Outcome], list[set[tuple[str, str]]]]:
+    """Each table's outcome, and the keys turned down; a text key for hash is verified in Python."""
+    n = len(shards)
+    outcomes: list[Outcome] = [None] * len(found)
+    rejected: list[set[tuple[str, str]]] = [set() for _ in found]
+    pending = list(range(len(found)))
+    while pending:
+        verify: list[tuple[_Table, _Column]] = []
+        positions = []
+        for position in pending:
+            outcome = _decide(found[position], [p[position] for p in passes], names, rejected[position])
+            if outcome is None or isinstance(outcome, str):
+                outcomes[position] = outcome
+                continue
+            column, function = outcome
+            outcomes[position] = (column.name, function)
+            if column.type_oid in _TEXTS:  # SQL hashes the server's bytes: only Python is exact
+                verify.append((found[position], column))
+                positions.append(position)
+        if not verify:
+            break
+        meter.grow(len(verify) * n)
+
+        def exact(index: int, cur: Any, verify: list[tuple[_Table, _Column]] = verify) -> list[bool]:
+            return [_verify(cur, table, column, index, n, names, meter) for table, column in verify]
+
+        results = _on_each(shards, exact)
+        pending = []
+        for k, (position, (_, column)) in enumerate(zip(positions, verify, strict=True)):
+            if not all(r[k] for r in results):
+                rejected[position].add((column.name, "hash"))
+                pending.append(position)
+    return outcomes, rejected
 
 
 def _list(
@@ -751,7 +770,7 @@ def _list(
         {"every": parsed is None, "schemas": [r[0] for r in chosen], "names": [r[1] for r in chosen]},
     )
     relations = {
-        (schema, name): (visible, tuple(_Column(*c) for c in zip(cols, types, keyed)))
+        (schema, name): (visible, tuple(_Column(*c) for c in zip(cols, types, keyed, strict=True)))
         for schema, name, visible, cols, types, keyed in cur.fetchall()
     }
     return resolved, relations
@@ -819,8 +838,12 @@ def _pass(cur: Any, table: _Table, index: int, n: int, meter: _Progress) -> _Pas
     query = sql.SQL("SELECT {p} FROM {t} AS t").format(p=sql.SQL(", ").join(parts), t=table.identifier)
     cur.execute(query, params)
     rows, checksum, *values = cur.fetchone()
-    keys = {name: v for (name, function), v in zip(labels, values) if function is None}
-    off = {(name, function): v for (name, function), v in zip(labels, values) if function is not None}
+    keys = {name: v for (name, function), v in zip(labels, values, strict=True) if function is None}
+    off = {
+        (name, function): v
+        for (name, function), v in zip(labels, values, strict=True)
+        if function is not None
+    }
     meter.step(table.display, index)
     return _Pass(rows, int(checksum), keys, off)
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import psycopg2
 import psycopg2.extensions
 
-from .catalog import Catalog, combine, combine_stamps, read_catalog, read_stamp, settings_differences
+from .catalog import Catalog, StampReader, combine, combine_stamps, read_catalog, settings_differences
 from .errors import ShardInfo, dsn_secrets
 from .fanout import FanOut
 from .placement import Placement
@@ -49,6 +49,7 @@ class ShardSet:
         self._lock = threading.Lock()
         self._facts: ShardFacts | None = None
         self._moment: datetime.datetime | None = None
+        self._stamps = [StampReader() for _ in self.connections]
         self.placement: Placement | None = None
         self.set_placement(placement)
         self._check_distinct()
@@ -109,7 +110,7 @@ class ShardSet:
 
     def check_facts(self, facts: ShardFacts) -> ShardFacts:
         """``facts``, or fresh ones when a shard's catalog changed since they were read (a cheap stamp)."""
-        stamps = combine_stamps(self.run(lambda i: _stamp(self.connections[i])))
+        stamps = combine_stamps(self.run(self._stamp))
         catalog = facts.catalog
         if catalog is not None and stamps == catalog.stamp:
             return facts
@@ -125,6 +126,8 @@ class ShardSet:
 
     def _read_facts(self) -> ShardFacts:
         catalogs: list[Catalog] = self.run(lambda i: _read(self.connections[i]))
+        for reader, catalog in zip(self._stamps, catalogs, strict=True):
+            reader.prime(catalog)
         names = [str(info) for info in self.infos]
         differences = settings_differences(catalogs, names)
         if differences:
@@ -153,6 +156,10 @@ class ShardSet:
             shards=len(self.connections),
             volatile=frozenset(catalog.volatile),
         )
+
+    def _stamp(self, index: int) -> tuple[int, ...]:
+        with self.connections[index].cursor() as cur:
+            return self._stamps[index].read(cur)
 
     # -- one moment per transaction -------------------------------------------------
 
@@ -198,11 +205,6 @@ def _identity(conn: Any) -> tuple[Any, ...]:
 def _read(conn: Any) -> Catalog:
     with conn.cursor() as cur:
         return read_catalog(cur)
-
-
-def _stamp(conn: Any) -> tuple[int, ...]:
-    with conn.cursor() as cur:
-        return read_stamp(cur)
 
 
 def _password_of(conn: Any) -> str | None:

@@ -100,13 +100,16 @@ class ShardStream:
 
     def _fetch(self) -> list[Row]:
         # itersize 0 reads every row at once, as psycopg2 does.
-        batch = self._cursor.fetchmany(self._batch_size) if self._batch_size > 0 else self._cursor.fetchall()
+        batch: list[Row] = (
+            self._cursor.fetchmany(self._batch_size) if self._batch_size > 0 else self._cursor.fetchall()
+        )
         self.fetched += len(batch)
         return batch
 
     def _call(self, fn: Any) -> list[Row]:
         try:
-            return fn()
+            rows: list[Row] = fn()
+            return rows
         except BaseException as exc:
             raise self._fanout.error(exc, self.index) from None
 

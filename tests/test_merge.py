@@ -412,3 +412,16 @@ def test_a_column_collation_the_merge_cannot_reproduce_is_refused(pdb, conns):
         pdb.rollback()
     got, want, _ = both(pdb, conns[1], 'SELECT s FROM ci ORDER BY s COLLATE "C"')
     assert got == want
+
+
+def test_merged_aggregates_are_described_as_one_database_describes_them(pdb, ref):
+    sql = (
+        "SELECT avg(amount) AS a, stddev(weight) AS s, var_pop(quantity) AS v, "
+        "count(DISTINCT status) AS d, avg(weight) AS f FROM orders"
+    )
+    with pdb.cursor() as cur, ref.cursor() as rcur:
+        cur.execute(sql)
+        rcur.execute(sql)
+        got = [tuple(column) for column in cur.description]
+        want = [tuple(column) for column in rcur.description]
+    assert got == want

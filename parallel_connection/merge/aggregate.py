@@ -38,6 +38,16 @@ EXACT_SUMS = frozenset({INT8, NUMERIC})
 """Sum types of integer and numeric arguments: their avg and variance are exact numerics."""
 
 
+_SIZES = {INT2: 2, INT4: 4, INT8: 8, FLOAT4: 4, FLOAT8: 8, BOOL: 1, NUMERIC: -1, TEXT: -1, VARCHAR: -1}
+
+
+def _bare(name: str, type_code: int) -> Column:
+    """A computed column as one database describes it: the type's size; numeric without typmod."""
+    if type_code == NUMERIC:
+        return Column(name=name, type_code=type_code, internal_size=-1, precision=65535, scale=65535)
+    return Column(name=name, type_code=type_code, internal_size=_SIZES.get(type_code))
+
+
 class _Aggregate:
     """One aggregate's state within one group."""
 
@@ -100,7 +110,7 @@ class Combiner:
         first = description[partial.columns[0]]
         if partial.kind not in ("avg", "var", "count_distinct") and first.type_code == result_type:
             return _renamed(first, output.name)
-        return Column(name=output.name, type_code=result_type)
+        return _bare(output.name, result_type)
 
     def _aggregate(self, partial: Partial, text_order_c: bool, delimiter: Any) -> _Aggregate:
         kind, cols, types = partial.kind, partial.columns, self.types
@@ -159,7 +169,7 @@ class Combiner:
         raise refuse(f"the aggregate {kind}()")
 
 
-def _renamed(column: Any, name: str) -> Any:
+def _renamed(column: Column, name: str) -> Column:
     """``column`` itself, or a copy of every field under another name."""
     if name == column.name:
         return column

@@ -123,4 +123,5 @@ def row_count(value: Any, clause: str) -> int | None:
         raise psycopg2.errors.NumericValueOutOfRange("bigint out of range")
     if value < 0:
         raise _NEGATIVE[clause](f"{clause} must not be negative")
-    return value
+    count: int = value
+    return count

@@ -157,7 +157,8 @@ class _Reversed:
         self.value = value
 
     def __lt__(self, other: _Reversed) -> bool:
-        return other.value < self.value
+        less: bool = other.value < self.value
+        return less
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, _Reversed) and self.value == other.value

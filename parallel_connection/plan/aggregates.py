@@ -7,6 +7,7 @@ of distinct values. HAVING, ORDER BY and LIMIT then run on the merged groups.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from decimal import Decimal
 
@@ -88,7 +89,7 @@ class AggregatePlanner:
     def plan(self) -> tuple[ast.SelectStmt, ClientPlan]:
         stmt = self.stmt
         for target in self.targets:
-            if isinstance(target.val, ast.ColumnRef) and isinstance(target.val.fields[-1], ast.A_Star):
+            if isinstance(target.val, ast.ColumnRef) and isinstance(_fields(target.val)[-1], ast.A_Star):
                 raise refuse("SELECT * with GROUP BY or aggregates")
         for target in self.targets:
             self.outputs.append(self._visible(target))
@@ -169,10 +170,12 @@ class AggregatePlanner:
         return item, self._key_column(item)
 
     def _visible(self, target: ast.ResTarget) -> Output:
-        if is_aggregate(target.val, self.aggregates):
-            return Output("aggregate", self._partial(target.val), output_name(target) or "?column?")
-        self._refuse_nested_aggregate(target.val, "a select-list expression over aggregate results")
-        return Output("column", self.columns.add(target.val, target.name, hidden=False))
+        val = typing.cast(ast.Node, target.val)  # a select-list entry always has a value
+        if is_aggregate(val, self.aggregates):
+            call = typing.cast(ast.FuncCall, val)  # is_aggregate() holds only for a FuncCall
+            return Output("aggregate", self._partial(call), output_name(target) or "?column?")
+        self._refuse_nested_aggregate(val, "a select-list expression over aggregate results")
+        return Output("column", self.columns.add(val, target.name, hidden=False))
 
     def _key_column(self, item: ast.Node) -> int:
         found = self.columns.find(item)
@@ -184,9 +187,9 @@ class AggregatePlanner:
 
     def _hidden_output(self, expr: ast.Node, clause: str) -> int:
         if isinstance(expr, ast.CollateClause):
-            expr = expr.arg
+            expr = typing.cast(ast.Node, expr.arg)
         if is_aggregate(expr, self.aggregates):
-            output = Output("aggregate", self._partial(expr))
+            output = Output("aggregate", self._partial(typing.cast(ast.FuncCall, expr)))
         else:
             self._refuse_nested_aggregate(expr, f"{clause} on an expression over aggregate results")
             output = Output("column", self._key_column(expr))
@@ -201,7 +204,7 @@ class AggregatePlanner:
         if isinstance(expr, ast.A_Const):
             return ("value", Const(_literal(expr)))
         if isinstance(expr, ast.ParamRef):
-            return ("value", Param(expr.number))
+            return ("value", Param(typing.cast(int, expr.number)))
         return ("column", self._hidden_output(expr, "HAVING"))
 
     def _refuse_nested_aggregate(self, expr: ast.Node, construct: str) -> None:
@@ -265,8 +268,8 @@ class AggregatePlanner:
         name: str,
         args: tuple[ast.Node, ...],
         *,
-        star: bool = False,
-        distinct: bool = False,
+        star: bool | None = False,
+        distinct: bool | None = False,
     ) -> int:
         partial = ast.FuncCall(
             funcname=(ast.String(sval=name),),
@@ -305,9 +308,9 @@ def _delimiter(args: tuple[ast.Node, ...]) -> Value:
     if len(args) == 2:
         delimiter = args[1]
         if isinstance(delimiter, ast.A_Const) and (delimiter.isnull or isinstance(delimiter.val, ast.String)):
-            return Const(None if delimiter.isnull else delimiter.val.sval)
+            return Const(None if delimiter.isnull else typing.cast(ast.String, delimiter.val).sval)
         if isinstance(delimiter, ast.ParamRef):
-            return Param(delimiter.number)
+            return Param(typing.cast(int, delimiter.number))
     raise refuse("string_agg() whose delimiter is not a string literal or a parameter")
 
 
@@ -318,7 +321,7 @@ def _literal(node: ast.A_Const) -> object:
     if isinstance(value, ast.Integer):
         return value.ival
     if isinstance(value, ast.Float):
-        return Decimal(value.fval)
+        return Decimal(typing.cast(str, value.fval))
     if isinstance(value, ast.Boolean):
         return value.boolval
     if isinstance(value, ast.String):
@@ -331,6 +334,12 @@ def _mentions_column(expr: ast.Node, name: str) -> bool:
 
 
 def _last_field(node: ast.Node) -> str | None:
-    if isinstance(node, ast.ColumnRef) and isinstance(node.fields[-1], ast.String):
-        return node.fields[-1].sval
+    last = _fields(node)[-1] if isinstance(node, ast.ColumnRef) else None
+    if isinstance(last, ast.String):
+        return last.sval
     return None
+
+
+def _fields(node: ast.ColumnRef) -> tuple[typing.Any, ...]:
+    """A column reference's name parts; PostgreSQL's parser always sets them."""
+    return typing.cast("tuple[typing.Any, ...]", node.fields)

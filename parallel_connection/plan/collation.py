@@ -9,7 +9,7 @@ say ``COLLATE "C"``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 from pglast import ast
 
@@ -24,7 +24,7 @@ _COMPARING = ("min", "max")
 
 def is_c(node: ast.CollateClause) -> bool:
     """``COLLATE "C"`` or ``"POSIX"``, optionally ``pg_catalog.``-qualified."""
-    names = [n.sval.lower() for n in node.collname]
+    names = [n.sval.lower() for n in cast("tuple[Any, ...]", node.collname)]
     return names[-1] in _C and (len(names) == 1 or names[:-1] == ["pg_catalog"])
 
 
@@ -38,7 +38,7 @@ def check_collations(stmt: ast.SelectStmt, collated: frozenset[tuple[str, ...]],
         _check_domains(stmt, catalog)
     for node in walk(stmt, into_selects=True):
         if isinstance(node, ast.CollateClause) and not is_c(node):
-            name = ".".join(n.sval for n in node.collname)
+            name = ".".join(n.sval for n in cast("tuple[Any, ...]", node.collname))
             raise refuse(f'COLLATE "{name}" (the merge compares text by code point, as COLLATE "C" does)')
     tables = {node.relname for node in walk(stmt, into_selects=True) if isinstance(node, ast.RangeVar)}
     read = {(column, collation) for table, column, collation in collated if table in tables}
@@ -51,14 +51,14 @@ def check_collations(stmt: ast.SelectStmt, collated: frozenset[tuple[str, ...]],
         for node in walk(key, into_selects=True):
             if not isinstance(node, ast.ColumnRef):
                 continue
-            last = node.fields[-1]
+            last = cast("tuple[Any, ...]", node.fields)[-1]
             if isinstance(last, ast.A_Star):
                 raise refuse(
                     "ordering or comparing * while a table column has a collation other than C "
                     f"({_show(read)}): name the columns"
                 )
             if isinstance(last, ast.String) and last.sval in names:
-                column = last.sval
+                column = cast(str, last.sval)  # it is a key of names
                 raise refuse(
                     f'ordering or comparing {column} (collation "{names[column]}", not "C"; '
                     f'write {column} COLLATE "C" to order by code point)'
@@ -71,7 +71,7 @@ def _check_domains(stmt: ast.SelectStmt, catalog: Any) -> None:
         for node in walk(key, into_selects=True):
             if not isinstance(node, ast.TypeCast) or node.typeName is None:
                 continue
-            names = [n.sval for n in node.typeName.names if isinstance(n, ast.String)]
+            names = [n.sval for n in cast("tuple[Any, ...]", node.typeName.names) if isinstance(n, ast.String)]
             if not names or len(names) > 2:
                 continue
             fact = catalog.resolve_type(names[0] if len(names) == 2 else None, names[-1])
@@ -106,11 +106,11 @@ def _referenced(item: ast.Node, targets: list[ast.ResTarget]) -> Iterator[ast.No
     """The select-list entries a position or an output name may mean."""
     position = integer_const(item)
     if position is not None and 1 <= position <= len(targets):
-        yield targets[position - 1].val
+        yield cast(ast.Node, targets[position - 1].val)  # a select-list entry always has a value
     name = bare_name(item)
     for target in targets:
         if name is not None and output_name(target) == name:
-            yield target.val
+            yield cast(ast.Node, target.val)
 
 
 def _with_aliases(stmt: ast.SelectStmt, names: dict[str, str]) -> Mapping[str, str]:
@@ -130,9 +130,9 @@ def _mentioned(expr: ast.Node, names: Mapping[str, str]) -> str | None:
     if isinstance(expr, ast.CollateClause) and is_c(expr):
         return None
     for node in walk(expr, into_selects=True):
-        last = node.fields[-1] if isinstance(node, ast.ColumnRef) else None
+        last = cast("tuple[Any, ...]", node.fields)[-1] if isinstance(node, ast.ColumnRef) else None
         if isinstance(last, ast.String) and last.sval in names:
-            return names[last.sval]
+            return names[cast(str, last.sval)]
     return None
 
 

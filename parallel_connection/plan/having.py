@@ -10,6 +10,7 @@ results is refused.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 from pglast import ast, enums
 
@@ -26,25 +27,30 @@ Leaf = Callable[[ast.Node], tuple[str, object]]
 def compile_having(node: ast.Node, leaf: Leaf) -> Expr:
     """The predicate tree for ``node``; ``leaf`` turns operands into columns or values."""
     if isinstance(node, ast.BoolExpr):
-        args = tuple(compile_having(a, leaf) for a in node.args)
+        args = tuple(compile_having(a, leaf) for a in cast("tuple[ast.Node, ...]", node.args))
         if node.boolop == enums.BoolExprType.AND_EXPR:
             return ("and", *args)
         if node.boolop == enums.BoolExprType.OR_EXPR:
             return ("or", *args)
         return ("not", args[0])
     if isinstance(node, ast.NullTest):
-        test: Expr = ("isnull", _operand(node.arg, leaf))
+        test: Expr = ("isnull", _operand(cast(ast.Node, node.arg), leaf))
         return test if node.nulltesttype == enums.NullTestType.IS_NULL else ("not", test)
-    if isinstance(node, ast.A_Expr) and node.kind == enums.A_Expr_Kind.AEXPR_OP and len(node.name) == 1:
-        op = node.name[0].sval
+    if isinstance(node, ast.A_Expr) and node.kind == enums.A_Expr_Kind.AEXPR_OP and len(_name(node)) == 1:
+        op = _name(node)[0].sval
         if op in COMPARISONS and node.lexpr is not None:
-            return ("cmp", op, _operand(node.lexpr, leaf), _operand(node.rexpr, leaf))
+            return ("cmp", op, _operand(node.lexpr, leaf), _operand(cast(ast.Node, node.rexpr), leaf))
     return leaf(node)
 
 
 def _operand(node: ast.Node, leaf: Leaf) -> Expr:
-    if isinstance(node, ast.A_Expr) and node.kind == enums.A_Expr_Kind.AEXPR_OP and len(node.name) == 1:
-        op = node.name[0].sval
+    if isinstance(node, ast.A_Expr) and node.kind == enums.A_Expr_Kind.AEXPR_OP and len(_name(node)) == 1:
+        op = _name(node)[0].sval
         if op in ARITHMETIC and node.lexpr is not None:
-            return ("arith", op, _operand(node.lexpr, leaf), _operand(node.rexpr, leaf))
+            return ("arith", op, _operand(node.lexpr, leaf), _operand(cast(ast.Node, node.rexpr), leaf))
     return leaf(node)
+
+
+def _name(node: ast.A_Expr) -> tuple[Any, ...]:
+    """The operator name's parts; PostgreSQL's parser always sets it on an operator expression."""
+    return cast("tuple[Any, ...]", node.name)

@@ -7,7 +7,7 @@ shards report. It is what the planner asks about every table it reads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pglast import ast
 
@@ -64,7 +64,7 @@ class Layout:
         """How a bound table reference's rows are placed; None for a CTE reference."""
         if is_cte_name(node.relname) and not node.schemaname:
             return None
-        schema, name = node.schemaname, node.relname
+        schema, name = node.schemaname, cast(str, node.relname)  # the parser always names the relation
         shown = f"{schema}.{name}" if schema else name
         relation = self.catalog.resolve(schema, name) if self.catalog is not None else None
         columns = frozenset(c.name for c in relation.columns) if relation is not None else None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 from pglast import ast, enums
 
@@ -107,7 +107,7 @@ class _Analyzer:
 
     # -- one query level ------------------------------------------------------------
 
-    def select(self, stmt: ast.SelectStmt, parent: _Level | None) -> _Info:
+    def select(self, stmt: ast.SelectStmt, parent: _Level | None, *, top: bool = False) -> _Info:
         if stmt.op != enums.SetOperation.SETOP_NONE:
             return self.set_operation(stmt, parent)
         if stmt.withClause is not None:
@@ -130,7 +130,7 @@ class _Analyzer:
         names = [output_name(t) for t in stmt.targetList or ()]
         if not sharded:
             return _Info(False, True, "", {}, names, level)
-        exact, reason = self.exactness(stmt, level)
+        exact, reason = self.exactness(stmt, level, top=top)
         keys: dict[str, Any] = {}
         for target, name in zip(stmt.targetList or (), names, strict=True):
             function = self.key_function(target.val, level)
@@ -142,7 +142,10 @@ class _Analyzer:
         parts = [self.select(s, parent) for s in (stmt.larg, stmt.rarg) if s is not None]
         if not any(p.sharded for p in parts):
             return _Info(False, True, "", {}, parts[0].names if parts else [])
-        op = {enums.SetOperation.SETOP_INTERSECT: "INTERSECT", enums.SetOperation.SETOP_EXCEPT: "EXCEPT"}
+        op: dict[enums.SetOperation | None, str] = {
+            enums.SetOperation.SETOP_INTERSECT: "INTERSECT",
+            enums.SetOperation.SETOP_EXCEPT: "EXCEPT",
+        }
         name = op.get(stmt.op, "UNION") + (" ALL" if stmt.all else "")
         if name == "UNION ALL" and all(p.exact for p in parts):
             return _Info(True, True, "", {}, parts[0].names)
@@ -153,11 +156,12 @@ class _Analyzer:
         if isinstance(node, ast.RangeVar):
             return [self.add(level, self.range_var(node))]
         if isinstance(node, ast.RangeSubselect):
-            info = self.select(node.subquery, level if node.lateral else level.parent)
+            subquery = cast(ast.SelectStmt, node.subquery)  # a subquery in FROM is always a SELECT
+            info = self.select(subquery, level if node.lateral else level.parent)
             return [self.add(level, self.derived(info, node.alias, "a subquery in FROM"))]
         if isinstance(node, ast.JoinExpr):
-            left = self.from_item(node.larg, level, quals)
-            right = self.from_item(node.rarg, level, quals)
+            left = self.from_item(cast(ast.Node, node.larg), level, quals)
+            right = self.from_item(cast(ast.Node, node.rarg), level, quals)
             if node.quals is not None:
                 quals.append(node.quals)
                 self.equalities(_conjuncts(node.quals), level)
@@ -166,7 +170,7 @@ class _Analyzer:
             self.outer_join(node, level, left, right)
             return left + right
         if isinstance(node, ast.RangeTableSample):
-            return self.from_item(node.relation, level, quals)
+            return self.from_item(cast(ast.Node, node.relation), level, quals)
         for sublink in _sublinks(node):
             self.sublink(sublink, level)
         alias = getattr(node, "alias", None)
@@ -176,13 +180,13 @@ class _Analyzer:
         alias = node.alias.aliasname if node.alias is not None else node.relname
         info = self.layout.table(node)
         if info is None:
-            cte = self.ctes.get(node.relname)
+            cte = self.ctes.get(cast(str, node.relname))  # the parser always names the relation
             if cte is None:
                 return _Item(alias)
             return self.derived(cte, node.alias, "a CTE")
         return self.table_item(info, alias)
 
-    def table_item(self, info: TableInfo, alias: str) -> _Item:
+    def table_item(self, info: TableInfo, alias: str | None) -> _Item:
         if info.kind == "whole":
             return _Item(alias, columns=info.columns, name=info.name)
         self.sharded_seen += 1
@@ -236,18 +240,19 @@ class _Analyzer:
     def using(self, level: _Level, left: list[int], right: list[int], column: str) -> None:
         sides = []
         for indexes in (left, right):
-            owners = [i for i in indexes if level.items[i].columns and column in level.items[i].columns]
+            owners = [i for i in indexes if column in (level.items[i].columns or ())]
             if len(owners) == 1:
                 sides.append((level.number, owners[0], column))
         if len(sides) == 2:
             level.union(sides[0], sides[1])
 
     def outer_join(self, node: ast.JoinExpr, level: _Level, left: list[int], right: list[int]) -> None:
-        outer = {
+        outer_names: dict[enums.JoinType | None, str] = {
             enums.JoinType.JOIN_LEFT: "LEFT JOIN",
             enums.JoinType.JOIN_RIGHT: "RIGHT JOIN",
             enums.JoinType.JOIN_FULL: "FULL JOIN",
-        }.get(node.jointype)
+        }
+        outer = outer_names.get(node.jointype)
         if outer is None:
             return
         left_sharded = any(level.items[i].sharded for i in left)
@@ -275,7 +280,7 @@ class _Analyzer:
                     "different shards)"
                 )
 
-    def key_function(self, expr: ast.Node, level: _Level) -> Any:
+    def key_function(self, expr: Any, level: _Level) -> Any:
         """The shard function when ``expr`` is a column holding the level's shard key."""
         identity = self.resolve(expr, level)
         if identity is None:
@@ -318,7 +323,7 @@ class _Analyzer:
         inner_keys = inner.key_identities()
         if not inner_keys:
             return False
-        outer = level
+        outer: _Level | None = level
         while outer is not None:
             for identity, function, _ in outer.key_identities():
                 for key, inner_function, _ in inner_keys:
@@ -333,11 +338,11 @@ class _Analyzer:
             return False
         if node.operName and [n.sval for n in node.operName] != ["="]:
             return False
-        sub = node.subselect
+        sub = cast(ast.SelectStmt, node.subselect)  # a sublink's subquery is a SELECT
         if len(sub.targetList or ()) != 1 or info.level is None:
             return False
         outer = self.key_function(node.testexpr, level)
-        inner = self.key_function(sub.targetList[0].val, info.level)
+        inner = self.key_function(cast("tuple[Any, ...]", sub.targetList)[0].val, info.level)
         return outer is not None and outer == inner
 
     def correlated(self, sub: ast.SelectStmt, inner: _Level) -> bool:
@@ -376,11 +381,14 @@ class _Analyzer:
 
     # -- what each shard can finish -----------------------------------------------------
 
-    def exactness(self, stmt: ast.SelectStmt, level: _Level) -> tuple[bool, str]:
-        """Whether this level's per-shard answers union to one database's answer, and if not why."""
+    def exactness(self, stmt: ast.SelectStmt, level: _Level, *, top: bool = False) -> tuple[bool, str]:
+        """Whether this level's per-shard answers union to one database's answer, and if not why.
+
+        ``top``: the statement itself, whose ORDER BY, LIMIT and OFFSET the merge applies.
+        """
         aggregates = self.layout_aggregates()
         keyed = bool(level.key_identities())
-        if stmt.limitCount is not None or stmt.limitOffset is not None:
+        if not top and (stmt.limitCount is not None or stmt.limitOffset is not None):
             return False, "LIMIT / OFFSET"
         grouped = bool(stmt.groupClause) or stmt.havingClause is not None
         grouped = grouped or any(is_aggregate(n, aggregates) for t in stmt.targetList or () for n in walk(t))
@@ -425,13 +433,13 @@ class _Analyzer:
 
     # -- names ------------------------------------------------------------------------
 
-    def resolve(self, expr: ast.Node, level: _Level) -> Identity | None:
+    def resolve(self, expr: Any, level: _Level) -> Identity | None:
         """The FROM-item column a plain column reference means, looking outwards; None if unsure."""
         if isinstance(expr, ast.TypeCast):
             expr = expr.arg
         if not isinstance(expr, ast.ColumnRef):
             return None
-        fields = [f.sval if isinstance(f, ast.String) else None for f in expr.fields]
+        fields = [f.sval if isinstance(f, ast.String) else None for f in cast("tuple[Any, ...]", expr.fields)]
         if None in fields or not fields:
             return None
         column = str(fields[-1])
@@ -439,7 +447,7 @@ class _Analyzer:
         current: _Level | None = level
         while current is not None:
             found = _owner(current, qualifier, column)
-            if found == "unsure":
+            if isinstance(found, str):  # "unsure"
                 return None
             if found is not None:
                 return (current.number, found, column)
@@ -469,15 +477,15 @@ def _conjuncts(node: ast.Node | None) -> list[ast.Node]:
     if node is None:
         return []
     if isinstance(node, ast.BoolExpr) and node.boolop == enums.BoolExprType.AND_EXPR:
-        return [c for arg in node.args for c in _conjuncts(arg)]
+        return [c for arg in cast("tuple[Any, ...]", node.args) for c in _conjuncts(arg)]
     return [node]
 
 
-def _is_equality(node: ast.Node) -> bool:
+def _is_equality(node: ast.Node) -> TypeGuard[ast.A_Expr]:
     return (
         isinstance(node, ast.A_Expr)
         and node.kind == enums.A_Expr_Kind.AEXPR_OP
-        and [n.sval for n in node.name] == ["="]
+        and [n.sval for n in cast("tuple[Any, ...]", node.name)] == ["="]
         and node.lexpr is not None
     )
 
@@ -493,7 +501,7 @@ def _sublinks(node: Any) -> Iterator[ast.SubLink]:
 def analyze(stmt: ast.SelectStmt, layout: Layout) -> Analysis:
     """Check the bound top-level SELECT ``stmt`` and say how its rows are placed."""
     analyzer = _Analyzer(layout)
-    info = analyzer.select(stmt, None)
+    info = analyzer.select(stmt, None, top=True)
     if not info.sharded:
         return Analysis(sharded=False, local=True)
     level = info.level
@@ -512,7 +520,7 @@ def analyze(stmt: ast.SelectStmt, layout: Layout) -> Analysis:
 
 def _pins(stmt: ast.SelectStmt, level: _Level, analyzer: _Analyzer) -> Iterator[Pin]:
     for node in _conjuncts(stmt.whereClause):
-        if not isinstance(node, ast.A_Expr) or [n.sval for n in node.name] != ["="]:
+        if not isinstance(node, ast.A_Expr) or [n.sval for n in cast("tuple[Any, ...]", node.name)] != ["="]:
             continue
         if node.kind == enums.A_Expr_Kind.AEXPR_OP:
             for column, value in ((node.lexpr, node.rexpr), (node.rexpr, node.lexpr)):
@@ -536,25 +544,25 @@ def _pins(stmt: ast.SelectStmt, level: _Level, analyzer: _Analyzer) -> Iterator[
             key_type = _key_type(node.lexpr, level, analyzer)
             rexpr = node.rexpr.arg if isinstance(node.rexpr, ast.TypeCast) else node.rexpr
             if isinstance(rexpr, ast.ParamRef):
-                yield Pin(function, (Param(rexpr.number),), array=True, key_type=key_type)
+                yield Pin(function, (Param(cast(int, rexpr.number)),), array=True, key_type=key_type)
             elif isinstance(rexpr, ast.A_ArrayExpr):
                 values = [_value(v) for v in rexpr.elements or ()]
                 if all(v is not None for v in values):
                     yield Pin(function, tuple(v for v in values if v is not None), key_type=key_type)
 
 
-def _key_type(column: ast.Node, level: _Level, analyzer: _Analyzer) -> int | None:
+def _key_type(column: Any, level: _Level, analyzer: _Analyzer) -> int | None:
     identity = analyzer.resolve(column, level)
     if identity is None or identity[0] != level.number:
         return None
     return level.items[identity[1]].key_type
 
 
-def _value(node: ast.Node) -> Value | None:
+def _value(node: Any) -> Value | None:
     if isinstance(node, ast.TypeCast):
         node = node.arg
     if isinstance(node, ast.ParamRef):
-        return Param(node.number)
+        return Param(cast(int, node.number))
     if isinstance(node, ast.A_Const) and not node.isnull:
         value = node.val
         if isinstance(value, ast.Integer):

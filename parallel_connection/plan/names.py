@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import pglast
 from pglast import ast
@@ -41,7 +41,8 @@ def bind_names(stmt: ast.Node, relations: Relations | None) -> ast.Node:
     """A bound copy of ``stmt`` (see the module docstring); ``relations`` None: CTEs only."""
     counter = itertools.count()
     binder = _Binder(relations, lambda: f"{CTE_PREFIX}{next(counter)}")
-    return binder.visit(copy_node(stmt), {}, 0)
+    bound: ast.Node = binder.visit(copy_node(stmt), {}, 0)
+    return bound
 
 
 class _Binder:
@@ -61,7 +62,8 @@ class _Binder:
         with_clause = getattr(node, "withClause", None)
         if isinstance(with_clause, ast.WithClause):
             scope = self.with_clause(with_clause, scope, depth)
-        for name in type(node).__slots__:
+        node_type: Any = type(node)  # pglast declares __slots__ only at runtime
+        for name in node_type.__slots__:
             if name == "withClause":
                 continue
             value = getattr(node, name, None)
@@ -83,12 +85,13 @@ class _Binder:
         return scope
 
     def range_var(self, node: ast.RangeVar, scope: Mapping[str, str], depth: int) -> ast.Node:
-        alias = node.alias if node.alias is not None else ast.Alias(aliasname=node.relname)
-        if not node.schemaname and node.relname in scope:
-            return ast.RangeVar(relname=scope[node.relname], inh=True, relpersistence="p", alias=alias)
+        relname = cast(str, node.relname)  # PostgreSQL's parser always names the relation
+        alias = node.alias if node.alias is not None else ast.Alias(aliasname=relname)
+        if not node.schemaname and relname in scope:
+            return ast.RangeVar(relname=scope[relname], inh=True, relpersistence="p", alias=alias)
         if self.relations is None:
             return node
-        relation = self.relations.resolve(node.schemaname, node.relname)
+        relation = self.relations.resolve(node.schemaname, relname)
         if relation is None:
             return node  # the shards report the missing relation themselves
         if relation.kind == "view" and relation.view_sql:

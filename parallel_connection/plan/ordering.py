@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, cast
 
 from pglast import ast, enums
 
@@ -68,11 +69,14 @@ def limit_value(node: ast.Node | None, clause: str) -> Value | None:
     if value is not None:
         return Const(value)
     if isinstance(node, ast.ParamRef):
-        return Param(node.number)
+        return Param(cast(int, node.number))
     if isinstance(node, ast.A_Const) and isinstance(node.val, ast.Float):
-        return Const(int(Decimal(node.val.fval).to_integral_value(rounding=ROUND_HALF_UP)))
+        return Const(int(Decimal(cast(str, node.val.fval)).to_integral_value(rounding=ROUND_HALF_UP)))
     raise refuse(f"{clause} with an expression (only a number or a parameter is merged)")
 
 
 def _has_star(targets: list[ast.ResTarget]) -> bool:
-    return any(isinstance(t.val, ast.ColumnRef) and isinstance(t.val.fields[-1], ast.A_Star) for t in targets)
+    return any(
+        isinstance(t.val, ast.ColumnRef) and isinstance(cast("tuple[Any, ...]", t.val.fields)[-1], ast.A_Star)
+        for t in targets
+    )

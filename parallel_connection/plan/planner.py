@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import pglast
 from pglast import ast
@@ -137,23 +137,29 @@ def _plan(template: Template, facts: ShardFacts) -> Plan | None:
         statements = pglast.parse_sql(template.text)
     except pglast.parser.ParseError:
         return Plan()  # the shards report the syntax error themselves
-    if any(_parameter_as_item(raw.stmt) for raw in statements):
+    # A RawStmt always holds its statement.
+    if any(_parameter_as_item(cast(ast.Node, raw.stmt)) for raw in statements):
         return None
     if len(statements) > 1:
         # psycopg2 returns the last statement's rows; each statement must be a plain union.
-        plans = [_plan_one(raw.stmt, template, facts) for raw in statements]
+        plans = [_plan_one(cast(ast.Node, raw.stmt), template, facts) for raw in statements]
         for plan in plans:
             if plan.mode != "union" or plan.pins or plan.moments or plan.tasks[0].targets != ALL:
                 raise refuse("several statements in one execute() with a query to merge or answer once")
         return Plan(refresh=any(p.refresh for p in plans))
     if not statements:
         return Plan()
-    return _plan_one(statements[0].stmt, template, facts)
+    return _plan_one(cast(ast.Node, statements[0].stmt), template, facts)
 
 
 _REFRESHING = (ast.VariableSetStmt, ast.DiscardStmt)
 _DATA = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)
-_SESSION = (ast.TransactionStmt, ast.VariableShowStmt, ast.ClosePortalStmt, ast.ListenStmt)
+_SESSION: tuple[type[ast.Node], ...] = (
+    ast.TransactionStmt,
+    ast.VariableShowStmt,
+    ast.ClosePortalStmt,
+    ast.ListenStmt,
+)
 _SESSION += (ast.UnlistenStmt, ast.NotifyStmt, ast.DeallocateStmt, ast.CopyStmt, ast.LockStmt)
 
 

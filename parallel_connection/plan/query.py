@@ -9,6 +9,8 @@ every shard must share sent as parameters.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pglast import ast, enums
 
 from ..errors import NotSupportedError, refuse
@@ -73,7 +75,7 @@ def plan_query(stmt: ast.SelectStmt, template: Template, facts: ShardFacts) -> P
         tasks=tasks,
         merge=spread.merge,
         client=spread.client,
-        names=spread.names,
+        names=spread.names or template.names,
         pins=analysis.pins,
         local=Task(pinned),
         refusal=refusal,
@@ -103,7 +105,7 @@ def _spread(
     moments = _replace_moments(shard, names)
     if planned is None:
         if not moments:
-            return Plan()
+            return Plan(names=template.names)
         sql = to_pyformat(deparse(shard), tuple(names))
         return Plan(tasks=(Task(sql=sql),), moments=moments, names=tuple(names))
     return Plan(
@@ -140,7 +142,8 @@ def _replace_moments(stmt: ast.Node, names: list[str]) -> tuple[Moment, ...]:
             if schema in (None, "pg_catalog") and name in _TRANSACTION_MOMENTS | _STATEMENT_MOMENTS:
                 kind = "transaction" if name in _TRANSACTION_MOMENTS else "statement"
                 return _cast(param(kind), "timestamptz")
-        for slot in type(node).__slots__:
+        node_type: Any = type(node)  # pglast declares __slots__ only at runtime
+        for slot in node_type.__slots__:
             value = getattr(node, slot, None)
             if isinstance(value, (ast.Node, tuple)):
                 setattr(node, slot, visit(value))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from pglast import ast, enums
 
 from ..errors import refuse
@@ -39,13 +41,14 @@ def check_top(stmt: ast.SelectStmt, aggregates: frozenset[str], *, local: bool =
 
 
 def _name(call: ast.FuncCall) -> str:
-    return ".".join(p.sval for p in call.funcname if p.sval != "pg_catalog")
+    return ".".join(p.sval for p in cast("tuple[Any, ...]", call.funcname) if p.sval != "pg_catalog")
 
 
 def _setop(stmt: ast.SelectStmt) -> str:
-    name = {
+    names: dict[enums.SetOperation | None, str] = {
         enums.SetOperation.SETOP_UNION: "UNION",
         enums.SetOperation.SETOP_INTERSECT: "INTERSECT",
         enums.SetOperation.SETOP_EXCEPT: "EXCEPT",
-    }.get(stmt.op, "UNION")
+    }
+    name = names.get(stmt.op, "UNION")
     return f"{name} ALL" if stmt.all else name

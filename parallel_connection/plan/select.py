@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any, cast
 
 from pglast import ast, enums
 
@@ -64,7 +65,7 @@ def _plan_rows(stmt: ast.SelectStmt) -> tuple[ast.SelectStmt, ClientPlan]:
     def by_expr(expr: ast.Node) -> int:
         if plain_distinct:
             raise refuse("SELECT DISTINCT with an ORDER BY expression that is not in the select list")
-        index = columns.hidden(expr.arg if isinstance(expr, ast.CollateClause) else expr)
+        index = columns.hidden(cast(ast.Node, expr.arg) if isinstance(expr, ast.CollateClause) else expr)
         if index not in hidden_refs:
             hidden_refs.append(index)
         return index
@@ -134,4 +135,6 @@ def _node(value: Value) -> ast.Node:
 
 
 def _is_star(target: ast.ResTarget) -> bool:
-    return isinstance(target.val, ast.ColumnRef) and isinstance(target.val.fields[-1], ast.A_Star)
+    return isinstance(target.val, ast.ColumnRef) and isinstance(
+        cast("tuple[Any, ...]", target.val.fields)[-1], ast.A_Star
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pglast import ast
 from pglast.stream import RawStream
@@ -26,7 +26,8 @@ N = TypeVar("N")
 
 def children(node: ast.Node) -> Iterator[ast.Node]:
     """The nodes directly below ``node``."""
-    for name in type(node).__slots__:
+    node_type: Any = type(node)  # pglast declares __slots__ only at runtime
+    for name in node_type.__slots__:
         yield from _nodes(getattr(node, name, None))
 
 
@@ -59,7 +60,7 @@ def deparse(node: ast.Node) -> str:
 
 def func_name(call: ast.FuncCall) -> tuple[str | None, str]:
     """(schema or None, name) of a function call."""
-    parts = [p.sval for p in call.funcname]
+    parts = [p.sval for p in cast("tuple[Any, ...]", call.funcname)]
     return (parts[-2] if len(parts) > 1 else None), parts[-1]
 
 
@@ -96,8 +97,10 @@ def column(name: str) -> ast.ColumnRef:
 
 def bare_name(node: Any) -> str | None:
     """``x`` for the unqualified column reference ``x``, else None."""
-    if isinstance(node, ast.ColumnRef) and len(node.fields) == 1 and isinstance(node.fields[0], ast.String):
-        return node.fields[0].sval
+    if isinstance(node, ast.ColumnRef):
+        fields = cast("tuple[Any, ...]", node.fields)
+        if len(fields) == 1 and isinstance(fields[0], ast.String):
+            return fields[0].sval
     return None
 
 
@@ -110,7 +113,7 @@ def output_name(target: ast.ResTarget) -> str | None:
 
 def _figure(node: Any) -> str | None:
     if isinstance(node, ast.ColumnRef):
-        last = node.fields[-1]
+        last = cast("tuple[Any, ...]", node.fields)[-1]
         return last.sval if isinstance(last, ast.String) else None
     if isinstance(node, ast.FuncCall):
         return func_name(node)[1]
