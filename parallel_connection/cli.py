@@ -634,10 +634,8 @@ def run_placement_check(args: argparse.Namespace, secrets: set[str]) -> Exit:
     finally:
         _close(pdb)
     _print_lines(redact(line, secrets) for line in report.lines())
-    bad = sum(not table.ok for table in report.tables)
-    verdict = "all ok" if not bad else f"{bad} with problems"
-    _say(f"placement check: {len(report.tables)} tables on {len(dsns)} shards, {verdict}", secrets)
-    return Exit.PLACEMENT_PROBLEMS if bad else Exit.OK
+    _say(report.headline(), secrets)
+    return Exit.OK if report.ok else Exit.PLACEMENT_PROBLEMS
 
 
 def run_placement_discover(args: argparse.Namespace, secrets: set[str]) -> Exit:

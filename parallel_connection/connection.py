@@ -166,7 +166,9 @@ class ParallelConnection:
         self.shard_set.set_placement(_placement(None, tables))
 
     def check_placement(self, *, progress: Any = None) -> PlacementReport:
-        """Check the data against the placement: copies identical everywhere, sharded rows where their key says.
+        """Check the data against the placement.
+
+        Copies must be identical everywhere; sharded rows must be where their key says.
 
         One pass per table per shard, in parallel. See
         :class:`parallel_connection.placement_check.PlacementReport`.

@@ -209,7 +209,8 @@ class TableCheck:
             if len(elsewhere) == 1:
                 ((target, count),) = elsewhere.items()
                 there = self._where(target)
-                lines.append(f"{self.table}: {_rows(count)} on {s.where} belong on {there} by {self.rule}")
+                verb = _verb(count, "belongs", "belong")
+                lines.append(f"{self.table}: {_rows(count)} on {s.where} {verb} on {there} by {self.rule}")
             elif elsewhere:
                 spread = ", ".join(f"{c} on {self._where(t)}" for t, c in elsewhere.items())
                 lines.append(
@@ -217,8 +218,9 @@ class TableCheck:
                     f"{spread}"
                 )
             if s.unmappable:
+                has = _verb(s.unmappable, "has", "have")
                 lines.append(
-                    f"{self.table}: {_rows(s.unmappable)} on {s.where} have a key {self.rule} can't map "
+                    f"{self.table}: {_rows(s.unmappable)} on {s.where} {has} a key {self.rule} can't map "
                     f"(first: {s.example})"
                 )
         return lines
@@ -267,12 +269,16 @@ class PlacementReport:
         """One line per table that is ok, and one per problem."""
         return [line for t in self.tables for line in (t.problems() or [t.describe()])]
 
-    def summary(self) -> str:
-        """A headline, then :meth:`lines`."""
+    def headline(self) -> str:
+        """``placement check: 2 tables on 3 shards, all ok`` (or ``1 with problems``)."""
         bad = sum(not t.ok for t in self.tables)
         verdict = "all ok" if not bad else f"{bad} with problems"
-        head = f"placement check: {len(self.tables)} tables on {self.shards} shards, {verdict}"
-        return "\n".join([head, *self.lines()])
+        tables = "1 table" if len(self.tables) == 1 else f"{len(self.tables)} tables"
+        return f"placement check: {tables} on {self.shards} shards, {verdict}"
+
+    def summary(self) -> str:
+        """:meth:`headline`, then :meth:`lines`."""
+        return "\n".join([self.headline(), *self.lines()])
 
     def __repr__(self) -> str:
         return f"PlacementReport(ok={self.ok}, tables={len(self.tables)}, problems={len(self.problems())})"
@@ -283,7 +289,11 @@ def _rows(count: int) -> str:
 
 
 def _has(group: Sequence[ShardCheck], one: str = "has", many: str = "have") -> str:
-    return one if len(group) == 1 else many
+    return _verb(len(group), one, many)
+
+
+def _verb(count: int, one: str, many: str) -> str:
+    return one if count == 1 else many
 
 
 def _shards_text(group: Sequence[ShardCheck]) -> str:

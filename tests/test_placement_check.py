@@ -13,7 +13,7 @@ import pytest
 from cli_runner import run
 
 import parallel_connection
-from parallel_connection.placement import Custom, Hash, Modulo, Placement, Ranges
+from parallel_connection.placement import Custom, Hash, Placement, Ranges
 from parallel_connection.placement_check import (
     CheckProgress,
     PlacementReport,
@@ -21,6 +21,8 @@ from parallel_connection.placement_check import (
     discover_placement,
 )
 
+IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+INTRANS = psycopg2.extensions.TRANSACTION_STATUS_INTRANS
 SAMPLE = Placement(sharded={"orders": ("customer_id", "modulo")}, copied=["customers"])
 
 ITEMS = "pc_check_items"  # sharded on id by modulo, negative ids too
@@ -211,8 +213,8 @@ def test_a_hash_sharded_row_on_the_wrong_shard_is_reported(tables):
         on_shard(tables[0], f"DELETE FROM {HASHED} WHERE id = %s", (key,))
         on_shard(tables[0], f"DELETE FROM {HASHED_TEXT} WHERE code = %s", (code,))
     assert report.problems() == [
-        f"{HASHED}: 1 row on {where(tables, 0)} belong on {where(tables, 2)} by hash(id)",
-        f"{HASHED_TEXT}: 1 row on {where(tables, 0)} belong on {where(tables, 1)} by hash(code)",
+        f"{HASHED}: 1 row on {where(tables, 0)} belongs on {where(tables, 2)} by hash(id)",
+        f"{HASHED_TEXT}: 1 row on {where(tables, 0)} belongs on {where(tables, 1)} by hash(code)",
     ]
 
 
@@ -235,7 +237,8 @@ def test_a_copy_that_differs_on_one_shard_is_reported(tables):
     assert copy.counts == (200, 200, 199)
     assert len(set(copy.checksums)) == 3
     assert report.problems() == [
-        f"{COPY}: {where(tables, 1)} holds other rows than {where(tables, 0)} (200 rows each, other checksum)",
+        f"{COPY}: {where(tables, 1)} holds other rows than {where(tables, 0)} "
+        "(200 rows each, other checksum)",
         f"{COPY}: {where(tables, 2)} has 199 rows, {where(tables, 0)} has 200",
     ]
     assert check(tables, Placement(copied=[COPY])).ok  # restored
@@ -294,14 +297,14 @@ def test_the_connection_is_left_as_found(tables):
     try:
         conns = pdb.shard_set.connections
         pdb.check_placement(progress=False)
-        assert [c.get_transaction_status() for c in conns] == [psycopg2.extensions.TRANSACTION_STATUS_IDLE] * 3
+        assert [c.get_transaction_status() for c in conns] == [IDLE] * 3
         # In a transaction on shard 0: it goes on, with its own settings, after the check.
         with conns[0].cursor() as cur:
             cur.execute("SET LOCAL TimeZone = 'Asia/Tokyo'")
             cur.execute("CREATE TEMP TABLE pc_check_mine (x integer)")
         assert pdb.check_placement(progress=False).ok
-        assert conns[0].get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
-        assert conns[1].get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        assert conns[0].get_transaction_status() == INTRANS
+        assert conns[1].get_transaction_status() == IDLE
         with conns[0].cursor() as cur:
             cur.execute("SHOW TimeZone")
             assert cur.fetchone() == ("Asia/Tokyo",)

@@ -180,7 +180,9 @@ def row_key(
         padded = types[key.column] in PADDED
         parts.append((key.column, nulls_high, number, calendar, padded, key.descending != reverse))
 
-    def component(value: Any, nulls_high: bool, number: bool, calendar: bool, padded: bool, flip: bool) -> Any:
+    def component(
+        value: Any, nulls_high: bool, number: bool, calendar: bool, padded: bool, flip: bool
+    ) -> Any:
         if value is None:
             part: Any = (2,) if nulls_high else (0,)
         else:

@@ -71,7 +71,8 @@ def _check_domains(stmt: ast.SelectStmt, catalog: Any) -> None:
         for node in walk(key, into_selects=True):
             if not isinstance(node, ast.TypeCast) or node.typeName is None:
                 continue
-            names = [n.sval for n in cast("tuple[Any, ...]", node.typeName.names) if isinstance(n, ast.String)]
+            type_names = cast("tuple[Any, ...]", node.typeName.names)
+            names = [n.sval for n in type_names if isinstance(n, ast.String)]
             if not names or len(names) > 2:
                 continue
             fact = catalog.resolve_type(names[0] if len(names) == 2 else None, names[-1])
