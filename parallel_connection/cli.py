@@ -634,8 +634,16 @@ def run_placement_check(args: argparse.Namespace, secrets: set[str]) -> Exit:
     finally:
         _close(pdb)
     _print_lines(redact(line, secrets) for line in report.lines())
-    _say(report.headline(), secrets)
-    return Exit.OK if report.ok else Exit.PLACEMENT_PROBLEMS
+    if report.ok:
+        _say(report.headline(), secrets)
+        return Exit.OK
+    bad = sum(not table.ok for table in report.tables)
+    _say(
+        f"{_LABELS[Exit.PLACEMENT_PROBLEMS]}: {bad} of {len(report.tables)} tables on {len(dsns)} shards "
+        "do not follow the placement (the lines above say where)",
+        secrets,
+    )
+    return Exit.PLACEMENT_PROBLEMS
 
 
 def run_placement_discover(args: argparse.Namespace, secrets: set[str]) -> Exit:
@@ -662,11 +670,12 @@ def run_placement_discover(args: argparse.Namespace, secrets: set[str]) -> Exit:
     else:
         sys.stdout.write(text)
         sys.stdout.flush()
-    proposed = discovery.placement
-    where = f" to {args.output}" if args.output else ""
+    proposed, left_out = discovery.placement, len(discovery.undecided)
+    listed = " (listed in the comments)" if left_out else ""
+    where = f"; written to {args.output}" if args.output else ""
     _say(
         f"placement discover: {len(proposed.sharded)} sharded, {len(proposed.copied)} copied, "
-        f"{len(discovery.undecided)} left out (listed in the comments){where}",
+        f"{left_out} left out{listed}{where}",
         secrets,
     )
     return Exit.OK

@@ -69,7 +69,7 @@ def execute(shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, m
     facts = shards.facts()
     plan, shard_vars = _plan(text, statement.vars, facts, cursors[0], shards)
     targets = bind_targets(plan, shard_vars, len(cursors))
-    if len(targets) > 1 and plan.checked:
+    if plan.checked and (len(targets) > 1 or not plan.pins or plan.views):
         fresh = shards.check_facts(facts)
         if fresh is not facts:
             plan, shard_vars = _plan(text, statement.vars, fresh, cursors[0], shards)
@@ -134,12 +134,17 @@ def bind_targets(plan: Plan, vars: Any, n: int) -> list[int]:
         return [targets.shard]
     if targets.kind == "all" or not plan.pins:
         return list(range(n))
-    chosen: set[int] | None = None
-    for pin in plan.pins:
-        found = _pin_shards(pin, vars, plan.names, n)
-        if found is not None:
-            chosen = found if chosen is None else chosen & found
-    return sorted(chosen) if chosen is not None else list(range(n))
+    chosen: set[int] = set()
+    for group in plan.pins:
+        shards: set[int] | None = None
+        for pin in group:
+            found = _pin_shards(pin, vars, plan.names, n)
+            if found is not None:
+                shards = found if shards is None else shards & found
+        if shards is None:
+            return list(range(n))
+        chosen |= shards
+    return sorted(chosen)
 
 
 def _pin_shards(pin: Pin, vars: Any, names: tuple[str, ...], n: int) -> set[int] | None:

@@ -167,9 +167,9 @@ class TableCheck:
     def problems(self) -> list[str]:
         """One line per problem, naming the table and the shards."""
         present = [s for s in self.shards if not s.missing]
-        if not present:
-            reasons = {s.missing for s in self.shards}
-            return [f"{self.table}: {reasons.pop() if len(reasons) == 1 else 'missing'} on any shard"]
+        reasons = {s.missing for s in self.shards}
+        if not present and len(reasons) == 1:
+            return [f"{self.table}: {reasons.pop()} on any shard"]
         lines = [f"{self.table}: {s.missing} on {s.where}" for s in self.shards if s.missing]
         if self.kind == "copied":
             lines += self._copy_problems(present)
@@ -380,7 +380,9 @@ def _sql_name(name: str) -> str:
 # -- check ------------------------------------------------------------------------------
 
 _LOCATE_SQL = """
-SELECT n.nspname, c.relname, c.relkind, a.atttypid::int8, current_setting('server_encoding')
+SELECT n.nspname, c.relname, c.relkind, a.atttypid::int8, current_setting('server_encoding'),
+       CASE WHEN a.attnum IS NULL THEN has_table_privilege(c.oid, 'SELECT')
+            ELSE has_column_privilege(c.oid, a.attnum, 'SELECT') END
   FROM (SELECT to_regclass(%(name)s) AS oid) AS r
   LEFT JOIN pg_class AS c ON c.oid = r.oid
   LEFT JOIN pg_namespace AS n ON n.oid = c.relnamespace
@@ -388,7 +390,17 @@ SELECT n.nspname, c.relname, c.relkind, a.atttypid::int8, current_setting('serve
          ON a.attrelid = c.oid AND a.attname = %(key)s AND a.attnum > 0 AND NOT a.attisdropped
 """
 _READABLE = frozenset("rpvmf")  # tables, partitioned tables, views, materialized views, foreign tables
-_UNREADABLE = {"S": "a sequence", "i": "an index", "I": "an index", "c": "a composite type"}
+_RELKINDS = {
+    "r": "a table",
+    "p": "a partitioned table",
+    "v": "a view",
+    "m": "a materialized view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "i": "an index",
+    "I": "an index",
+    "c": "a composite type",
+}
 
 
 @dataclass(frozen=True)
@@ -401,14 +413,20 @@ class _Found:
 def _locate(cur: Any, name: str, key: str | None) -> _Found | str:
     """The relation ``name`` means on this shard, or why there is none to read."""
     cur.execute(_LOCATE_SQL, {"name": _quoted(*parse_name(name)), "key": key})
-    schema, relname, relkind, key_type, encoding = cur.fetchone()
+    schema, relname, relkind, key_type, encoding, readable = cur.fetchone()
     if relname is None:
         return "no such table"
     if relkind not in _READABLE:
-        return f"not a table but {_UNREADABLE.get(relkind, f'relkind {relkind!r}')}"
+        return f"not a table but {_kind(relkind)}"
     if key is not None and key_type is None:
         return f"no column {_sql_name(key)}"
+    if not readable:
+        return "no SELECT privilege"
     return _Found(sql.Identifier(schema, relname), key_type, encoding == "UTF8")
+
+
+def _kind(relkind: str) -> str:
+    return _RELKINDS.get(relkind, f"relkind {relkind!r}")
 
 
 def _rule(table: ShardedTable) -> str:
@@ -584,7 +602,7 @@ SELECT n.nspname, c.relname, c.relkind
  ORDER BY x.i
 """
 _LIST_SQL = """
-SELECT n.nspname, c.relname, pg_table_is_visible(c.oid),
+SELECT n.nspname, c.relname, pg_table_is_visible(c.oid), has_table_privilege(c.oid, 'SELECT'),
        array_agg(a.attname::text ORDER BY a.attnum),
        array_agg(a.atttypid::int8 ORDER BY a.attnum),
        array_agg(EXISTS (SELECT FROM pg_constraint AS k
@@ -721,7 +739,7 @@ def discover_placement(
     return Discovery(placement, undecided, notes, n)
 
 
-Outcome = str | tuple[str, str] | None
+_Outcome = str | tuple[str, str] | None
 """None: a copy; (column, function): sharded; a str: why the table is left out."""
 
 
@@ -731,10 +749,10 @@ def _choose(
     passes: Sequence[Sequence[_Pass]],
     names: Sequence[str],
     meter: _Progress,
-) -> tuple[list[Outcome], list[set[tuple[str, str]]]]:
+) -> tuple[list[_Outcome], list[set[tuple[str, str]]]]:
     """Each table's outcome, and the keys turned down; a text key for hash is verified in Python."""
     n = len(shards)
-    outcomes: list[Outcome] = [None] * len(found)
+    outcomes: list[_Outcome] = [None] * len(found)
     rejected: list[set[tuple[str, str]]] = [set() for _ in found]
     pending = list(range(len(found)))
     while pending:
@@ -766,9 +784,21 @@ def _choose(
     return outcomes, rejected
 
 
-def _list(
-    cur: Any, parsed: list[tuple[str | None, str]] | None
-) -> tuple[list[tuple[str, str, str] | None] | None, dict[tuple[str, str], tuple[bool, tuple[_Column, ...]]]]:
+@dataclass(frozen=True)
+class _Listed:
+    """A user table as one shard's catalog has it."""
+
+    visible: bool
+    """Found by its bare name on the search path."""
+    readable: bool
+    columns: tuple[_Column, ...]
+
+
+_Listing = tuple[list[tuple[str, str, str] | None] | None, dict[tuple[str, str], _Listed]]
+"""How each named table resolves on one shard (None without names), and its user tables."""
+
+
+def _list(cur: Any, parsed: list[tuple[str | None, str]] | None) -> _Listing:
     """One shard's user tables (or the named ones): how each named table resolves, and their columns."""
     resolved: list[tuple[str, str, str] | None] | None = None
     if parsed is not None:
@@ -780,14 +810,14 @@ def _list(
         {"every": parsed is None, "schemas": [r[0] for r in chosen], "names": [r[1] for r in chosen]},
     )
     relations = {
-        (schema, name): (visible, tuple(_Column(*c) for c in zip(cols, types, keyed, strict=True)))
-        for schema, name, visible, cols, types, keyed in cur.fetchall()
+        (schema, name): _Listed(visible, readable, tuple(map(_Column, cols, types, keyed)))
+        for schema, name, visible, readable, cols, types, keyed in cur.fetchall()
     }
     return resolved, relations
 
 
 def _combine(
-    listings: Sequence[tuple[Any, dict[tuple[str, str], tuple[bool, tuple[_Column, ...]]]]],
+    listings: Sequence[_Listing],
     wanted: list[str] | None,
     names: Sequence[str],
 ) -> tuple[list[_Table], list[str]]:
@@ -797,26 +827,35 @@ def _combine(
     if wanted is None:
         keys = sorted({key for _, relations in listings for key in relations})
         for key in keys:
-            visible = next(r[key][0] for _, r in listings if key in r)
+            visible = next(r[key].visible for _, r in listings if key in r)
             display = _sql_name(key[1]) if visible else f"{_sql_name(key[0])}.{_sql_name(key[1])}"
             candidates.append((display, key))
     else:
         for position, given in enumerate(wanted):
-            hits = [resolved[position] for resolved, _ in listings]
+            hits = [resolved[position] for resolved, _ in listings if resolved is not None]
             first = next((h for h in hits if h is not None), None)
             if first is None:
                 undecided.append(f"{given}: no such table on any shard")
             elif first[2] not in ("r", "p"):
-                undecided.append(f"{given}: not a table (relkind {first[2]!r})")
+                undecided.append(f"{given}: {_kind(first[2])}, not a table")
             else:
                 candidates.append((given, (first[0], first[1])))
     tables = []
+    seen: set[tuple[str, str]] = set()
     for display, key in candidates:
+        if key in seen:
+            continue  # named twice
+        seen.add(key)
         missing = [i for i, (_, relations) in enumerate(listings) if key not in relations]
         if missing:
-            undecided.append(f"{display}: missing on {', '.join(names[i] for i in missing)}")
+            undecided.append(f"{display}: missing on {_list_shards(missing, names)}")
             continue
-        shapes = [relations[key][1] for _, relations in listings]
+        unreadable = [i for i, (_, relations) in enumerate(listings) if not relations[key].readable]
+        if unreadable:
+            on = "any shard" if len(unreadable) == len(names) else _list_shards(unreadable, names)
+            undecided.append(f"{display}: no SELECT privilege on {on}")
+            continue
+        shapes = [relations[key].columns for _, relations in listings]
         common = set.intersection(*({(c.name, c.type_oid) for c in shape} for shape in shapes))
         columns = tuple(
             _Column(c.name, c.type_oid, any(c2.keyed for s in shapes for c2 in s if c2.name == c.name))

@@ -33,13 +33,14 @@ RANGED = "pc_check_ranged"  # id and tag placed by key ranges
 NULLABLE = "pc_check_nullable"  # sharded on k by modulo, some k NULL
 SCATTERED = "pc_check_scattered"  # rows on random shards: no key explains them
 EMPTY = "pc_check_empty"
+RANGES = Ranges((100, 200), (2, 0, 1))
 TABLES = (ITEMS, COPY, HASHED, HASHED_TEXT, RANGED, NULLABLE, SCATTERED, EMPTY)
 OURS = Placement(
     sharded={
         ITEMS: ("id", "modulo"),
         HASHED: ("id", "hash"),
         HASHED_TEXT: ("code", "hash"),
-        RANGED: ("id", Ranges((100, 200), (2, 0, 1))),
+        RANGED: ("id", RANGES),
         NULLABLE: ("k", "modulo"),
     },
     copied=[COPY],
@@ -83,8 +84,9 @@ def load_shard(dsn: str, index: int, shards: int) -> None:
     on_shard(dsn, SCHEMA)
     on_shard(dsn, COPY_ROWS, (1, 200))
     items = [(g, f"item {g}", g % 7) for g in range(-30, 270) if g % shards == index]
-    ranged = [(g, ("a", "n", "y")[(2, 0, 1).index(index)] + str(g)) for g in range(300)]
-    ranged = [(g, tag) for g, tag in ranged if Ranges((100, 200), (2, 0, 1)).shard_of(g, shards) == index]
+    # id by Ranges((100, 200), (2, 0, 1)) and tag by Ranges(("m", "x"), (2, 0, 1)) agree
+    prefix = {2: "a", 0: "n", 1: "y"}[index]
+    ranged = [(g, f"{prefix}{g}") for g in range(300) if RANGES.shard_of(g, shards) == index]
     if index == 1:
         ranged.append((250, "é1"))  # after "x" by code point, whatever the database's collation says
     if index == 2:
@@ -276,6 +278,32 @@ def test_a_table_missing_on_a_shard_is_reported_not_raised(tables):
     ]
 
 
+def test_a_table_without_select_privilege_is_reported_not_raised(tables):
+    for dsn in tables:
+        on_shard(dsn, "DROP ROLE IF EXISTS pc_check_reader")
+        on_shard(dsn, "CREATE ROLE pc_check_reader LOGIN")
+        on_shard(dsn, "GRANT SELECT ON customers TO pc_check_reader")
+        on_shard(dsn, f"GRANT SELECT (amount) ON {ITEMS} TO pc_check_reader")
+    dsns = [psycopg2.extensions.make_dsn(dsn, user="pc_check_reader") for dsn in tables]
+    try:
+        report = check(dsns, Placement(sharded={ITEMS: "id"}, copied=[COPY, "customers"]))
+        pdb = connect(dsns, None)
+        try:
+            found = discover_placement(pdb.shard_set, progress=False, tables=[COPY, "customers"])
+        finally:
+            pdb.close()
+    finally:
+        for dsn in tables:
+            on_shard(dsn, "DROP OWNED BY pc_check_reader")
+            on_shard(dsn, "DROP ROLE pc_check_reader")
+    assert report.problems() == [
+        f"{ITEMS}: no SELECT privilege on any shard",
+        f"{COPY}: no SELECT privilege on any shard",
+    ]
+    assert found.placement == Placement(copied=["customers"])
+    assert found.undecided == [f"{COPY}: no SELECT privilege on any shard"]
+
+
 def test_null_keys_are_counted_apart_and_are_no_problem(tables):
     nullable = check(tables, OURS).table(NULLABLE)
     assert nullable.ok
@@ -441,7 +469,10 @@ def test_cli_placement_check_exits_10_listing_the_problems(tables, tmp_path):
     assert len(lines) == 4
     assert all(line.startswith(f"{ITEMS}: ") and "by hash(id)" in line for line in lines[:3])
     assert lines[3] == "customers: ok, copied, 5000 rows on every shard"
-    assert ran.stderr == "parallel-connection: placement check: 2 tables on 3 shards, 1 with problems\n"
+    assert ran.stderr == (
+        "parallel-connection: placement problems: 1 of 2 tables on 3 shards do not follow the placement "
+        "(the lines above say where)\n"
+    )
 
 
 def test_cli_placement_check_needs_a_placement(tables):

@@ -38,9 +38,9 @@ class Analysis:
     """The statement reads a sharded table."""
     local: bool
     """The top level's groups, DISTINCT and windows keep the shard key: each shard's rows are final."""
-    pins: tuple[Pin, ...] = ()
-    routable: bool = False
-    """Every sharded table read is tied to the pinned key, so the pins alone pick the shards."""
+    routes: tuple[tuple[Pin, ...], ...] = ()
+    """For each sharded table read, the pins its rows satisfy: the shards of every group's keys
+    hold every row the statement can see. Empty when some read has no pin (every shard then)."""
     local_reason: str = ""
     key_local: frozenset[int] = frozenset()
     """``id()`` of the subqueries each shard answers whole: tied to the outer rows by the shard key, or
@@ -55,8 +55,12 @@ class _Item:
     keys: dict[str, Any] = field(default_factory=dict)
     """Columns holding the shard key, with their shard function."""
     unkeyed: bool = False
+    assumed: bool = False
+    """A table whose placement is not declared: joins with it are assumed co-located."""
     name: str = ""
     key_type: int | None = None
+    base: bool = False
+    """A table itself (not a subquery or CTE)."""
 
 
 @dataclass
@@ -77,6 +81,8 @@ class _Level:
         self.parent = parent
         self.items: list[_Item] = []
         self.uf = dict(parents)
+        self.pins: list[tuple[Identity, tuple[Value, ...], bool]] = []
+        """The WHERE clause's tests of a column against keys: the column, and the pin."""
 
     def find(self, x: Identity) -> Identity:
         while self.uf.get(x, x) != x:
@@ -97,13 +103,21 @@ class _Level:
 
 
 class _Analyzer:
-    def __init__(self, layout: Layout) -> None:
+    def __init__(self, layout: Layout, *, lenient: bool = False) -> None:
         self.layout = layout
+        self.lenient = lenient
+        self.refs: list[tuple[_Level, Identity, Any]] = []
+        """Every sharded table read with a known key: its level, key column and shard function."""
         self.levels = 0
         self.ctes: dict[str, _Info] = {}
         self.unkeyed = False
         self.key_local: set[int] = set()
         self.sharded_seen = 0
+
+    def fail(self, error: Exception) -> None:
+        """Refuse, unless only looking for the routing (``lenient``)."""
+        if not self.lenient:
+            raise error
 
     # -- one query level ------------------------------------------------------------
 
@@ -113,7 +127,12 @@ class _Analyzer:
         if stmt.withClause is not None:
             for cte in stmt.withClause.ctes or ():
                 if isinstance(cte.ctequery, ast.SelectStmt):
-                    self.ctes[cte.ctename] = self.select(cte.ctequery, parent)
+                    info = self.select(cte.ctequery, parent)
+                    if stmt.withClause.recursive and info.sharded:
+                        # Each shard's recursion would follow its own rows only.
+                        info = _Info(True, False, "WITH RECURSIVE over sharded rows", {}, info.names)
+                        self.unkeyed = True
+                    self.ctes[cte.ctename] = info
         if stmt.valuesLists:
             return _Info(False, True, "", {}, [])
         self.levels += 1
@@ -122,6 +141,7 @@ class _Analyzer:
         for item in stmt.fromClause or ():
             self.from_item(item, level, quals)
         self.equalities(_conjuncts(stmt.whereClause), level)
+        level.pins = list(_pins(stmt, level, self))
         self.check_colocated(level)
         for expr in self.expressions(stmt, quals):
             for sublink in _sublinks(expr):
@@ -187,15 +207,18 @@ class _Analyzer:
         return self.table_item(info, alias)
 
     def table_item(self, info: TableInfo, alias: str | None) -> _Item:
+        """A base table's item (its key, if any, is recorded for routing when the item is added)."""
         if info.kind == "whole":
             return _Item(alias, columns=info.columns, name=info.name)
         self.sharded_seen += 1
         if info.key is None:
             self.unkeyed = True
-            return _Item(alias, True, info.columns, unkeyed=True, name=info.name)
-        return _Item(
+            return _Item(alias, True, info.columns, unkeyed=True, assumed=True, name=info.name)
+        item = _Item(
             alias, True, info.columns, {info.key: info.function}, name=info.name, key_type=info.key_type
         )
+        item.base = True
+        return item
 
     def derived(self, info: _Info, alias: ast.Alias | None, what: str) -> _Item:
         names = list(info.names)
@@ -211,12 +234,10 @@ class _Analyzer:
             return item
         self.sharded_seen += 1
         if not info.exact:
-            raise refuse(f"{info.reason} in {what}")
+            self.fail(refuse(f"{info.reason} in {what}"))
         item.sharded = True
         item.keys = dict(info.keys)
         item.unkeyed = not info.keys
-        if item.unkeyed:
-            self.unkeyed = True
         item.name = what
         return item
 
@@ -226,6 +247,8 @@ class _Analyzer:
         keys = [(level.number, index, column) for column in item.keys]
         for other in keys[1:]:
             level.union(keys[0], other)
+        if item.base:
+            self.refs.extend((level, key, item.keys[key[2]]) for key in keys)
         return index
 
     # -- joins and co-location ------------------------------------------------------
@@ -260,12 +283,23 @@ class _Analyzer:
         kept = {"LEFT JOIN": (left_sharded,), "RIGHT JOIN": (right_sharded,)}
         keeps = kept.get(outer, (left_sharded, right_sharded))
         if (left_sharded or right_sharded) and not all(keeps):
-            raise refuse(
-                f"{outer} keeping the rows of a table copied to every shard (or of no table) "
-                "when the other side is sharded"
+            self.fail(
+                refuse(
+                    f"{outer} keeping the rows of a table copied to every shard (or of no table) "
+                    "when the other side is sharded"
+                )
             )
 
     def check_colocated(self, level: _Level) -> None:
+        if self.layout.declared:
+            unknown = [i for i in level.items if i.sharded and not i.keys and not i.assumed]
+            if unknown and sum(1 for i in level.items if i.sharded) > 1:
+                self.fail(
+                    refuse(
+                        f"a join with {unknown[0].name or unknown[0].alias}, whose rows' shard key is "
+                        "not known (a set operation or subquery that does not select the key)"
+                    )
+                )
         keyed = level.key_identities()
         if len(keyed) < 2:
             return
@@ -274,10 +308,12 @@ class _Analyzer:
             if other is item:
                 continue
             if level.find(identity) != level.find(first) or other_function != function:
-                raise refuse(
-                    f"a join of {_shown(item, first)} and {_shown(other, identity)} that is not on "
-                    "their shard keys with one shard function (the rows they join may live on "
-                    "different shards)"
+                self.fail(
+                    refuse(
+                        f"a join of {_shown(item, first)} and {_shown(other, identity)} that is not "
+                        "on their shard keys with one shard function (the rows they join may live "
+                        "on different shards)"
+                    )
                 )
 
     def key_function(self, expr: Any, level: _Level) -> Any:
@@ -305,18 +341,22 @@ class _Analyzer:
         if not info.sharded:
             return
         inner = info.level
-        if (inner is not None and self.correlated_on_key(inner, level)) or self.key_in(node, info, level):
+        if inner is not None and self.correlated_on_key(inner, level):
             self.key_local.add(id(node))
             return
-        if inner is not None and any(i.unkeyed for i in inner.items) and self.outer_sharded(level):
+        if self.key_in(node, info, level):
+            return  # each shard has its keys; negated, a NULL key elsewhere would change the answer
+        if inner is not None and any(i.assumed for i in inner.items) and self.outer_sharded(level):
             # No declared keys: tables are assumed co-located, as FROM items are.
             if self.correlated(sub, inner):
                 return
             if node.subLinkType == enums.SubLinkType.ANY_SUBLINK and info.exact:
                 return
-        raise refuse(
-            "a subquery reading a sharded table that is not tied to the outer rows by the shard "
-            "key (correlate it on the key, or join the table in FROM)"
+        self.fail(
+            refuse(
+                "a subquery reading a sharded table that is not tied to the outer rows by the shard "
+                "key (correlate it on the key, or join the table in FROM)"
+            )
         )
 
     def correlated_on_key(self, inner: _Level, level: _Level) -> bool:
@@ -367,7 +407,7 @@ class _Analyzer:
                 outer = refs
             if refs and len(outer) == len(refs) and self.outer_sharded(level):
                 name = aggregate_name(node, aggregates)
-                raise refuse(f"an aggregate of the outer query's rows ({name}) inside a subquery")
+                self.fail(refuse(f"an aggregate of the outer query's rows ({name}) inside a subquery"))
 
     def outer_sharded(self, level: _Level | None) -> bool:
         while level is not None:
@@ -497,58 +537,73 @@ def _sublinks(node: Any) -> Iterator[ast.SubLink]:
             yield sub
 
 
+def analyze(stmt: ast.SelectStmt, layout: Layout, *, lenient: bool = False) -> Analysis:
+    """Check the bound top-level SELECT ``stmt`` and say how its rows are placed.
 
-def analyze(stmt: ast.SelectStmt, layout: Layout) -> Analysis:
-    """Check the bound top-level SELECT ``stmt`` and say how its rows are placed."""
-    analyzer = _Analyzer(layout)
+    ``lenient``: refuse nothing that routing to one shard would make exact;
+    only the routing is of use then.
+    """
+    analyzer = _Analyzer(layout, lenient=lenient)
     info = analyzer.select(stmt, None, top=True)
-    if not info.sharded:
-        return Analysis(sharded=False, local=True)
-    level = info.level
-    pins: tuple[Pin, ...] = ()
-    if level is not None and not analyzer.unkeyed:
-        pins = tuple(_pins(stmt, level, analyzer))
+    routes = _routes(analyzer)
     return Analysis(
-        sharded=True,
-        local=info.exact,
-        pins=pins,
-        routable=bool(pins) and not analyzer.unkeyed,
+        sharded=info.sharded,
+        local=info.exact or not info.sharded,
+        routes=routes,
         local_reason=info.reason,
         key_local=frozenset(analyzer.key_local),
     )
 
 
-def _pins(stmt: ast.SelectStmt, level: _Level, analyzer: _Analyzer) -> Iterator[Pin]:
+def _routes(analyzer: _Analyzer) -> tuple[tuple[Pin, ...], ...]:
+    """For every sharded table read, the pins its rows satisfy; () unless every read has some."""
+    if analyzer.unkeyed or not analyzer.refs:
+        return ()
+    groups: list[tuple[Pin, ...]] = []
+    for level, key, function in analyzer.refs:
+        item = level.items[key[1]]
+        group: list[Pin] = []
+        current: _Level | None = level
+        while current is not None:
+            for identity, values, array in current.pins:
+                if level.find(identity) == level.find(key):
+                    group.append(Pin(function, values, array=array, key_type=item.key_type))
+            current = current.parent
+        if not group:
+            return ()
+        groups.append(tuple(group))
+    return tuple(dict.fromkeys(groups))
+
+
+def _pins(
+    stmt: ast.SelectStmt, level: _Level, analyzer: _Analyzer
+) -> Iterator[tuple[Identity, tuple[Value, ...], bool]]:
+    """The WHERE clause's tests of a column against values: (the column, the values, one array?)."""
     for node in _conjuncts(stmt.whereClause):
         if not isinstance(node, ast.A_Expr) or [n.sval for n in cast("tuple[Any, ...]", node.name)] != ["="]:
             continue
         if node.kind == enums.A_Expr_Kind.AEXPR_OP:
             for column, value in ((node.lexpr, node.rexpr), (node.rexpr, node.lexpr)):
-                function = analyzer.key_function(column, level)
+                identity = analyzer.resolve(column, level)
                 constant = _value(value)
-                if function is not None and constant is not None:
-                    yield Pin(function, (constant,), key_type=_key_type(column, level, analyzer))
+                if identity is not None and constant is not None:
+                    yield identity, (constant,), False
         elif node.kind == enums.A_Expr_Kind.AEXPR_IN and isinstance(node.rexpr, (tuple, list)):
-            function = analyzer.key_function(node.lexpr, level)
+            identity = analyzer.resolve(node.lexpr, level)
             values = [_value(v) for v in node.rexpr]
-            if function is not None and all(v is not None for v in values):
-                yield Pin(
-                    function,
-                    tuple(v for v in values if v is not None),
-                    key_type=_key_type(node.lexpr, level, analyzer),
-                )
+            if identity is not None and all(v is not None for v in values):
+                yield identity, tuple(v for v in values if v is not None), False
         elif node.kind == enums.A_Expr_Kind.AEXPR_OP_ANY:
-            function = analyzer.key_function(node.lexpr, level)
-            if function is None:
+            identity = analyzer.resolve(node.lexpr, level)
+            if identity is None:
                 continue
-            key_type = _key_type(node.lexpr, level, analyzer)
             rexpr = node.rexpr.arg if isinstance(node.rexpr, ast.TypeCast) else node.rexpr
             if isinstance(rexpr, ast.ParamRef):
-                yield Pin(function, (Param(cast(int, rexpr.number)),), array=True, key_type=key_type)
+                yield identity, (Param(cast(int, rexpr.number)),), True
             elif isinstance(rexpr, ast.A_ArrayExpr):
                 values = [_value(v) for v in rexpr.elements or ()]
                 if all(v is not None for v in values):
-                    yield Pin(function, tuple(v for v in values if v is not None), key_type=key_type)
+                    yield identity, tuple(v for v in values if v is not None), False
 
 
 def _key_type(column: Any, level: _Level, analyzer: _Analyzer) -> int | None:

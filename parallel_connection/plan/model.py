@@ -161,7 +161,8 @@ class Targets:
 
     kind: Literal["all", "one", "pinned"] = "all"
     shard: int = 0
-    pins: tuple[Pin, ...] = ()
+    pins: tuple[tuple[Pin, ...], ...] = ()
+    """For ``pinned``: groups of pins; the shards are the union over groups of each group's shards."""
 
 
 ALL = Targets()
@@ -190,8 +191,9 @@ class Plan:
 
     ``tasks`` run on their targets; the rows are the union of theirs, or
     merged as ``client`` says when ``merge`` is set. ``first`` keeps one
-    shard's rows only. With ``pins``, the statement goes only to the shards
-    of the pinned keys: on one shard ``local`` runs (one shard holds every
+    shard's rows only. With ``pins`` (groups: one per sharded table read, of
+    the tests its rows pass), the statement goes only to the shards of the
+    pinned keys: on one shard ``local`` runs (one shard holds every
     row it can see, so it answers any SQL); on several, ``tasks`` run on
     those shards, unless ``refusal`` says the spread statement cannot be
     answered exactly. In task SQL the parameters are ``%(name)s``
@@ -203,7 +205,7 @@ class Plan:
     client: ClientPlan = field(default_factory=ClientPlan)
     names: tuple[str, ...] = ()
     first: bool = False
-    pins: tuple[Pin, ...] = ()
+    pins: tuple[tuple[Pin, ...], ...] = ()
     local: Task | None = None
     refusal: Exception | None = None
     moments: tuple[Moment, ...] = ()
@@ -211,6 +213,8 @@ class Plan:
     """The statement may change the catalog or the settings (DDL, SET): read them again after it."""
     checked: bool = False
     """Planned from the shards' facts: check that they are fresh before spreading it."""
+    views: bool = False
+    """It reads views: check the facts are fresh even when it lands on one shard."""
 
     @property
     def mode(self) -> str:

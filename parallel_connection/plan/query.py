@@ -28,6 +28,17 @@ __all__ = ["MOMENT_PARAM", "STATEMENT_PARAM", "check_write", "layout_of", "plan_
 MOMENT_PARAM = "_pc_now"
 STATEMENT_PARAM = "_pc_statement_now"
 _HARMLESS_VOLATILE = frozenset({"pg_sleep", "pg_sleep_for", "pg_sleep_until"})
+_PER_SHARD = frozenset(
+    {
+        "txid_current",
+        "txid_current_if_assigned",
+        "txid_current_snapshot",
+        "pg_current_xact_id",
+        "pg_current_xact_id_if_assigned",
+        "pg_current_snapshot",
+    }
+)
+"""Stable functions whose value is each shard's own (its transaction): no combination is one database's."""
 _ON_EVERY_SHARD = frozenset({"set_config"})
 """Functions that change the session: a SELECT calling them runs on every shard, as before."""
 
@@ -54,33 +65,55 @@ def plan_query(stmt: ast.SelectStmt, template: Template, facts: ShardFacts) -> P
     """The plan of a top-level SELECT."""
     bound = bind_names(stmt, facts.catalog)
     assert isinstance(bound, ast.SelectStmt)
-    analysis = analyze(bound, layout_of(facts))
+    views = _count(bound, ast.RangeSubselect) > _count(stmt, ast.RangeSubselect)
+    layout = layout_of(facts)
+    try:
+        analysis = analyze(bound, layout)
+    except NotSupportedError as exc:
+        # Refused when spread; maybe every row it reads lives on the shards its keys name.
+        routes = analyze(bound, layout, lenient=True).routes
+        if not routes:
+            raise
+        pinned = Targets("pinned", pins=routes)
+        return Plan(
+            tasks=(Task(pinned),),
+            names=template.names,
+            pins=routes,
+            local=Task(pinned),
+            refusal=exc,
+            views=views,
+        )
     calls = {func_name(n)[1] for n in walk(bound, into_selects=True) if isinstance(n, ast.FuncCall)}
     if not analysis.sharded:
         if calls & _ON_EVERY_SHARD:
-            return Plan(first=True)
-        return Plan(tasks=(Task(ONE),))
+            return Plan(first=True, views=views)
+        return Plan(tasks=(Task(ONE),), views=views)
     refusal: NotSupportedError | None = None
     try:
         spread = _spread(stmt, bound, analysis, template, facts, calls)
     except NotSupportedError as exc:
-        if not analysis.routable:
+        if not analysis.routes:
             raise
         spread, refusal = Plan(), exc
-    if not analysis.routable:
+    if not analysis.routes:
         return spread
-    pinned = Targets("pinned", pins=analysis.pins)
+    pinned = Targets("pinned", pins=analysis.routes)
     tasks = tuple(Task(pinned, t.sql) for t in spread.tasks)
     return Plan(
         tasks=tasks,
         merge=spread.merge,
         client=spread.client,
         names=spread.names or template.names,
-        pins=analysis.pins,
+        pins=analysis.routes,
         local=Task(pinned),
         refusal=refusal,
         moments=spread.moments,
+        views=views,
     )
+
+
+def _count(node: ast.Node, kind: type) -> int:
+    return sum(1 for n in walk(node, into_selects=True) if isinstance(n, kind))
 
 
 def _spread(
@@ -92,7 +125,7 @@ def _spread(
     calls: set[str],
 ) -> Plan:
     """The plan for a SELECT that runs on several shards (raises what cannot be answered exactly)."""
-    volatile = sorted((calls & facts.volatile) - _HARMLESS_VOLATILE)
+    volatile = sorted((calls & (facts.volatile | _PER_SHARD)) - _HARMLESS_VOLATILE)
     if volatile:
         raise refuse(
             f"the volatile function {volatile[0]}() on several shards (each shard has its own "
