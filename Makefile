@@ -15,6 +15,7 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check parallel_connection tests benchmarks
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 demo: $(STAMP)
@@ -29,6 +30,7 @@ docker-init: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check parallel_connection tests benchmarks
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

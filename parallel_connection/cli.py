@@ -637,10 +637,11 @@ def run_placement_check(args: argparse.Namespace, secrets: set[str]) -> Exit:
     if report.ok:
         _say(report.headline(), secrets)
         return Exit.OK
-    bad = sum(not table.ok for table in report.tables)
+    bad, total = sum(not table.ok for table in report.tables), len(report.tables)
+    tables = "1 table" if total == 1 else f"{total} tables"
     _say(
-        f"{_LABELS[Exit.PLACEMENT_PROBLEMS]}: {bad} of {len(report.tables)} tables on {len(dsns)} shards "
-        "do not follow the placement (the lines above say where)",
+        f"{_LABELS[Exit.PLACEMENT_PROBLEMS]}: {bad} of {tables} on {len(dsns)} shards "
+        f"{'does' if bad == 1 else 'do'} not follow the placement (the lines above say where)",
         secrets,
     )
     return Exit.PLACEMENT_PROBLEMS

@@ -79,7 +79,7 @@ def execute(shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, m
 
 def _plan(text: str, vars: Any, facts: ShardFacts, cursor: Any, shards: ShardSet) -> tuple[Plan, Any]:
     try:
-        planned = plan_statement(text, vars, facts)
+        planned = plan_statement(text, vars, facts, quick=False)
         if planned is None:
             # Values psycopg2 renders as SQL (tuples, custom adapters): plan the rendered statement.
             text = cursor.mogrify(text, vars).decode(_python_encoding(cursor))

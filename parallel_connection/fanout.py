@@ -68,6 +68,8 @@ class FanOut:
             # else could run on it, so cut it and let the caller see it broken.
             self.release_stuck()
         state = _Call()
+        if len(indexes) == 1:
+            return [self._run_one(state, fn, indexes[0])]
         futures = {self._pool.submit(self._call, state, fn, i): i for i in indexes}
         pending: set[Future[T]] = set(futures)
         try:
@@ -82,6 +84,17 @@ class FanOut:
             self._abort(state, pending)
             raise
         return [f.result() for f in futures]
+
+    def _run_one(self, state: _Call, fn: Callable[[int], T], index: int) -> T:
+        """One shard: wait on its future alone (no other shard to cancel on failure)."""
+        future = self._pool.submit(self._call, state, fn, index)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            self._abort(state, {future} if not future.done() else set())
+            raise
+        except Exception as exc:
+            raise self.error(exc, index) from None
 
     def cancel_all(self, indexes: Sequence[int], timeout: float = CANCEL_GRACE) -> None:
         """Ask each of these shards to cancel its running statement (see :func:`cancel.cancel_all`)."""

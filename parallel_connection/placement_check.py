@@ -297,9 +297,14 @@ def _verb(count: int, one: str, many: str) -> str:
 
 
 def _shards_text(group: Sequence[ShardCheck]) -> str:
-    if len(group) == 1:
-        return group[0].where
-    named = [s.where.removeprefix("shard ") for s in group]
+    return _named([s.where for s in group])
+
+
+def _named(wheres: Sequence[str]) -> str:
+    """``shard 1 (...)``, or ``shards 0 (...), 1 (...) and 2 (...)``."""
+    if len(wheres) == 1:
+        return wheres[0]
+    named = [w.removeprefix("shard ") for w in wheres]
     return "shards " + ", ".join(named[:-1]) + " and " + named[-1]
 
 
@@ -968,10 +973,7 @@ def _likeness(column: _Column) -> int:
 
 
 def _list_shards(indexes: Sequence[int], names: Sequence[str]) -> str:
-    named = [names[i].removeprefix("shard ") for i in indexes]
-    if len(named) == 1:
-        return f"shard {named[0]}"
-    return "shards " + ", ".join(named[:-1]) + " and " + named[-1]
+    return _named([names[i] for i in indexes])
 
 
 def _notes(

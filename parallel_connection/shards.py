@@ -51,8 +51,12 @@ class ShardSet:
         self._moment: datetime.datetime | None = None
         self._stamps = [StampReader() for _ in self.connections]
         self.placement: Placement | None = None
-        self.set_placement(placement)
-        self._check_distinct()
+        try:
+            self.set_placement(placement)
+            self._start()
+        except BaseException:
+            self.fanout.close()
+            raise
 
     def set_placement(self, placement: Placement | None) -> None:
         """Use ``placement`` from the next statement on."""
@@ -61,6 +65,21 @@ class ShardSet:
         with self._lock:
             self.placement = placement
             self._facts = None
+
+    def _start(self) -> None:
+        """Check the shards before the first statement: distinct databases, equal settings.
+
+        A connection that was idle is left idle (its transaction rolled back).
+        """
+        idle = [
+            c.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE and not c.autocommit
+            for c in self.connections
+        ]
+        try:
+            self._check_distinct()
+            self.facts()
+        finally:
+            self.run(lambda i: self.connections[i].rollback() if idle[i] else None)
 
     def _check_distinct(self) -> None:
         """Refuse two shards that are one database: every count would double."""
@@ -193,12 +212,9 @@ _IDENTITY = "SELECT pg_postmaster_start_time(), current_setting('port'), current
 
 def _identity(conn: Any) -> tuple[Any, ...]:
     """What tells one database from another: its server's start time and port, and its name."""
-    idle = conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
     with conn.cursor() as cur:
         cur.execute(_IDENTITY)
         row = cur.fetchone()
-    if idle and not conn.autocommit:
-        conn.rollback()
     return tuple(row or ())
 
 

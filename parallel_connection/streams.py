@@ -38,13 +38,15 @@ class ShardStream:
         self._fanout = fanout
         self._batch_size = batch_size
         self._future: Future[list[Row]] | None = None
+        self._held: list[Row] | None = first_batch
+        """A batch already fetched, served before anything else."""
         self._finished = False
         self.fetched = len(first_batch) if first_batch else 0
         """Rows read from the server so far (delivered or waiting in memory)."""
-        if first_batch is not None:
-            self._future = _done(first_batch)
-            if len(first_batch) < batch_size or batch_size <= 0 or not self.streaming:
-                self._finished = True
+        if first_batch is not None and (
+            len(first_batch) < batch_size or batch_size <= 0 or not self.streaming
+        ):
+            self._finished = True
 
     @property
     def streaming(self) -> bool:
@@ -60,6 +62,11 @@ class ShardStream:
 
     def next_batch(self) -> list[Row]:
         """The next batch of rows; an empty list once the shard has no more."""
+        if self._held is not None:
+            batch, self._held = self._held, None
+            if not self._finished:
+                self._future = self._fanout.submit(self._fetch)
+            return batch
         if self._future is None:
             if self._finished:
                 return []
@@ -93,6 +100,7 @@ class ShardStream:
     def close(self) -> None:
         """Stop prefetching (waiting for a fetch already under way)."""
         self._finished = True
+        self._held = None
         future, self._future = self._future, None
         if future is not None:
             with contextlib.suppress(BaseException):
@@ -113,11 +121,6 @@ class ShardStream:
         except BaseException as exc:
             raise self._fanout.error(exc, self.index) from None
 
-
-def _done(value: list[Row]) -> Future[list[Row]]:
-    future: Future[list[Row]] = Future()
-    future.set_result(value)
-    return future
 
 
 def interleave(streams: Sequence[ShardStream]) -> Iterator[list[Row]]:

@@ -470,7 +470,7 @@ def test_cli_placement_check_exits_10_listing_the_problems(tables, tmp_path):
     assert all(line.startswith(f"{ITEMS}: ") and "by hash(id)" in line for line in lines[:3])
     assert lines[3] == "customers: ok, copied, 5000 rows on every shard"
     assert ran.stderr == (
-        "parallel-connection: placement problems: 1 of 2 tables on 3 shards do not follow the placement "
+        "parallel-connection: placement problems: 1 of 2 tables on 3 shards does not follow the placement "
         "(the lines above say where)\n"
     )
 

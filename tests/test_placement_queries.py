@@ -414,9 +414,9 @@ def test_a_shard_with_another_timezone_is_refused_naming_it(tables):
         with conns[2].cursor() as cur:
             cur.execute("SET TIME ZONE 'Asia/Tokyo'")
         conns[2].autocommit = False
-        pdb = ParallelConnection(conns)
         with pytest.raises(psycopg2.Error) as info:
-            on_pdb(pdb, "SELECT count(*) FROM orders")
+            # Checked when the connection starts (or, at the latest, by its first statement).
+            on_pdb(ParallelConnection(conns), "SELECT count(*) FROM orders")
         message = str(info.value)
         assert "timezone" in message.lower(), message
         assert "shard 2" in message.lower(), message

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 __all__ = ["Template", "shard_vars", "to_pyformat", "to_template"]
@@ -46,6 +47,20 @@ def to_template(query: str, vars: Any) -> Template | None:
         return None
     if not all(_plain(v) for v in values):
         return None
+    keys = None if positional else frozenset(vars)
+    rewritten = _rewrite(query, keys)
+    if rewritten is None:
+        return None
+    text, names = rewritten
+    if positional and len(names) != len(values):
+        return None
+    return Template(text, names, positional)
+
+
+@lru_cache(maxsize=1024)
+def _rewrite(query: str, keys: frozenset[str] | None) -> tuple[str, tuple[str, ...]] | None:
+    """``query`` with ``$n`` placeholders, and their names; ``keys`` None: positional ``%s``."""
+    positional = keys is None
     names: list[str] = []
     failed = False
 
@@ -57,9 +72,9 @@ def to_template(query: str, vars: Any) -> Template | None:
         if token == "%s" and positional:
             names.append(f"p{len(names) + 1}")
             return f"${len(names)}"
-        if match.group(1) is not None and not positional:
+        if match.group(1) is not None and keys is not None:
             name = match.group(1)
-            if name not in vars:
+            if name not in keys:
                 failed = True
             if name not in names:
                 names.append(name)
@@ -68,9 +83,7 @@ def to_template(query: str, vars: Any) -> Template | None:
         return token
 
     text = _TOKEN.sub(replace, query)
-    if failed or (positional and len(names) != len(values)):
-        return None
-    return Template(text, tuple(names), positional)
+    return None if failed else (text, tuple(names))
 
 
 def shard_vars(template: Template, vars: Any) -> Any:

@@ -20,15 +20,18 @@ __all__ = ["CACHE_SIZE", "plan_statement", "quick_plan"]
 CACHE_SIZE = 512
 
 
-def plan_statement(query: str, vars: Any, facts: ShardFacts) -> tuple[Plan, Any] | None:
+def plan_statement(
+    query: str, vars: Any, facts: ShardFacts, *, quick: bool = True
+) -> tuple[Plan, Any] | None:
     """The plan for ``query`` and the parameters to send with the plan's task SQL.
 
     None when the parameters can only be understood by rendering them into
     the statement (``mogrify`` it, then plan the result without parameters).
+    ``quick=False``: the caller already knows :func:`quick_plan` has no plan for it.
     """
-    quick = quick_plan(query, writes=facts.placement is not None)
-    if quick is not None:
-        return quick, vars
+    fast = quick_plan(query, writes=facts.placement is not None) if quick else None
+    if fast is not None:
+        return fast, vars
     template = to_template(query, vars)
     if template is None:
         return None
