@@ -27,6 +27,7 @@ from psycopg2 import (
 from .connection import ParallelConnection, connect
 from .cursor import ParallelCursor
 from .errors import NotSupportedError, ShardInfo
+from .placement import Custom, Hash, Modulo, Placement, Ranges
 
 apilevel = "2.0"
 threadsafety = 2
@@ -41,19 +42,24 @@ __all__ = [
     "ROWID",
     "STRING",
     "Binary",
+    "Custom",
     "DataError",
     "DatabaseError",
     "Date",
     "DateFromTicks",
     "Error",
+    "Hash",
     "IntegrityError",
     "InterfaceError",
     "InternalError",
+    "Modulo",
     "NotSupportedError",
     "OperationalError",
     "ParallelConnection",
     "ParallelCursor",
+    "Placement",
     "ProgrammingError",
+    "Ranges",
     "ShardInfo",
     "Time",
     "TimeFromTicks",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -17,10 +17,8 @@ import psycopg2.sql
 
 from .executor import Outcome, Statement, combined_status, execute, run_finished
 from .rows import RowMaker, row_maker
+from .shards import Connected
 from .streams import ShardStream, tagged_interleave
-
-if TYPE_CHECKING:
-    from .connection import ParallelConnection
 
 __all__ = ["ParallelCursor"]
 
@@ -109,7 +107,7 @@ class ParallelCursor:
 
     def __init__(
         self,
-        connection: ParallelConnection,
+        connection: Connected,
         shard_cursors: list[Any],
         *,
         name: str | None = None,
@@ -132,7 +130,7 @@ class ParallelCursor:
     # -- DB-API attributes ------------------------------------------------------
 
     @property
-    def connection(self) -> ParallelConnection:
+    def connection(self) -> Connected:
         return self._connection
 
     @property

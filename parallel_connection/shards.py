@@ -13,7 +13,7 @@ import datetime
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -24,9 +24,28 @@ from .fanout import FanOut
 from .placement import Placement
 from .plan import ShardFacts
 
-__all__ = ["ShardSet"]
+__all__ = ["Connected", "ShardSet"]
 
 T = TypeVar("T")
+
+
+class Connected(Protocol):
+    """What the library's machinery (cursors, range jobs) needs of the connection face above it."""
+
+    @property
+    def shard_set(self) -> ShardSet: ...
+    @property
+    def connections(self) -> list[Any]: ...
+    @property
+    def shards(self) -> list[Any]: ...
+    @property
+    def pools(self) -> list[Any] | None: ...
+    @property
+    def dsns(self) -> list[str] | None: ...
+    @property
+    def connect_kwargs(self) -> dict[str, Any]: ...
+    @property
+    def closed(self) -> int: ...
 
 
 class ShardSet:

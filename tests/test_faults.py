@@ -270,7 +270,8 @@ def test_connection_reset_mid_statement_names_the_shard(sample):
         pools = pdb.pools
         threading.Timer(0.5, proxy.reset).start()
         start = time.monotonic()
-        with pytest.raises(psycopg2.OperationalError, match=r"^shard 2 \(127\.0\.0\.1:"), pdb.cursor(merge="union") as cur:
+        cur = pdb.cursor(merge="union")
+        with pytest.raises(psycopg2.OperationalError, match=r"^shard 2 \(127\.0\.0\.1:"), cur:
             cur.execute("SELECT pg_sleep(30)")
         assert time.monotonic() - start < 3
         pdb.close()

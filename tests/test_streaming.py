@@ -55,7 +55,8 @@ def test_named_cursor_with_dict_rows_and_fetchmany(pdb, ref):
 def test_named_cursor_error_on_one_shard_names_it(pdb, sample):
     port = psycopg2.extensions.parse_dsn(sample.shard_dsns[2])["port"]
     sql = "SELECT 1 / (current_setting('port')::int - %s) FROM generate_series(1, 10)"
-    with pytest.raises(psycopg2.errors.DivisionByZero, match=r"^shard 2 "), pdb.cursor(name="err", merge="union") as cur:
+    cur = pdb.cursor(name="err", merge="union")
+    with pytest.raises(psycopg2.errors.DivisionByZero, match=r"^shard 2 "), cur:
         cur.execute(sql, (int(port),))
         cur.fetchall()
     pdb.rollback()

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from os import PathLike
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..shards import Connected
 from .attempt import is_transient
 from .progress import ScanProgress
 from .remote import close_worker_connections
@@ -14,9 +15,6 @@ from .report import RangeFailure, RangeResult, ScanIncomplete, ScanReport
 from .scan import Scan
 from .spec import IdRange, ScanOptions, Target, Work
 from .split import split_at, split_width
-
-if TYPE_CHECKING:
-    from ..connection import ParallelConnection
 
 __all__ = [
     "IdRange",
@@ -34,7 +32,7 @@ __all__ = [
 
 
 def scan_ranges(
-    pdb: ParallelConnection,
+    pdb: Connected,
     table: str | Sequence[str],
     id_column: str,
     work: str | Callable[[Any, IdRange], Any],

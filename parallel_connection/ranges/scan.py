@@ -9,12 +9,13 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 
 from ..errors import NotSupportedError, shard_error
+from ..shards import Connected
 from .attempt import Outcome, run_range, run_with_retries
 from .checkpoint import Checkpoint, job_key
 from .lender import Lender, pool_capacity
@@ -24,9 +25,6 @@ from .remote import RemoteJob, run_remote
 from .report import RangeFailure, RangeResult, ScanReport
 from .schedule import RangeQueue
 from .spec import IdRange, ScanOptions, Target, Work
-
-if TYPE_CHECKING:
-    from ..connection import ParallelConnection
 
 __all__ = ["Scan"]
 
@@ -41,7 +39,7 @@ LOCAL_GRACE = 1.0
 class Scan:
     """One scan_ranges call: planning, running and reporting, with everything it borrowed handed back."""
 
-    def __init__(self, pdb: ParallelConnection, target: Target, work: Work, options: ScanOptions) -> None:
+    def __init__(self, pdb: Connected, target: Target, work: Work, options: ScanOptions) -> None:
         self.pdb = pdb
         self.target = target
         self.work = work
