@@ -15,7 +15,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.sql
 
-from .executor import Outcome, Statement, combined_status, execute, run_finished
+from .executor import Outcome, Statement, check, combined_status, execute, run_finished
 from .rows import RowMaker, row_maker
 from .shards import Connected
 from .streams import ShardStream, tagged_interleave
@@ -207,6 +207,8 @@ class ParallelCursor:
             raise psycopg2.ProgrammingError("executemany cannot be used with a named cursor")
         self._reset()
         params = list(vars_list)
+        if self._merge_mode == "auto" and params:
+            check(self._shards, self._cursors, query, params[0])
         self._shards.run(lambda i: self._cursors[i].executemany(query, params))
         self._serve(Outcome(**_counts(self._cursors)))
 

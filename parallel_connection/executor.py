@@ -25,7 +25,7 @@ from .plan.model import Const, Pin, Targets
 from .shards import ShardSet
 from .streams import ShardStream, interleave
 
-__all__ = ["Outcome", "Statement", "combined_status", "execute", "run_finished", "run_union"]
+__all__ = ["Outcome", "Statement", "check", "combined_status", "execute", "run_finished", "run_union"]
 
 Row = Any
 FIRST_USER_OID = 16384
@@ -75,6 +75,15 @@ def execute(shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, m
             plan, shard_vars = _plan(text, statement.vars, fresh, cursors[0], shards)
             targets = bind_targets(plan, shard_vars, len(cursors))
     return _run(shards, cursors, statement, plan, shard_vars, targets)
+
+
+def check(shards: ShardSet, cursors: Sequence[Any], query: Any, vars: Any) -> None:
+    """Plan ``query`` only to raise what the placement refuses (before ``executemany`` runs it)."""
+    if shards.placement is None or len(cursors) == 1:
+        return
+    text = _text(query, cursors[0], shards)
+    if quick_plan(text, writes=True) is None:
+        _plan(text, vars, shards.facts(), cursors[0], shards)
 
 
 def _plan(text: str, vars: Any, facts: ShardFacts, cursor: Any, shards: ShardSet) -> tuple[Plan, Any]:

@@ -158,3 +158,20 @@ def test_a_collation_reached_through_a_domain_is_never_merged_as_code_points(pla
         assert "pr_icu_text" in str(exc) or "pr_ci_text" in str(exc)
         return
     assert sorted(map(repr, got)) == sorted(map(repr, want))
+
+
+def test_an_insert_into_a_sharded_table_is_refused_before_anything_is_written(placed, ref):
+    with placed.cursor() as cur:
+        cur.execute("SELECT count(*) FROM orders")
+        (before,) = cur.fetchone()
+        for run in (
+            lambda: cur.execute("INSERT INTO orders (id, customer_id) VALUES (%s, %s)", (10**9, 1)),
+            lambda: cur.executemany(
+                "INSERT INTO orders (id, customer_id) VALUES (%s, %s)", [(10**9, 1), (10**9 + 1, 2)]
+            ),
+        ):
+            with pytest.raises(NotSupportedError, match="INSERT into the sharded table"):
+                run()
+        cur.execute("SELECT count(*) FROM orders")
+        assert cur.fetchone() == (before,)
+    placed.rollback()
