@@ -31,7 +31,7 @@ from parallel_connection.placement import Hash, Modulo, Placement, Ranges, Shard
 SHARDS = 3
 IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 SETTINGS = settings(
-    max_examples=600,
+    max_examples=40,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -65,7 +65,9 @@ def shard_functions(draw: Any) -> ShardFunction:
     if kind == "hash":
         return Hash()
     splits = tuple(sorted(draw(st.sets(st.integers(-7, 13), max_size=3))))
-    shards = tuple(draw(st.lists(st.integers(0, SHARDS - 1), min_size=len(splits) + 1, max_size=len(splits) + 1)))
+    shards = tuple(
+        draw(st.lists(st.integers(0, SHARDS - 1), min_size=len(splits) + 1, max_size=len(splits) + 1))
+    )
     return Ranges(splits=splits, shards=shards)
 
 
@@ -88,7 +90,9 @@ def _keys(draw: Any, n: int) -> list[int]:
 
 def point(draw: Any) -> Statement:
     k1, k2, k3 = _keys(draw, 3)
-    shape = draw(st.sampled_from(["=", "literal", "in", "any", "and", "agg", "window", "ordered"]))
+    shapes = ["=", "literal", "in", "any", "and", "agg", "window", "ordered", "null", "both", "either"]
+    shapes.append("join")
+    shape = draw(st.sampled_from(shapes))
     if shape == "=":
         return "point", "SELECT k, v, s, x FROM pd_a WHERE k = %s", (k1,), False
     if shape == "literal":
@@ -101,6 +105,15 @@ def point(draw: Any) -> Statement:
         return "point", "SELECT k, v FROM pd_a WHERE k = %s AND v > %s", (k1, draw(st.integers(0, 4))), False
     if shape == "agg":
         return "point", "SELECT count(*), sum(x), min(s), avg(v) FROM pd_a WHERE k = %s", (k1,), True
+    if shape == "null":
+        return "point", "SELECT k, v FROM pd_a WHERE k = ANY(%s) OR k = %s", ([k1, None], None), False
+    if shape == "both":
+        return "point", "SELECT k, v, s FROM pd_a WHERE k = %s AND k = %s", (k1, k2), False
+    if shape == "either":
+        return "point", "SELECT k, x FROM pd_a WHERE k = %s OR k = %s", (k1, k2), False
+    if shape == "join":
+        sql = "SELECT k, v, w FROM pd_a JOIN pd_b USING (k) WHERE k = %s"
+        return "point", sql, (k1,), False
     if shape == "window":
         sql = "SELECT k, v, rank() OVER (ORDER BY v), sum(x) OVER () FROM pd_a WHERE k IN (%s, %s)"
         return "point", sql, (k1, k1), False
@@ -109,7 +122,7 @@ def point(draw: Any) -> Statement:
 
 
 def colocated_join(draw: Any) -> Statement:
-    shape = draw(st.sampled_from(["using", "on", "left", "right_left", "where", "agg"]))
+    shape = draw(st.sampled_from(["using", "on", "left", "right_left", "full", "where", "agg"]))
     if shape == "using":
         return "colocated_join", "SELECT k, v, w FROM pd_a JOIN pd_b USING (k)", None, False
     if shape == "on":
@@ -120,6 +133,9 @@ def colocated_join(draw: Any) -> Statement:
     if shape == "right_left":
         sql = "SELECT b.k, b.w, a.x FROM pd_b b LEFT JOIN pd_a a ON a.k = b.k AND a.v > %s"
         return "colocated_join", sql, (draw(st.integers(0, 4)),), False
+    if shape == "full":
+        sql = "SELECT k, a.v, b.w FROM pd_a a FULL JOIN pd_b b USING (k)"
+        return "colocated_join", sql, None, False
     if shape == "where":
         sql = "SELECT k, v, w FROM pd_a JOIN pd_b USING (k) WHERE w > %s ORDER BY k, v, w LIMIT %s"
         # v and w are not unique per k: the order is total only over whole rows, and it is.
@@ -169,7 +185,9 @@ def group_by_other(draw: Any) -> Statement:
     key = draw(st.sampled_from(["v", "s", "v % 2"]))
     aggs = draw(
         st.lists(
-            st.sampled_from(["count(*)", "count(x)", "sum(x)", "min(x)", "max(s)", "avg(x)", "avg(v)", "sum(k)"]),
+            st.sampled_from(
+                ["count(*)", "count(x)", "sum(x)", "min(x)", "max(s)", "avg(x)", "avg(v)", "sum(k)"]
+            ),
             min_size=1,
             max_size=4,
             unique=True,
@@ -225,8 +243,8 @@ def correlated_on_key(draw: Any) -> Statement:
         sql = "SELECT k, v, (SELECT sum(w) FROM pd_b WHERE pd_b.k = pd_a.k AND w <> %s) FROM pd_a"
     elif shape == "scalar_limit":
         sql = (
-            "SELECT k, (SELECT w FROM pd_b WHERE pd_b.k = pd_a.k AND w > %s ORDER BY w DESC NULLS LAST LIMIT 1) "
-            "FROM pd_a"
+            "SELECT k, (SELECT w FROM pd_b WHERE pd_b.k = pd_a.k AND w > %s "
+            "ORDER BY w DESC NULLS LAST LIMIT 1) FROM pd_a"
         )
     else:
         sql = (
