@@ -70,7 +70,7 @@ def execute(shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, m
     plan, shard_vars = _plan(text, statement.vars, facts, cursors[0], shards)
     targets = bind_targets(plan, shard_vars, len(cursors))
     if plan.checked and (len(targets) > 1 or not plan.pins or plan.views):
-        fresh = shards.check_facts(facts)
+        fresh = shards.check_facts(facts, targets)
         if fresh is not facts:
             plan, shard_vars = _plan(text, statement.vars, fresh, cursors[0], shards)
             targets = bind_targets(plan, shard_vars, len(cursors))

@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 import psycopg2
 import psycopg2.extensions
 
-from .catalog import Catalog, StampReader, combine, combine_stamps, read_catalog, settings_differences
+from .catalog import Catalog, StampReader, combine, read_catalog, settings_differences
 from .errors import ShardInfo, dsn_secrets
 from .fanout import FanOut
 from .placement import Placement
@@ -69,6 +69,7 @@ class ShardSet:
         self._facts: ShardFacts | None = None
         self._moment: datetime.datetime | None = None
         self._stamps = [StampReader() for _ in self.connections]
+        self._shard_stamps: list[tuple[int, ...]] = [() for _ in self.connections]
         self.placement: Placement | None = None
         try:
             self.set_placement(placement)
@@ -146,14 +147,17 @@ class ShardSet:
                 self._facts = self._read_facts()
             return self._facts
 
-    def check_facts(self, facts: ShardFacts) -> ShardFacts:
-        """``facts``, or fresh ones when a shard's catalog changed since they were read (a cheap stamp)."""
-        stamps = combine_stamps(self.run(self._stamp))
-        catalog = facts.catalog
-        if catalog is not None and stamps == catalog.stamp:
-            return facts
+    def check_facts(self, facts: ShardFacts, indexes: Sequence[int] | None = None) -> ShardFacts:
+        """The current facts: ``facts``, or fresh ones if the catalog of one of these shards (default:
+        all) changed since they were read. A cheap stamp per shard tells."""
+        indexes = list(range(len(self.connections))) if indexes is None else list(indexes)
+        stamps = self.run(self._stamp, indexes)
         with self._lock:
-            if self._facts is facts or self._facts is None:
+            current, known = self._facts, list(self._shard_stamps)
+        if current is not None and all(known[i] == s for i, s in zip(indexes, stamps, strict=True)):
+            return current
+        with self._lock:
+            if self._facts is current or self._facts is None:
                 self._facts = self._read_facts()
             return self._facts
 
@@ -166,6 +170,7 @@ class ShardSet:
         catalogs: list[Catalog] = self.run(lambda i: _read(self.connections[i]))
         for reader, catalog in zip(self._stamps, catalogs, strict=True):
             reader.prime(catalog)
+        self._shard_stamps = [catalog.stamp for catalog in catalogs]
         names = [str(info) for info in self.infos]
         differences = settings_differences(catalogs, names)
         if differences:
