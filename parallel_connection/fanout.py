@@ -86,7 +86,16 @@ class FanOut:
         return [f.result() for f in futures]
 
     def _run_one(self, state: _Call, fn: Callable[[int], T], index: int) -> T:
-        """One shard: wait on its future alone (no other shard to cancel on failure)."""
+        """One shard: wait on its future alone (no other shard to cancel on failure).
+
+        Called from a thread other than the main one, the call runs right there:
+        Ctrl-C only ever reaches the main thread, so the pool would buy nothing.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            try:
+                return self._call(state, fn, index)
+            except Exception as exc:
+                raise self.error(exc, index) from None
         future = self._pool.submit(self._call, state, fn, index)
         try:
             return future.result()

@@ -111,7 +111,7 @@ def test_broken_connection_goes_back_to_its_pool_closed(sample):
         with killer.cursor() as cur:
             cur.execute("SELECT pg_terminate_backend(%s)", (victim.info.backend_pid,))
         killer.close()
-        with pytest.raises(psycopg2.OperationalError, match=r"^shard 2"), pdb.cursor() as cur:
+        with pytest.raises(psycopg2.OperationalError, match=r"^shard 2"), pdb.cursor(merge="union") as cur:
             cur.execute("SELECT 1")
         pdb.putconn(pools)
         assert victim.closed
@@ -174,7 +174,7 @@ def test_stopped_server_is_named_and_nothing_leaks(spare):
     pools = pdb.pools
     spare.stop_server(1)
     try:
-        with pytest.raises(psycopg2.OperationalError) as info, pdb.cursor() as cur:
+        with pytest.raises(psycopg2.OperationalError) as info, pdb.cursor(merge="union") as cur:
             cur.execute("SELECT 1")
         assert str(info.value).startswith(f"shard 1 (127.0.0.1:{_port(spare.shard_dsns[1])}/")
         pdb.close()
@@ -321,7 +321,7 @@ def test_cancel_stops_statements_of_other_threads_at_once(pdb, sample):
 def test_close_frees_every_pool_even_when_a_shard_died(spare):
     pdb = parallel_connection.connect(spare.shard_dsns)
     pools = pdb.pools
-    with pdb.cursor() as cur:
+    with pdb.cursor(merge="union") as cur:
         cur.execute("SELECT 1")  # a transaction is open on both shards
     spare.stop_server(0)
     try:
