@@ -40,7 +40,7 @@ DROP AGGREGATE IF EXISTS pq_agg(int);
 def tables(sample):
     every = [*sample.shard_dsns, sample.reference_dsn]
     run_on_all(every, DROP)
-    run_on_all(every, "CREATE TABLE pq_a (k int, v int); CREATE TABLE pq_b (k int, w int)")
+    run_on_all(every, "CREATE TABLE pq_a (k int NOT NULL, v int); CREATE TABLE pq_b (k int NOT NULL, w int)")
     run_on_all(every, "CREATE SEQUENCE pq_seq")
     n = len(sample.shard_dsns)
     for i, dsn in enumerate(sample.shard_dsns):

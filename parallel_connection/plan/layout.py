@@ -35,6 +35,10 @@ class TableInfo:
     """Its column names when the catalog knows them."""
     key_type: int | None = None
     """The key column's type OID when known."""
+    order: tuple[str, ...] | None = None
+    """Its column names in order, when the catalog knows them (for ``AS alias(a, b)`` renames)."""
+    key_not_null: bool = False
+    """The key column is declared NOT NULL."""
 
 
 class Layout:
@@ -67,30 +71,38 @@ class Layout:
         schema, name = node.schemaname, cast(str, node.relname)  # the parser always names the relation
         shown = f"{schema}.{name}" if schema else name
         relation = self.catalog.resolve(schema, name) if self.catalog is not None else None
-        columns = frozenset(c.name for c in relation.columns) if relation is not None else None
+        order = tuple(c.name for c in relation.columns) if relation is not None else None
+        columns = frozenset(order) if order is not None else None
         if schema and (schema in SYSTEM_SCHEMAS or schema.startswith("pg_toast")):
-            return TableInfo("whole", shown, columns=columns)
+            return TableInfo("whole", shown, columns=columns, order=order)
         if relation is not None and relation.schema in SYSTEM_SCHEMAS:
-            return TableInfo("whole", shown, columns=columns)
+            return TableInfo("whole", shown, columns=columns, order=order)
         if self.placement is None:
             if name in self.replicated or shown in self.replicated:
-                return TableInfo("whole", shown, columns=columns)
-            return TableInfo("sharded", shown, columns=columns)
+                return TableInfo("whole", shown, columns=columns, order=order)
+            return TableInfo("sharded", shown, columns=columns, order=order)
         qualified = (relation.schema, relation.name) if relation is not None else (schema or "", name)
         kind = self.placement.kind_of(qualified)
         if kind == "copied":
-            return TableInfo("whole", shown, columns=columns)
+            return TableInfo("whole", shown, columns=columns, order=order)
         if kind == "sharded":
             sharded = self.placement.table(qualified)
-            key_type = None
-            if relation is not None:
-                key_type = next((c.type_oid for c in relation.columns if c.name == sharded.key), None)
-            return TableInfo("sharded", shown, sharded.key, sharded.function, columns, key_type)
+            key = next((c for c in relation.columns if c.name == sharded.key), None) if relation else None
+            return TableInfo(
+                "sharded",
+                shown,
+                sharded.key,
+                sharded.function,
+                columns,
+                key.type_oid if key is not None else None,
+                order,
+                key is not None and key.not_null,
+            )
         if relation is None:
             # No such relation: the shards report it as PostgreSQL would.
-            return TableInfo("sharded", shown, columns=columns)
+            return TableInfo("sharded", shown, columns=columns, order=order)
         if self.placement.unknown == "sharded":
-            return TableInfo("sharded", shown, columns=columns)
+            return TableInfo("sharded", shown, columns=columns, order=order)
         raise NotSupportedError(
             f"the table {relation.schema}.{relation.name} is not in the placement, so where its rows "
             "live is unknown; declare it in Placement(sharded={...}) or Placement(copied=[...]) "

@@ -14,7 +14,7 @@ statement's routing pins.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeGuard, cast
 
 from pglast import ast, enums
@@ -53,7 +53,10 @@ class _Item:
     sharded: bool = False
     columns: frozenset[str] | None = None
     keys: dict[str, Any] = field(default_factory=dict)
-    """Columns holding the shard key, with their shard function."""
+    """Columns holding the shard key, with their shard function: rows with key value k live on k's shard."""
+    solid: set[str] = field(default_factory=set)
+    """Key columns never NULL here: grouping by one keeps every group on one shard (NULL keys may sit
+    on any shard, and the nullable side of an outer join is NULL on every shard)."""
     unkeyed: bool = False
     assumed: bool = False
     """A table whose placement is not declared: joins with it are assumed co-located."""
@@ -73,33 +76,51 @@ class _Info:
     keys: dict[str, Any]
     names: list[str | None]
     level: _Level | None = None
+    solid: set[str] = field(default_factory=set)
 
 
 class _Level:
-    def __init__(self, number: int, parent: _Level | None, parents: dict[Identity, Identity]) -> None:
+    """One query level: its FROM items and which of their columns are equal.
+
+    ``uf`` joins columns equal in every row (WHERE and inner join conditions);
+    ``co`` also joins those an outer join matches on, which is all
+    co-location needs (the rows it pairs are equal there).
+    """
+
+    def __init__(self, number: int, parent: _Level | None) -> None:
         self.number = number
         self.parent = parent
         self.items: list[_Item] = []
-        self.uf = dict(parents)
+        self.uf: dict[Identity, Identity] = dict(parent.uf) if parent is not None else {}
+        self.co: dict[Identity, Identity] = dict(parent.co) if parent is not None else {}
         self.pins: list[tuple[Identity, tuple[Value, ...], bool]] = []
         """The WHERE clause's tests of a column against keys: the column, and the pin."""
 
     def find(self, x: Identity) -> Identity:
-        while self.uf.get(x, x) != x:
-            x = self.uf[x]
-        return x
+        return _find(self.uf, x)
 
-    def union(self, a: Identity, b: Identity) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.uf[ra] = rb
+    def cofind(self, x: Identity) -> Identity:
+        return _find(self.co, x)
 
-    def key_identities(self) -> list[tuple[Identity, Any, _Item]]:
+    def union(self, a: Identity, b: Identity, *, outer: bool = False) -> None:
+        for uf in (self.co,) if outer else (self.uf, self.co):
+            ra, rb = _find(uf, a), _find(uf, b)
+            if ra != rb:
+                uf[ra] = rb
+
+    def key_identities(self, *, solid: bool = False) -> list[tuple[Identity, Any, _Item]]:
         return [
             ((self.number, i, column), function, item)
             for i, item in enumerate(self.items)
             for column, function in item.keys.items()
+            if not solid or column in item.solid
         ]
+
+
+def _find(uf: dict[Identity, Identity], x: Identity) -> Identity:
+    while uf.get(x, x) != x:
+        x = uf[x]
+    return x
 
 
 class _Analyzer:
@@ -127,7 +148,7 @@ class _Analyzer:
         if stmt.withClause is not None:
             for cte in stmt.withClause.ctes or ():
                 if isinstance(cte.ctequery, ast.SelectStmt):
-                    info = self.select(cte.ctequery, parent)
+                    info = _renamed(self.select(cte.ctequery, parent), cte.aliascolnames)
                     if stmt.withClause.recursive and info.sharded:
                         # Each shard's recursion would follow its own rows only.
                         info = _Info(True, False, "WITH RECURSIVE over sharded rows", {}, info.names)
@@ -136,7 +157,7 @@ class _Analyzer:
         if stmt.valuesLists:
             return _Info(False, True, "", {}, [])
         self.levels += 1
-        level = _Level(self.levels, parent, parent.uf if parent is not None else {})
+        level = _Level(self.levels, parent)
         quals: list[ast.Node] = []
         for item in stmt.fromClause or ():
             self.from_item(item, level, quals)
@@ -152,11 +173,14 @@ class _Analyzer:
             return _Info(False, True, "", {}, names, level)
         exact, reason = self.exactness(stmt, level, top=top)
         keys: dict[str, Any] = {}
+        solid: set[str] = set()
         for target, name in zip(stmt.targetList or (), names, strict=True):
             function = self.key_function(target.val, level)
             if name and function is not None:
                 keys[name] = function
-        return _Info(True, exact, reason, keys, names, level)
+                if self.key_function(target.val, level, solid=True) is not None:
+                    solid.add(name)
+        return _Info(True, exact, reason, keys, names, level, solid)
 
     def set_operation(self, stmt: ast.SelectStmt, parent: _Level | None) -> _Info:
         parts = [self.select(s, parent) for s in (stmt.larg, stmt.rarg) if s is not None]
@@ -167,8 +191,11 @@ class _Analyzer:
             enums.SetOperation.SETOP_EXCEPT: "EXCEPT",
         }
         name = op.get(stmt.op, "UNION") + (" ALL" if stmt.all else "")
-        if name == "UNION ALL" and all(p.exact for p in parts):
+        if name == "UNION ALL" and all(p.exact and p.sharded for p in parts):
             return _Info(True, True, "", {}, parts[0].names)
+        if name == "UNION ALL" and all(p.exact for p in parts):
+            reason = "UNION ALL of sharded rows and rows every shard has (each shard would add them again)"
+            return _Info(True, False, reason, {}, parts[0].names)
         return _Info(True, False, f"a set operation ({name}) over sharded rows", {}, parts[0].names)
 
     def from_item(self, node: ast.Node, level: _Level, quals: list[ast.Node]) -> list[int]:
@@ -182,11 +209,12 @@ class _Analyzer:
         if isinstance(node, ast.JoinExpr):
             left = self.from_item(cast(ast.Node, node.larg), level, quals)
             right = self.from_item(cast(ast.Node, node.rarg), level, quals)
+            outer = node.jointype != enums.JoinType.JOIN_INNER
             if node.quals is not None:
                 quals.append(node.quals)
-                self.equalities(_conjuncts(node.quals), level)
+                self.equalities(_conjuncts(node.quals), level, outer=outer)
             for name in node.usingClause or ():
-                self.using(level, left, right, name.sval)
+                self.using(level, left, right, name.sval, outer=outer)
             self.outer_join(node, level, left, right)
             return left + right
         if isinstance(node, ast.RangeTableSample):
@@ -204,32 +232,41 @@ class _Analyzer:
             if cte is None:
                 return _Item(alias)
             return self.derived(cte, node.alias, "a CTE")
-        return self.table_item(info, alias)
+        renames = [c.sval for c in node.alias.colnames or ()] if node.alias is not None else []
+        return self.table_item(info, alias, renames)
 
-    def table_item(self, info: TableInfo, alias: str | None) -> _Item:
-        """A base table's item (its key, if any, is recorded for routing when the item is added)."""
+    def table_item(self, info: TableInfo, alias: str | None, renames: list[str]) -> _Item:
+        """A base table's item (its key, if any, is recorded for routing when the item is added).
+
+        ``renames``: ``AS alias(a, b)`` names its first columns anew.
+        """
+        columns, key = info.columns, info.key
+        if renames:
+            if info.order is None:
+                columns = key = None
+            else:
+                names = [*renames, *info.order[len(renames) :]]
+                columns = frozenset(names)
+                key = names[info.order.index(info.key)] if info.key in info.order else None
         if info.kind == "whole":
-            return _Item(alias, columns=info.columns, name=info.name)
+            return _Item(alias, columns=columns, name=info.name)
         self.sharded_seen += 1
         if info.key is None:
             self.unkeyed = True
-            return _Item(alias, True, info.columns, unkeyed=True, assumed=True, name=info.name)
-        item = _Item(
-            alias, True, info.columns, {info.key: info.function}, name=info.name, key_type=info.key_type
-        )
+            return _Item(alias, True, columns, unkeyed=True, assumed=True, name=info.name)
+        if key is None:
+            self.unkeyed = True  # renamed beyond what the catalog tells: no routing, no pushdown
+            return _Item(alias, True, columns, unkeyed=True, name=info.name)
+        item = _Item(alias, True, columns, {key: info.function}, name=info.name, key_type=info.key_type)
+        item.solid = {key} if info.key_not_null else set()
         item.base = True
         return item
 
     def derived(self, info: _Info, alias: ast.Alias | None, what: str) -> _Item:
-        names = list(info.names)
-        if alias is not None and alias.colnames:
-            for i, column in enumerate(alias.colnames):
-                if i < len(names):
-                    old = names[i]
-                    names[i] = column.sval
-                    if old in info.keys:
-                        info.keys[column.sval] = info.keys.pop(old)
-        item = _Item(alias.aliasname if alias is not None else None, columns=frozenset(n for n in names if n))
+        info = _renamed(info, alias.colnames if alias is not None else None)
+        item = _Item(
+            alias.aliasname if alias is not None else None, columns=frozenset(n for n in info.names if n)
+        )
         if not info.sharded:
             return item
         self.sharded_seen += 1
@@ -237,6 +274,7 @@ class _Analyzer:
             self.fail(refuse(f"{info.reason} in {what}"))
         item.sharded = True
         item.keys = dict(info.keys)
+        item.solid = set(info.solid)
         item.unkeyed = not info.keys
         item.name = what
         return item
@@ -246,28 +284,28 @@ class _Analyzer:
         index = len(level.items) - 1
         keys = [(level.number, index, column) for column in item.keys]
         for other in keys[1:]:
-            level.union(keys[0], other)
+            level.union(keys[0], other, outer=True)  # on one shard, not always equal (NULLs)
         if item.base:
             self.refs.extend((level, key, item.keys[key[2]]) for key in keys)
         return index
 
     # -- joins and co-location ------------------------------------------------------
 
-    def equalities(self, conjuncts: list[ast.Node], level: _Level) -> None:
+    def equalities(self, conjuncts: list[ast.Node], level: _Level, *, outer: bool = False) -> None:
         for node in conjuncts:
             if _is_equality(node):
                 a, b = self.resolve(node.lexpr, level), self.resolve(node.rexpr, level)
                 if a is not None and b is not None:
-                    level.union(a, b)
+                    level.union(a, b, outer=outer)
 
-    def using(self, level: _Level, left: list[int], right: list[int], column: str) -> None:
+    def using(self, level: _Level, left: list[int], right: list[int], column: str, *, outer: bool) -> None:
         sides = []
         for indexes in (left, right):
             owners = [i for i in indexes if column in (level.items[i].columns or ())]
             if len(owners) == 1:
                 sides.append((level.number, owners[0], column))
         if len(sides) == 2:
-            level.union(sides[0], sides[1])
+            level.union(sides[0], sides[1], outer=outer)
 
     def outer_join(self, node: ast.JoinExpr, level: _Level, left: list[int], right: list[int]) -> None:
         outer_names: dict[enums.JoinType | None, str] = {
@@ -278,6 +316,9 @@ class _Analyzer:
         outer = outer_names.get(node.jointype)
         if outer is None:
             return
+        nullable = {"LEFT JOIN": right, "RIGHT JOIN": left}.get(outer, left + right)
+        for index in nullable:
+            level.items[index].solid = set()  # NULL on every shard where it has no match
         left_sharded = any(level.items[i].sharded for i in left)
         right_sharded = any(level.items[i].sharded for i in right)
         kept = {"LEFT JOIN": (left_sharded,), "RIGHT JOIN": (right_sharded,)}
@@ -307,7 +348,7 @@ class _Analyzer:
         for identity, other_function, other in keyed[1:]:
             if other is item:
                 continue
-            if level.find(identity) != level.find(first) or other_function != function:
+            if level.cofind(identity) != level.cofind(first) or other_function != function:
                 self.fail(
                     refuse(
                         f"a join of {_shown(item, first)} and {_shown(other, identity)} that is not "
@@ -316,13 +357,16 @@ class _Analyzer:
                     )
                 )
 
-    def key_function(self, expr: Any, level: _Level) -> Any:
-        """The shard function when ``expr`` is a column holding the level's shard key."""
+    def key_function(self, expr: Any, level: _Level, *, solid: bool = False) -> Any:
+        """The shard function when ``expr`` is a column holding the level's shard key in every row.
+
+        ``solid``: and never NULL, so that grouping by it keeps each group on one shard.
+        """
         identity = self.resolve(expr, level)
         if identity is None:
             return None
         root = level.find(identity)
-        for key, function, _ in level.key_identities():
+        for key, function, _ in level.key_identities(solid=solid):
             if level.find(key) == root:
                 return function
         return None
@@ -436,17 +480,17 @@ class _Analyzer:
             items = list(stmt.groupClause or ())
             if any(isinstance(i, ast.GroupingSet) for i in items):
                 return False, "GROUPING SETS / ROLLUP / CUBE"
-            if not keyed or not any(self.key_function(i, level) is not None for i in items):
+            if not keyed or not any(self.key_function(i, level, solid=True) is not None for i in items):
                 return False, "GROUP BY (without the shard key) or an aggregate"
         if stmt.distinctClause is not None:
             exprs = [e for e in stmt.distinctClause if e is not None]
             if not exprs:
                 exprs = [t.val for t in stmt.targetList or ()]
-            if not keyed or not any(self.key_function(e, level) is not None for e in exprs):
+            if not keyed or not any(self.key_function(e, level, solid=True) is not None for e in exprs):
                 return False, "DISTINCT (without the shard key)"
         for window in self.windows(stmt):
             partition = list(window.partitionClause or ())
-            if not keyed or not any(self.key_function(p, level) is not None for p in partition):
+            if not keyed or not any(self.key_function(p, level, solid=True) is not None for p in partition):
                 return False, "a window function (not PARTITION BY the shard key)"
         return True, ""
 
@@ -474,9 +518,10 @@ class _Analyzer:
     # -- names ------------------------------------------------------------------------
 
     def resolve(self, expr: Any, level: _Level) -> Identity | None:
-        """The FROM-item column a plain column reference means, looking outwards; None if unsure."""
-        if isinstance(expr, ast.TypeCast):
-            expr = expr.arg
+        """The FROM-item column a plain column reference means, looking outwards; None if unsure.
+
+        A cast column (``k::varchar(1)``) is no column: its values are not the key's.
+        """
         if not isinstance(expr, ast.ColumnRef):
             return None
         fields = [f.sval if isinstance(f, ast.String) else None for f in cast("tuple[Any, ...]", expr.fields)]
@@ -493,6 +538,22 @@ class _Analyzer:
                 return (current.number, found, column)
             current = current.parent
         return None
+
+
+def _renamed(info: _Info, colnames: Any) -> _Info:
+    """``info`` seen through a column list (``AS s(a, b)``, ``WITH s(a, b) AS``): names by position."""
+    if not colnames:
+        return info
+    new = [c.sval for c in colnames]
+    names = [*new, *info.names[len(new) :]]
+    keys: dict[str, Any] = {}
+    solid: set[str] = set()
+    for old, name in zip(info.names, names, strict=False):
+        if old is not None and name is not None and old in info.keys:
+            keys[name] = info.keys[old]
+            if old in info.solid:
+                solid.add(name)
+    return replace(info, names=names, keys=keys, solid=solid)
 
 
 def _owner(level: _Level, qualifier: str | None, column: str) -> int | str | None:
@@ -613,8 +674,19 @@ def _key_type(column: Any, level: _Level, analyzer: _Analyzer) -> int | None:
     return level.items[identity[1]].key_type
 
 
+_SAME_VALUE_CASTS = frozenset({"int2", "int4", "int8", "smallint", "integer", "bigint", "text"})
+"""Casts of a key's value that keep it as the key compares it (no truncation, no padding)."""
+
+
 def _value(node: Any) -> Value | None:
+    """A pin's value: a literal or a parameter, maybe cast without changing what it is."""
     if isinstance(node, ast.TypeCast):
+        type_name = node.typeName
+        names = [n.sval for n in type_name.names or ()] if type_name is not None else []
+        if type_name is None or type_name.typmods or type_name.arrayBounds or not names:
+            return None
+        if names[-1] not in _SAME_VALUE_CASTS or names[:-1] not in ([], ["pg_catalog"]):
+            return None
         node = node.arg
     if isinstance(node, ast.ParamRef):
         return Param(cast(int, node.number))

@@ -36,9 +36,19 @@ _PER_SHARD = frozenset(
         "pg_current_xact_id",
         "pg_current_xact_id_if_assigned",
         "pg_current_snapshot",
+        "pg_backend_pid",
+        "inet_server_addr",
+        "inet_server_port",
+        "pg_postmaster_start_time",
+        "pg_conf_load_time",
+        "pg_stat_get_backend_pid",
+        "pg_my_temp_schema",
     }
 )
-"""Stable functions whose value is each shard's own (its transaction): no combination is one database's."""
+"""Functions whose value is each shard's own (its transaction, its server): no combination is one
+database's."""
+_SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
+_MOMENT_WORDS = frozenset({"now", "today", "tomorrow", "yesterday"})
 _ON_EVERY_SHARD = frozenset({"set_config"})
 """Functions that change the session: a SELECT calling them runs on every shard, as before."""
 
@@ -63,6 +73,12 @@ def layout_of(facts: ShardFacts) -> Layout:
 
 def plan_query(stmt: ast.SelectStmt, template: Template, facts: ShardFacts) -> Plan:
     """The plan of a top-level SELECT."""
+    for node in walk(stmt, into_selects=True):
+        if isinstance(node, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)):
+            raise NotSupportedError(
+                "a data-modifying WITH (INSERT, UPDATE or DELETE inside a SELECT) is not routed to the "
+                "shards its rows belong to; run it on the shard's own connection (pdb.connections[i])"
+            )
     bound = bind_names(stmt, facts.catalog)
     assert isinstance(bound, ast.SelectStmt)
     views = _count(bound, ast.RangeSubselect) > _count(stmt, ast.RangeSubselect)
@@ -131,6 +147,7 @@ def _spread(
             f"the volatile function {volatile[0]}() on several shards (each shard has its own "
             "value: one database would give one)"
         )
+    _check_per_shard_values(bound)
     check_negated(bound, analysis.key_local)
     planned = plan_select(stmt, bound, analysis, facts)
     shard = copy_node(planned[0]) if planned is not None else copy_node(stmt)
@@ -148,6 +165,24 @@ def _spread(
         names=tuple(names),
         moments=moments,
     )
+
+
+def _check_per_shard_values(stmt: ast.SelectStmt) -> None:
+    """Refuse values each shard makes its own: system columns, samples, ``'now'`` read by each shard."""
+    for node in walk(stmt, into_selects=True):
+        if isinstance(node, ast.ColumnRef):
+            last = node.fields[-1] if node.fields else None
+            if isinstance(last, ast.String) and last.sval in _SYSTEM_COLUMNS:
+                raise refuse(f"the system column {last.sval} on several shards (each shard has its own)")
+        elif isinstance(node, ast.RangeTableSample):
+            raise refuse("TABLESAMPLE on several shards (each shard samples its own rows)")
+        elif isinstance(node, ast.TypeCast) and isinstance(node.arg, ast.A_Const):
+            value = node.arg.val
+            if isinstance(value, ast.String) and (value.sval or "").strip().lower() in _MOMENT_WORDS:
+                raise refuse(
+                    f"the literal '{value.sval}' on several shards (each shard reads its own clock): "
+                    "use now() or CURRENT_DATE, which are taken once"
+                )
 
 
 def _replace_moments(stmt: ast.Node, names: list[str]) -> tuple[Moment, ...]:
