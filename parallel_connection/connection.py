@@ -203,9 +203,17 @@ class ParallelConnection:
     # -- transactions and session -------------------------------------------
 
     def commit(self) -> None:
-        """Commit on every shard (each shard commits on its own: not two-phase)."""
+        """Commit on every shard (each shard commits on its own: not two-phase).
+
+        A transaction a shard's error aborted is rolled back on every shard instead,
+        as one database rolls back at COMMIT.
+        """
         self._check_open()
+        failed = self.shard_set.failed
         self.shard_set.end_transaction()
+        if failed:
+            self.shard_set.run(lambda i: self._connections[i].rollback())
+            return
         self.shard_set.run(lambda i: self._connections[i].commit())
 
     def rollback(self) -> None:

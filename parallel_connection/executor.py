@@ -65,6 +65,8 @@ def execute(shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, m
     text = _text(statement.query, cursors[0], shards)
     quick = quick_plan(text, writes=shards.placement is not None)
     if quick is not None:
+        if quick.word in _ENDING or (quick.word == "rollback" and shards.failed):
+            return _end_transaction(shards, cursors, statement, quick)
         return _run(shards, cursors, statement, quick, statement.vars)
     facts = shards.facts()
     plan, shard_vars = _plan(text, statement.vars, facts, cursors[0], shards)
@@ -75,6 +77,22 @@ def execute(shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, m
             plan, shard_vars = _plan(text, statement.vars, fresh, cursors[0], shards)
             targets = bind_targets(plan, shard_vars, len(cursors))
     return _run(shards, cursors, statement, plan, shard_vars, targets)
+
+
+_ENDING = frozenset({"commit", "end", "abort"})
+
+
+def _end_transaction(shards: ShardSet, cursors: Sequence[Any], statement: Statement, plan: Plan) -> Outcome:
+    """COMMIT, END, ABORT or ROLLBACK [TO SAVEPOINT] as SQL, on every shard.
+
+    COMMIT of a transaction a shard's error aborted rolls back everywhere, as
+    PostgreSQL does (its status says ROLLBACK).
+    """
+    query, vars = statement.query, statement.vars
+    if shards.failed and plan.word != "rollback":
+        query, vars = "ROLLBACK", None
+    shards.end_transaction()
+    return run_union(shards, cursors, query, vars, statement, range(len(cursors)))
 
 
 def check(shards: ShardSet, cursors: Sequence[Any], query: Any, vars: Any) -> None:
@@ -112,19 +130,24 @@ def _run(
 ) -> Outcome:
     n = len(cursors)
     targets = bind_targets(plan, shard_vars, n) if targets is None else targets
+    shards.check_transaction()
     try:
         if plan.pins and len(targets) <= 1:
             # One shard holds every row the statement can see: it answers as it is.
-            return run_union(shards, cursors, statement.query, statement.vars, statement, targets or [0])
+            targets = targets or [0]
+            local = plan.local
+            if local is None or local.sql is None:
+                return run_union(shards, cursors, statement.query, statement.vars, statement, targets)
+            vars = _with_moments(plan, shard_vars, shards, targets[0])
+            return run_union(shards, cursors, local.sql, vars, statement, targets)
         if plan.refusal is not None and len(targets) > 1:
             raise plan.refusal
         task = plan.tasks[0]
         if task.sql is None and not plan.merge:
-            outcome = run_union(
+            return run_union(
                 shards, cursors, statement.query, statement.vars, statement, targets, first=plan.first
             )
-            return outcome
-        vars = _with_moments(plan, shard_vars, shards)
+        vars = _with_moments(plan, shard_vars, shards, targets[0])
         query = task.sql if task.sql is not None else statement.query
         if not plan.merge:
             return run_union(shards, cursors, query, vars, statement, targets)
@@ -209,12 +232,13 @@ def _as_key(value: Any, key_type: int | None) -> Any:
     return value
 
 
-def _with_moments(plan: Plan, vars: Any, shards: ShardSet) -> Any:
+def _with_moments(plan: Plan, vars: Any, shards: ShardSet, shard: int) -> Any:
     if not plan.moments:
         return vars
     values = dict(vars or {})
+    taken = shards.moments({moment.kind for moment in plan.moments}, shard)
     for moment in plan.moments:
-        values[moment.name] = shards.moment(moment.kind)
+        values[moment.name] = taken[moment.kind]
     return values
 
 
@@ -230,7 +254,7 @@ def run_union(
 ) -> Outcome:
     """Run ``query`` on ``targets``; the rows are the union (``first``: only the first target's)."""
     targets = list(targets)
-    firsts = shards.run(_runner(cursors, query, vars, statement), targets)
+    firsts = shards.run_statement(_runner(cursors, query, vars, statement), targets)
     outcome = _counted(shards, cursors, targets[:1] if first else targets)
     if outcome.description is None:
         return outcome
@@ -262,7 +286,7 @@ def _run_merge(
     vars: Any,
     targets: list[int],
 ) -> Outcome:
-    firsts = shards.run(_runner(cursors, query, vars, statement), targets)
+    firsts = shards.run_statement(_runner(cursors, query, vars, statement), targets)
     shard_description = agreed_description(shards, cursors, targets)
     assert shard_description is not None
     check_shard_types(plan.client, [column.type_code for column in shard_description])

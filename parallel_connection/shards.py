@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 from .catalog import Catalog, StampReader, combine, read_catalog, settings_differences
@@ -68,6 +69,7 @@ class ShardSet:
         self._lock = threading.Lock()
         self._facts: ShardFacts | None = None
         self._moment: datetime.datetime | None = None
+        self._failed: str | None = None
         self._stamps = [StampReader() for _ in self.connections]
         self._shard_stamps: list[tuple[int, ...]] = [() for _ in self.connections]
         self.placement: Placement | None = None
@@ -206,29 +208,65 @@ class ShardSet:
 
     # -- one moment per transaction -------------------------------------------------
 
-    def moment(self, kind: str) -> datetime.datetime:
-        """``now()`` of the current transaction (``statement``: of this statement), from the first shard.
+    def moments(self, kinds: set[str], shard: int) -> dict[str, datetime.datetime]:
+        """``now()`` of the current transaction and ``statement_timestamp()`` of this statement.
 
-        Every shard gets this one value, so a statement sees one moment as one
-        database would.
+        The transaction's is taken once, from the first shard a statement of it
+        runs on; every shard then gets these values, so a statement sees one
+        moment as one database would (where the two are equal in a
+        transaction's first statement).
         """
-        conn = self.connections[0]
-        idle = conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
-        if kind == "transaction" and self._moment is not None and not idle:
-            return self._moment
-        sql = "SELECT now()" if kind == "transaction" else "SELECT statement_timestamp()"
+        idle_status = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        idle = all(c.get_transaction_status() == idle_status for c in self.connections)
+        if idle:
+            self._moment = None
+        if self._moment is not None and kinds == {"transaction"}:
+            return {"transaction": self._moment}
+        conn = self.connections[shard]
         with conn.cursor() as cur:
-            cur.execute(sql)
+            cur.execute("SELECT now(), statement_timestamp()")
             row = cur.fetchone()
         assert row is not None
-        value: datetime.datetime = row[0]
-        if kind == "transaction":
-            self._moment = None if conn.autocommit else value
-        return value
+        transaction: datetime.datetime = row[0] if self._moment is None else self._moment
+        if not conn.autocommit:
+            self._moment = transaction
+        return {"transaction": transaction, "statement": row[1]}
 
     def end_transaction(self) -> None:
         """The transaction ended (commit, rollback): the next statement takes a new moment."""
         self._moment = None
+        self._failed = None
+
+    # -- a transaction that failed ---------------------------------------------------
+
+    def run_statement(self, fn: Callable[[int], T], indexes: Sequence[int]) -> list[T]:
+        """Run a statement's part on these shards; a shard's error fails the whole transaction.
+
+        One database would refuse every later statement until the transaction
+        ends, and roll it back at COMMIT: so does the connection, whichever
+        shards the later statements need.
+        """
+        try:
+            return self.run(fn, indexes)
+        except (psycopg2.Error, KeyboardInterrupt) as exc:
+            if getattr(exc, "shard", None) is not None or isinstance(exc, KeyboardInterrupt):
+                conn = self.connections[indexes[0]] if indexes else self.connections[0]
+                if not conn.autocommit:
+                    self._failed = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            raise
+
+    def check_transaction(self) -> None:
+        """Refuse a statement in a transaction a shard's error has aborted, as PostgreSQL does."""
+        if self._failed is not None:
+            raise psycopg2.errors.InFailedSqlTransaction(
+                "current transaction is aborted, commands ignored until end of transaction block "
+                f"(after: {self._failed}); roll back"
+            )
+
+    @property
+    def failed(self) -> bool:
+        """A shard's error aborted the current transaction: commit rolls back."""
+        return self._failed is not None
 
 
 _IDENTITY = "SELECT pg_postmaster_start_time(), current_setting('port'), current_database()"

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 import pytest
 
@@ -175,3 +176,52 @@ def test_an_insert_into_a_sharded_table_is_refused_before_anything_is_written(pl
         cur.execute("SELECT count(*) FROM orders")
         assert cur.fetchone() == (before,)
     placed.rollback()
+
+
+def test_an_error_on_one_shard_aborts_the_whole_transaction(sample, ref):
+    (a,) = customers_on(ref, 0, 1)
+    (b,) = customers_on(ref, 1, 1)
+    pdb = parallel_connection.connect(sample.shard_dsns, placement=PLACEMENT)
+    try:
+        with pdb.cursor() as cur:
+            cur.execute("UPDATE orders SET note = 'aborted?' WHERE customer_id = %s", (a,))
+            with pytest.raises(psycopg2.errors.DivisionByZero, match="^shard 1"):
+                cur.execute("SELECT 1 / 0 FROM orders WHERE customer_id = %s", (b,))
+            # Like one database: nothing runs until the transaction ends, whichever shard it needs.
+            for sql, params in (
+                ("SELECT count(*) FROM orders WHERE customer_id = %s", (a,)),
+                ("SELECT 1", None),
+            ):
+                with pytest.raises(psycopg2.errors.InFailedSqlTransaction):
+                    cur.execute(sql, params)
+        pdb.commit()  # rolls back everywhere, as COMMIT of an aborted transaction does
+        with pdb.cursor() as cur:
+            cur.execute("SELECT count(*) FROM orders WHERE note = 'aborted?'")
+            assert cur.fetchone() == (0,)
+            cur.execute("BEGIN")
+            with pytest.raises(psycopg2.errors.DivisionByZero):
+                cur.execute("SELECT 1 / 0 FROM orders WHERE customer_id = %s", (b,))
+            cur.execute("COMMIT")
+            assert cur.statusmessage == "ROLLBACK"
+            cur.execute("SELECT count(*) FROM orders WHERE customer_id = %s", (a,))
+            assert cur.fetchone()[0] > 0
+    finally:
+        pdb.close()
+
+
+def test_a_routed_statement_sees_the_transactions_one_moment(placed, ref):
+    (a,) = customers_on(ref, 1, 1)
+    (b,) = customers_on(ref, 2, 1)
+    placed.commit()
+    with placed.cursor() as cur:
+        cur.execute("SELECT now(), count(*) FROM orders")  # spread: the moment is taken here
+        (moment, _) = cur.fetchone()
+        cur.execute("SELECT DISTINCT now() FROM orders WHERE customer_id = %s", (a,))
+        assert cur.fetchall() == [(moment,)]
+        cur.execute("SELECT DISTINCT current_timestamp FROM orders WHERE customer_id = %s", (b,))
+        assert cur.fetchall() == [(moment,)]
+    placed.commit()
+    placed.autocommit = True
+    with placed.cursor() as cur:
+        cur.execute("SELECT DISTINCT now() = statement_timestamp() FROM orders")
+        assert cur.fetchall() == [(True,)]

@@ -215,6 +215,8 @@ class Plan:
     """Planned from the shards' facts: check that they are fresh before spreading it."""
     views: bool = False
     """It reads views: check the facts are fresh even when it lands on one shard."""
+    word: str = ""
+    """The statement's first word when it was not parsed (``commit``, ``rollback``, ``create``...)."""
 
     @property
     def mode(self) -> str:

@@ -85,7 +85,7 @@ def quick_plan(query: str, *, writes: bool) -> Plan | None:
     With ``writes``, writes are parsed (to check them against the placement).
     """
     word = _first_word(query, writes=writes)
-    return None if word is None else Plan(refresh=word in _DDL_WORDS)
+    return None if word is None else Plan(refresh=word in _DDL_WORDS, word=word)
 
 
 _WRITE_WORDS = frozenset(["insert", "update", "delete", "copy", "merge"])

@@ -91,12 +91,14 @@ def plan_query(stmt: ast.SelectStmt, template: Template, facts: ShardFacts) -> P
         if not routes:
             raise
         pinned = Targets("pinned", pins=routes)
+        local, names, moments = _local(stmt, template, pinned)
         return Plan(
             tasks=(Task(pinned),),
-            names=template.names,
+            names=names,
             pins=routes,
-            local=Task(pinned),
+            local=local,
             refusal=exc,
+            moments=moments,
             views=views,
         )
     calls = {func_name(n)[1] for n in walk(bound, into_selects=True) if isinstance(n, ast.FuncCall)}
@@ -115,17 +117,30 @@ def plan_query(stmt: ast.SelectStmt, template: Template, facts: ShardFacts) -> P
         return spread
     pinned = Targets("pinned", pins=analysis.routes)
     tasks = tuple(Task(pinned, t.sql) for t in spread.tasks)
+    local, names, moments = _local(stmt, template, pinned, spread.names)
     return Plan(
         tasks=tasks,
         merge=spread.merge,
         client=spread.client,
-        names=spread.names or template.names,
+        names=names,
         pins=analysis.routes,
-        local=Task(pinned),
+        local=local,
         refusal=refusal,
-        moments=spread.moments,
+        moments=tuple(dict.fromkeys((*spread.moments, *moments))),
         views=views,
     )
+
+
+def _local(
+    stmt: ast.SelectStmt, template: Template, targets: Targets, names: tuple[str, ...] = ()
+) -> tuple[Task, tuple[str, ...], tuple[Moment, ...]]:
+    """The task for a statement that lands on one shard: as written, but with the transaction's moments."""
+    local = copy_node(stmt)
+    known = list(names or template.names)
+    moments = _replace_moments(local, known)
+    if not moments:
+        return Task(targets), tuple(known), ()
+    return Task(targets, to_pyformat(deparse(local), tuple(known))), tuple(known), moments
 
 
 def _count(node: ast.Node, kind: type) -> int:
