@@ -15,7 +15,8 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.sql
 
-from .executor import Outcome, Statement, check, combined_status, execute, run_finished
+from .errors import NotSupportedError
+from .executor import Outcome, Statement, execute, execute_many, run_finished
 from .rows import RowMaker, row_maker
 from .shards import Connected
 from .streams import ShardStream, tagged_interleave
@@ -162,7 +163,9 @@ class ParallelCursor:
 
     @property
     def query(self) -> bytes | None:
-        query: bytes | None = self._cursors[0].query
+        """The SQL the (first) shard the last statement ran on was sent."""
+        cursor = self._cursors[self._targets[0]] if self._targets else self._cursors[0]
+        query: bytes | None = cursor.query
         return query
 
     @property
@@ -206,15 +209,24 @@ class ParallelCursor:
         if self._name is not None:
             raise psycopg2.ProgrammingError("executemany cannot be used with a named cursor")
         self._reset()
-        params = list(vars_list)
-        if self._merge_mode == "auto" and params:
-            check(self._shards, self._cursors, query, params[0])
-        self._shards.run(lambda i: self._cursors[i].executemany(query, params))
-        self._serve(Outcome(**_counts(self._cursors)))
+        outcome = execute_many(
+            self._shards, self._cursors, query, list(vars_list), merge=self._merge_mode == "auto"
+        )
+        self._serve(outcome)
 
     def callproc(self, procname: str, parameters: Sequence[Any] | None = None) -> Sequence[Any] | None:
-        """Call a procedure on every shard; its result rows are the union."""
+        """Call a procedure on every shard; its result rows are the union (``merge="union"`` cursors).
+
+        What a function reads is not known here, so a merging cursor over several
+        shards refuses it: ``execute("SELECT * FROM f(%s)", ...)`` is planned.
+        """
         self._check_open()
+        if self._merge_mode == "auto" and len(self._cursors) > 1:
+            raise NotSupportedError(
+                f"callproc({procname!r}) on several shards (what the function reads is not known); "
+                'execute "SELECT * FROM ...(...)" instead, or use cursor(merge="union") for every '
+                "shard's rows"
+            )
         self._reset()
         results = self._shards.run(lambda i: self._cursors[i].callproc(procname, parameters))
         statement = Statement(None, None, streaming=False, batch_size=self._itersize, tuples=self._tuples)
@@ -360,12 +372,3 @@ class ParallelCursor:
         self._rownumber = 0
         self._statusmessage = None
         self._targets = []
-
-
-def _counts(cursors: Sequence[Any]) -> dict[str, Any]:
-    counts = [c.rowcount for c in cursors]
-    rowcount = -1 if -1 in counts else sum(counts)
-    return {
-        "rowcount": rowcount,
-        "statusmessage": combined_status([c.statusmessage for c in cursors], rowcount),
-    }

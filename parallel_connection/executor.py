@@ -25,7 +25,15 @@ from .plan.model import Const, Pin, Targets
 from .shards import ShardSet
 from .streams import ShardStream, interleave
 
-__all__ = ["Outcome", "Statement", "check", "combined_status", "execute", "run_finished", "run_union"]
+__all__ = [
+    "Outcome",
+    "Statement",
+    "combined_status",
+    "execute",
+    "execute_many",
+    "run_finished",
+    "run_union",
+]
 
 Row = Any
 FIRST_USER_OID = 16384
@@ -95,13 +103,30 @@ def _end_transaction(shards: ShardSet, cursors: Sequence[Any], statement: Statem
     return run_union(shards, cursors, query, vars, statement, range(len(cursors)))
 
 
-def check(shards: ShardSet, cursors: Sequence[Any], query: Any, vars: Any) -> None:
-    """Plan ``query`` only to raise what the placement refuses (before ``executemany`` runs it)."""
-    if shards.placement is None or len(cursors) == 1:
-        return
-    text = _text(query, cursors[0], shards)
-    if quick_plan(text, writes=True) is None:
-        _plan(text, vars, shards.facts(), cursors[0], shards)
+def execute_many(
+    shards: ShardSet, cursors: Sequence[Any], query: Any, params: list[Any], *, merge: bool
+) -> Outcome:
+    """``executemany`` on every shard, checked against the placement first (nothing written if refused).
+
+    A write to a copied table counts one copy's rows, and every copy must count alike.
+    """
+    plan: Plan | None = None
+    if merge and shards.placement is not None and len(cursors) > 1 and params:
+        text = _text(query, cursors[0], shards)
+        if quick_plan(text, writes=True) is None:
+            plan, _ = _plan(text, params[0], shards.facts(), cursors[0], shards)
+    shards.check_transaction()
+    shards.run_statement(lambda i: cursors[i].executemany(query, params), range(len(cursors)))
+    counts = [c.rowcount for c in cursors]
+    if plan is not None and plan.copies:
+        if len(set(counts)) > 1:
+            shards.fail("the copies diverged")
+            raise psycopg2.IntegrityError(
+                f"the copies of a table copied to every shard differ: the shards wrote {counts} rows; "
+                "run placement check, and repair the copies"
+            )
+        return _counted(shards, cursors, [0])
+    return _counted(shards, cursors, range(len(cursors)))
 
 
 def _plan(text: str, vars: Any, facts: ShardFacts, cursor: Any, shards: ShardSet) -> tuple[Plan, Any]:
@@ -142,6 +167,8 @@ def _run(
             return run_union(shards, cursors, local.sql, vars, statement, targets)
         if plan.refusal is not None and len(targets) > 1:
             raise plan.refusal
+        if plan.copies:
+            return run_copies(shards, cursors, statement)
         task = plan.tasks[0]
         if task.sql is None and not plan.merge:
             return run_union(
@@ -274,6 +301,32 @@ def run_finished(shards: ShardSet, cursors: Sequence[Any], statement: Statement)
     firsts: list[list[Row] | None] = [None] * len(cursors)
     outcome.streams = _streams(shards, cursors, targets, firsts, statement)
     outcome.batches = interleave(outcome.streams)
+    return outcome
+
+
+def run_copies(shards: ShardSet, cursors: Sequence[Any], statement: Statement) -> Outcome:
+    """A write to a copied table: on every shard; one copy's count and RETURNING rows, as one database.
+
+    Copies that answer differently have diverged: an error, and the transaction
+    fails (COMMIT rolls back).
+    """
+    targets = list(range(len(cursors)))
+    firsts = shards.run_statement(_runner(cursors, statement.query, statement.vars, statement), targets)
+    counts = [c.rowcount for c in cursors]
+    rows = [sorted(map(repr, batch)) if batch is not None else None for batch in firsts]
+    for index in targets[1:]:
+        if counts[index] != counts[0] or rows[index] != rows[0]:
+            shards.fail(f"the copies diverged ({shards.infos[0]} and {shards.infos[index]})")
+            raise psycopg2.IntegrityError(
+                f"the copies of a table copied to every shard differ: {shards.infos[0]} wrote "
+                f"{counts[0]} rows, {shards.infos[index]} wrote {counts[index]}"
+                + (" with other RETURNING rows" if counts[index] == counts[0] else "")
+                + "; run placement check, and repair the copies"
+            )
+    outcome = _counted(shards, cursors, [0])
+    if outcome.description is not None:
+        outcome.streams = _streams(shards, cursors, [0], firsts[:1], statement)
+        outcome.batches = interleave(outcome.streams)
     return outcome
 
 

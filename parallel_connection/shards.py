@@ -200,6 +200,7 @@ class ShardSet:
             placement=bound,
             shards=len(self.connections),
             volatile=frozenset(catalog.volatile),
+            shadowed=_shadowed(catalog),
         )
 
     def _stamp(self, index: int) -> tuple[int, ...]:
@@ -255,6 +256,11 @@ class ShardSet:
                     self._failed = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             raise
 
+    def fail(self, why: str) -> None:
+        """The current transaction can no longer commit (outside autocommit)."""
+        if not self.connections[0].autocommit:
+            self._failed = why
+
     def check_transaction(self) -> None:
         """Refuse a statement in a transaction a shard's error has aborted, as PostgreSQL does."""
         if self._failed is not None:
@@ -278,6 +284,13 @@ def _identity(conn: Any) -> tuple[Any, ...]:
         cur.execute(_IDENTITY)
         row = cur.fetchone()
     return tuple(row or ())
+
+
+def _shadowed(catalog: Catalog) -> frozenset[str]:
+    """User aggregates a bare name finds before pg_catalog's (``search_path = public, pg_catalog``)."""
+    path = list(catalog.search_path)
+    before = path[: path.index("pg_catalog")] if "pg_catalog" in path else []
+    return frozenset(name for schema, name in catalog.user_aggregates if schema in before)
 
 
 def _read(conn: Any) -> Catalog:

@@ -193,10 +193,12 @@ def test_mogrify_and_query_show_the_statement(pdb):
         assert cur.query == b"SELECT 7"
 
 
-def test_callproc_runs_on_every_shard(pdb):
-    with pdb.cursor() as cur:
+def test_callproc_runs_on_every_shard_of_a_union_cursor_and_is_refused_when_merging(pdb):
+    with pdb.cursor(merge="union") as cur:
         assert cur.callproc("lower", ("ABC",)) == ("ABC",)
         assert cur.fetchall() == [("abc",)] * 3
+    with pdb.cursor() as cur, pytest.raises(parallel_connection.NotSupportedError, match="callproc"):
+        cur.callproc("now")
 
 
 def test_statement_timeout_applies_to_every_shard(sample):

@@ -185,7 +185,7 @@ def test_an_error_on_one_shard_aborts_the_whole_transaction(sample, ref):
     try:
         with pdb.cursor() as cur:
             cur.execute("UPDATE orders SET note = 'aborted?' WHERE customer_id = %s", (a,))
-            with pytest.raises(psycopg2.errors.DivisionByZero, match="^shard 1"):
+            with pytest.raises(psycopg2.errors.DivisionByZero, match=r"^shard 1"):
                 cur.execute("SELECT 1 / 0 FROM orders WHERE customer_id = %s", (b,))
             # Like one database: nothing runs until the transaction ends, whichever shard it needs.
             for sql, params in (
@@ -225,3 +225,52 @@ def test_a_routed_statement_sees_the_transactions_one_moment(placed, ref):
     with placed.cursor() as cur:
         cur.execute("SELECT DISTINCT now() = statement_timestamp() FROM orders")
         assert cur.fetchall() == [(True,)]
+
+
+def test_a_write_to_a_copied_table_counts_and_returns_one_copy(placed, ref):
+    with placed.cursor() as cur:
+        cur.execute("UPDATE customers SET name = name WHERE id <= 3 RETURNING id")
+        assert cur.rowcount == 3 and cur.statusmessage == "UPDATE 3"
+        assert sorted(cur.fetchall()) == [(1,), (2,), (3,)]
+        cur.executemany("UPDATE customers SET name = name WHERE id = %s", [(1,), (2,)])
+        assert cur.rowcount == 2
+    placed.rollback()
+
+
+def test_copies_that_diverged_fail_the_write_and_the_transaction(placed, sample):
+    shard2 = psycopg2.connect(sample.shard_dsns[2])
+    with shard2, shard2.cursor() as cur:
+        cur.execute("SELECT country FROM customers WHERE id = 7")
+        (country,) = cur.fetchone()
+    try:
+        with shard2, shard2.cursor() as cur:
+            cur.execute("UPDATE customers SET country = 'XX' WHERE id = 7")
+        with placed.cursor() as cur:
+            with pytest.raises(psycopg2.IntegrityError, match="copies"):
+                cur.execute("UPDATE customers SET name = name WHERE country = 'XX'")
+            with pytest.raises(psycopg2.errors.InFailedSqlTransaction):
+                cur.execute("SELECT 1")
+        placed.commit()  # rolls back
+    finally:
+        with shard2, shard2.cursor() as cur:
+            cur.execute("UPDATE customers SET country = %s WHERE id = 7", (country,))
+        shard2.close()
+
+
+def test_a_user_aggregate_found_before_pg_catalogs_is_not_merged_as_the_builtin(sample):
+    from conftest import run_on_all
+
+    run_on_all(
+        sample.shard_dsns,
+        "DROP AGGREGATE IF EXISTS public.max(int); "
+        "CREATE AGGREGATE public.max(int) (sfunc = int4pl, stype = int, initcond = '0')",
+    )
+    try:
+        pdb = parallel_connection.connect(
+            sample.shard_dsns, placement=PLACEMENT, options="-c search_path=public,pg_catalog"
+        )
+        with pdb.cursor() as cur, pytest.raises(NotSupportedError, match="max"):
+            cur.execute("SELECT max(quantity) FROM orders")
+        pdb.close()
+    finally:
+        run_on_all(sample.shard_dsns, "DROP AGGREGATE public.max(int)")

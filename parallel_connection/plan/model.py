@@ -50,6 +50,8 @@ class ShardFacts:
     shards: int = 1
     volatile: frozenset[str] = frozenset()
     """Names of the shards' volatile functions."""
+    shadowed: frozenset[str] = frozenset()
+    """Names of user aggregates that ``search_path`` finds before pg_catalog's of the same name."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,8 @@ class Plan:
     """Planned from the shards' facts: check that they are fresh before spreading it."""
     views: bool = False
     """It reads views: check the facts are fresh even when it lands on one shard."""
+    copies: bool = False
+    """A write to a table copied to every shard: every copy must answer alike; one copy's answer is kept."""
     word: str = ""
     """The statement's first word when it was not parsed (``commit``, ``rollback``, ``create``...)."""
 

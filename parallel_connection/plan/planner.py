@@ -179,8 +179,8 @@ def _plan_one(stmt: ast.Node, template: Template, facts: ShardFacts) -> Plan:
     if isinstance(stmt, ast.SelectStmt):
         return replace(plan_query(stmt, template, facts), checked=True)
     if isinstance(stmt, _DATA):
-        check_write(stmt, facts)
-        return Plan(checked=facts.placement is not None)
+        copies = check_write(stmt, facts)
+        return Plan(checked=facts.placement is not None, copies=copies)
     if isinstance(stmt, _REFRESHING):
         return Plan(refresh=True)
     if isinstance(stmt, (*_SESSION, ast.FetchStmt)):

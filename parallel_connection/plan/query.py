@@ -244,13 +244,16 @@ def _cast(arg: ast.Node, type_name: str, typmod: int | None = None) -> ast.TypeC
     return ast.TypeCast(arg=arg, typeName=name)
 
 
-def check_write(stmt: ast.Node, facts: ShardFacts) -> None:
-    """Refuse a write the placement cannot place: an undeclared table, or an INSERT into a sharded one."""
+def check_write(stmt: ast.Node, facts: ShardFacts) -> bool:
+    """Refuse a write the placement cannot place: an undeclared table, or an INSERT into a sharded one.
+
+    True when the write is to a table copied to every shard.
+    """
     if facts.placement is None:
-        return
+        return False
     relation = getattr(stmt, "relation", None)
     if not isinstance(relation, ast.RangeVar):
-        return
+        return False
     layout = layout_of(facts)
     bound = bind_names(relation, facts.catalog)
     if not isinstance(bound, ast.RangeVar):
@@ -262,3 +265,4 @@ def check_write(stmt: ast.Node, facts: ShardFacts) -> None:
             "write every row on every shard. Insert through the shard's own connection "
             "(pdb.connections[i]) for now"
         )
+    return info is not None and info.kind == "whole"

@@ -14,7 +14,7 @@ from .locality import Analysis
 from .model import ClientPlan, Const, Param, ShardFacts, Value
 from .ordering import limit_value, resolve_reference, sort_key
 from .refusals import check_top, refuse
-from .syntax import copy_node
+from .syntax import copy_node, func_name, walk
 
 __all__ = ["plan_select"]
 
@@ -33,6 +33,14 @@ def plan_select(
     """
     check_top(stmt, facts.aggregates, local=analysis.local)
     if uses_aggregates(stmt, facts.aggregates) and not analysis.local:
+        for node in walk(stmt):
+            if isinstance(node, ast.FuncCall) and len(node.funcname or ()) == 1:
+                name = func_name(node)[1]
+                if name in facts.shadowed:
+                    raise refuse(
+                        f"the aggregate {name}() (search_path finds a user-defined {name} before "
+                        "pg_catalog's: the merge would combine it as the built-in)"
+                    )
         check_collations(bound, facts.collated_columns, facts.catalog)
         return AggregatePlanner(stmt, facts.aggregates).plan()
     if (
