@@ -34,7 +34,10 @@ class _Rows:
     """
 
     def __init__(
-        self, batches: Iterator[list[Row]], on_interrupt: Callable[[], None], maker: RowMaker | None = None
+        self,
+        batches: Iterator[list[Row]],
+        on_interrupt: Callable[[BaseException], None],
+        maker: RowMaker | None = None,
     ) -> None:
         self._batches = batches if maker is None else ([maker(r) for r in b] for b in batches)
         self._on_interrupt = on_interrupt
@@ -49,10 +52,12 @@ class _Rows:
             return next(self._batches, None)
         except KeyboardInterrupt as exc:
             self._error = psycopg2.OperationalError("fetching was interrupted; execute the statement again")
-            self._on_interrupt()
+            self._on_interrupt(exc)
             raise exc
         except BaseException as exc:
             self._error = exc
+            if getattr(exc, "shard", None) is not None:
+                self._on_interrupt(exc)  # a shard's error while fetching fails the transaction too
             raise
 
     def _refill(self) -> bool:
@@ -350,11 +355,16 @@ class ParallelCursor:
         state = "closed" if self.closed else "open"
         return f"<ParallelCursor {state} shards={len(self._cursors)} name={self._name!r}>"
 
-    def _cancel_fetches(self) -> None:
-        """Cancel the background fetches still running (after Ctrl-C)."""
+    def _cancel_fetches(self, exc: BaseException) -> None:
+        """After Ctrl-C or a shard's error while fetching: cancel the fetches still running.
+
+        The transaction has failed on some shard, so it fails everywhere.
+        """
         busy = [s.index for s in self._streams if not s.ready()]
         if busy:
             self._shards.cancel(busy)
+        if busy or getattr(exc, "shard", None) is not None:
+            self._shards.fail((str(exc).splitlines() or [type(exc).__name__])[0][:200])
 
     def _check_open(self) -> None:
         if self._closed:
