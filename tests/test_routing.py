@@ -274,3 +274,21 @@ def test_a_user_aggregate_found_before_pg_catalogs_is_not_merged_as_the_builtin(
         pdb.close()
     finally:
         run_on_all(sample.shard_dsns, "DROP AGGREGATE public.max(int)")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "WITH t AS (SELECT * FROM orders) SELECT count(*) FROM t t1 JOIN t t2 "
+        "ON t1.customer_id = t2.customer_id AND t1.id < t2.id",
+        "SELECT count(*) FROM (SELECT * FROM orders WHERE amount > 100) x "
+        "JOIN (SELECT * FROM orders WHERE amount < 900) y USING (customer_id)",
+        "SELECT o.id, l.n FROM orders o, "
+        "LATERAL (SELECT count(*) AS n FROM orders p WHERE p.customer_id = o.customer_id) l",
+        "SELECT o.id, l.id FROM orders o LEFT JOIN LATERAL (SELECT p.id FROM orders p "
+        "WHERE p.customer_id = o.customer_id AND p.id > o.id ORDER BY p.id LIMIT 1) l ON true",
+    ],
+)
+def test_star_subqueries_and_lateral_on_the_key_are_co_located(placed, ref, sql):
+    got, want = both(placed, ref, sql)
+    assert sorted(got, key=repr) == sorted(want, key=repr)

@@ -64,6 +64,10 @@ class _Item:
     key_type: int | None = None
     base: bool = False
     """A table itself (not a subquery or CTE)."""
+    tied: bool = False
+    """A LATERAL subquery correlated on the shard key: on each outer row's shard."""
+    order: tuple[str, ...] | None = None
+    """Its column names in order, when known (for ``SELECT *``)."""
 
 
 @dataclass
@@ -94,6 +98,8 @@ class _Level:
         self.uf: dict[Identity, Identity] = dict(parent.uf) if parent is not None else {}
         self.co: dict[Identity, Identity] = dict(parent.co) if parent is not None else {}
         self.pins: list[tuple[Identity, tuple[Value, ...], bool]] = []
+        self.merged = False
+        """A join USING or NATURAL merges columns: ``*`` is not every item's columns in order."""
         """The WHERE clause's tests of a column against keys: the column, and the pin."""
 
     def find(self, x: Identity) -> Identity:
@@ -168,17 +174,18 @@ class _Analyzer:
             for sublink in _sublinks(expr):
                 self.sublink(sublink, level)
         sharded = any(item.sharded for item in level.items)
-        names = [output_name(t) for t in stmt.targetList or ()]
+        outputs = _outputs(stmt, level)
+        names = [name for name, _ in outputs]
         if not sharded:
             return _Info(False, True, "", {}, names, level)
         exact, reason = self.exactness(stmt, level, top=top)
         keys: dict[str, Any] = {}
         solid: set[str] = set()
-        for target, name in zip(stmt.targetList or (), names, strict=True):
-            function = self.key_function(target.val, level)
+        for name, expr in outputs:
+            function = self.key_function(expr, level)
             if name and function is not None:
                 keys[name] = function
-                if self.key_function(target.val, level, solid=True) is not None:
+                if self.key_function(expr, level, solid=True) is not None:
                     solid.add(name)
         return _Info(True, exact, reason, keys, names, level, solid)
 
@@ -205,6 +212,13 @@ class _Analyzer:
         if isinstance(node, ast.RangeSubselect):
             subquery = cast(ast.SelectStmt, node.subquery)  # a subquery in FROM is always a SELECT
             info = self.select(subquery, level if node.lateral else level.parent)
+            if node.lateral and info.sharded and info.level is not None and self.correlated_on_key(
+                info.level, level
+            ):
+                # Tied to each outer row by the key: each shard answers it for its own rows.
+                self.sharded_seen += 1
+                item = _Item(node.alias.aliasname if node.alias is not None else None, True, tied=True)
+                return [self.add(level, item)]
             return [self.add(level, self.derived(info, node.alias, "a subquery in FROM"))]
         if isinstance(node, ast.JoinExpr):
             left = self.from_item(cast(ast.Node, node.larg), level, quals)
@@ -215,6 +229,8 @@ class _Analyzer:
                 self.equalities(_conjuncts(node.quals), level, outer=outer)
             for name in node.usingClause or ():
                 self.using(level, left, right, name.sval, outer=outer)
+            if node.usingClause or node.isNatural:
+                level.merged = True  # SELECT * shows such columns once: its columns are not the items' own
             self.outer_join(node, level, left, right)
             return left + right
         if isinstance(node, ast.RangeTableSample):
@@ -240,32 +256,37 @@ class _Analyzer:
 
         ``renames``: ``AS alias(a, b)`` names its first columns anew.
         """
-        columns, key = info.columns, info.key
+        columns, key, order = info.columns, info.key, info.order
         if renames:
             if info.order is None:
-                columns = key = None
+                columns = key = order = None
             else:
-                names = [*renames, *info.order[len(renames) :]]
-                columns = frozenset(names)
-                key = names[info.order.index(info.key)] if info.key in info.order else None
+                order = (*renames, *info.order[len(renames) :])
+                columns = frozenset(order)
+                key = order[info.order.index(info.key)] if info.key in info.order else None
         if info.kind == "whole":
-            return _Item(alias, columns=columns, name=info.name)
+            return _Item(alias, columns=columns, name=info.name, order=order)
         self.sharded_seen += 1
         if info.key is None:
             self.unkeyed = True
-            return _Item(alias, True, columns, unkeyed=True, assumed=True, name=info.name)
+            return _Item(alias, True, columns, unkeyed=True, assumed=True, name=info.name, order=order)
         if key is None:
             self.unkeyed = True  # renamed beyond what the catalog tells: no routing, no pushdown
-            return _Item(alias, True, columns, unkeyed=True, name=info.name)
-        item = _Item(alias, True, columns, {key: info.function}, name=info.name, key_type=info.key_type)
+            return _Item(alias, True, columns, unkeyed=True, name=info.name, order=order)
+        item = _Item(
+            alias, True, columns, {key: info.function}, name=info.name, key_type=info.key_type, order=order
+        )
         item.solid = {key} if info.key_not_null else set()
         item.base = True
         return item
 
     def derived(self, info: _Info, alias: ast.Alias | None, what: str) -> _Item:
         info = _renamed(info, alias.colnames if alias is not None else None)
+        known = None not in info.names
         item = _Item(
-            alias.aliasname if alias is not None else None, columns=frozenset(n for n in info.names if n)
+            alias.aliasname if alias is not None else None,
+            columns=frozenset(n for n in info.names if n) if known else None,
+            order=tuple(n for n in info.names if n) if known else None,
         )
         if not info.sharded:
             return item
@@ -333,7 +354,7 @@ class _Analyzer:
 
     def check_colocated(self, level: _Level) -> None:
         if self.layout.declared:
-            unknown = [i for i in level.items if i.sharded and not i.keys and not i.assumed]
+            unknown = [i for i in level.items if i.sharded and not i.keys and not i.assumed and not i.tied]
             if unknown and sum(1 for i in level.items if i.sharded) > 1:
                 self.fail(
                     refuse(
@@ -538,6 +559,26 @@ class _Analyzer:
                 return (current.number, found, column)
             current = current.parent
         return None
+
+
+def _outputs(stmt: ast.SelectStmt, level: _Level) -> list[tuple[str | None, Any]]:
+    """The select list's (name, expression) pairs, ``*`` and ``t.*`` expanded when the columns are known."""
+    outputs: list[tuple[str | None, Any]] = []
+    for target in stmt.targetList or ():
+        value = target.val
+        if isinstance(value, ast.ColumnRef) and value.fields and isinstance(value.fields[-1], ast.A_Star):
+            qualifier = value.fields[-2].sval if len(value.fields) >= 2 else None
+            items = [i for i in level.items if qualifier is None or i.alias == qualifier]
+            if not items or any(i.order is None for i in items) or (level.merged and qualifier is None):
+                outputs.append((None, None))
+                continue
+            for item in items:
+                for column in item.order or ():
+                    ref = ast.ColumnRef(fields=(ast.String(sval=item.alias), ast.String(sval=column)))
+                    outputs.append((column, ref if item.alias else None))
+            continue
+        outputs.append((output_name(target), value))
+    return outputs
 
 
 def _renamed(info: _Info, colnames: Any) -> _Info:
