@@ -292,3 +292,19 @@ def test_a_user_aggregate_found_before_pg_catalogs_is_not_merged_as_the_builtin(
 def test_star_subqueries_and_lateral_on_the_key_are_co_located(placed, ref, sql):
     got, want = both(placed, ref, sql)
     assert sorted(got, key=repr) == sorted(want, key=repr)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT c.id, o.id FROM customers c LEFT JOIN orders o ON o.customer_id = c.id WHERE c.id = %(a)s",
+        "SELECT c.id, count(o.id) FROM customers c LEFT JOIN orders o ON o.customer_id = c.id "
+        "WHERE c.id IN (%(a)s, %(a)s) GROUP BY c.id",
+        "SELECT o.id, c.name FROM orders o LEFT JOIN customers c ON c.id = o.customer_id WHERE c.id = %(a)s",
+    ],
+)
+def test_a_pin_carried_by_an_outer_join_routes_to_one_shard(placed, ref, sql):
+    (a,) = customers_on(ref, 2, 1)
+    got, want = both(placed, ref, sql, {"a": a})
+    assert sorted(got, key=repr) == sorted(want, key=repr)
+    assert busy(placed) == [2]

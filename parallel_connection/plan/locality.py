@@ -668,7 +668,9 @@ def _routes(analyzer: _Analyzer) -> tuple[tuple[Pin, ...], ...]:
         current: _Level | None = level
         while current is not None:
             for identity, values, array in current.pins:
-                if level.find(identity) == level.find(key):
+                # A pin is a test no NULL passes: on an outer join's far side it means a match,
+                # so the join's own equalities carry it (``co``).
+                if level.cofind(identity) == level.cofind(key):
                     group.append(Pin(function, values, array=array, key_type=item.key_type))
             current = current.parent
         if not group:
