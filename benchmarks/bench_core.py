@@ -39,7 +39,8 @@ def fanout_latency(env: BenchEnv) -> None:
                 cur.fetchall()
 
         def fan() -> None:
-            with pdb.cursor() as cur:
+            # merge="union": a statement that reads no table would otherwise run on one shard only.
+            with pdb.cursor(merge="union") as cur:
                 cur.execute(sql)
                 cur.fetchall()
 
