@@ -105,7 +105,7 @@ def union_throughput(env: BenchEnv) -> None:
             counts["raw"] = len(rows)
 
         def parallel() -> None:
-            with pdb.cursor() as cur:
+            with pdb.cursor(merge="union") as cur:  # every shard's pg_class, as the loop above reads
                 cur.execute(sql)
                 counts["pdb"] = len(cur.fetchall())
 
