@@ -446,6 +446,12 @@ def connect(
             "a string is never split silently)"
         )
     dsns = list(dsns)
+    for index, dsn in enumerate(dsns):
+        if not isinstance(dsn, str) or "\n" in dsn:
+            raise psycopg2.InterfaceError(
+                f"DSN {index}: one DSN per list entry, as a string (this one holds "
+                f"{'several lines' if isinstance(dsn, str) else type(dsn).__name__}: split them)"
+            )
     if not dsns:
         raise psycopg2.InterfaceError("connect needs at least one DSN")
     if connect_timeout is not None:

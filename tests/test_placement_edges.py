@@ -206,3 +206,47 @@ def test_a_data_modifying_cte_is_refused_and_writes_nothing(pdb, ref, sql):
         assert cur.fetchall() == before
         cur.execute("SELECT count(*) FROM pe_c")
         assert cur.fetchall() == [(len(C),)]
+
+
+HIDDEN_SUBQUERIES = [
+    "VALUES ((SELECT count(*) FROM pe_a))",
+    "SELECT * FROM (VALUES (EXISTS (SELECT 1 FROM pe_a WHERE k = 7))) v(x)",
+    "WITH v(x) AS (VALUES ((SELECT count(*) FROM pe_a))) SELECT * FROM v",
+    "SELECT id FROM pe_c WHERE id IN (VALUES ((SELECT k FROM pe_a WHERE k = 7 LIMIT 1)))",
+    "SELECT k, x FROM pe_a, LATERAL (VALUES ((SELECT count(*) FROM pe_b))) v(x) WHERE pe_a.k < 3",
+    "SELECT id FROM pe_c ORDER BY id LIMIT (SELECT count(*) FROM pe_a WHERE k < 3)",
+    "SELECT id FROM pe_c ORDER BY id OFFSET (SELECT count(*) FROM pe_a WHERE k < 3)",
+    "SELECT 1 LIMIT (SELECT count(*) FROM pe_a WHERE k < 3)",
+    "SELECT id, sum(id) OVER w FROM pe_c WINDOW w AS (ORDER BY id ROWS BETWEEN "
+    "(SELECT count(*) FROM pe_a WHERE k < 3) PRECEDING AND CURRENT ROW) ORDER BY id",
+    "SELECT count(*) FROM pe_c TABLESAMPLE BERNOULLI ((SELECT count(*) FROM pe_a WHERE k < 3) * 5) "
+    "REPEATABLE (1)",
+]
+SERVER_VALUES = [
+    "SELECT count(DISTINCT current_setting('port')) FROM pe_a",
+    "SELECT count(DISTINCT x) FROM pe_a, (SELECT setting x FROM pg_settings WHERE name = 'port') s",
+    "SELECT count(DISTINCT nw) FROM pe_now",
+]
+
+
+@pytest.mark.parametrize("sql", HIDDEN_SUBQUERIES)
+def test_subqueries_in_every_clause_are_seen(pdb, ref, sql):
+    exact_or_refused(pdb, ref, sql)
+
+
+@pytest.fixture
+def now_view(edges):
+    every = [*edges.shard_dsns, edges.reference_dsn]
+    run_on_all(every, "CREATE OR REPLACE VIEW pe_now AS SELECT k, now() AS nw FROM pe_a")
+    yield
+    run_on_all(every, "DROP VIEW pe_now")
+
+
+@pytest.mark.parametrize("sql", SERVER_VALUES)
+def test_values_of_each_server_are_refused_even_through_views_and_catalogs(pdb, ref, now_view, sql):
+    assert not exact_or_refused(pdb, ref, sql)
+
+
+def test_a_list_entry_holding_several_dsns_is_refused(edges):
+    with pytest.raises(psycopg2.InterfaceError, match="one DSN per list entry"):
+        parallel_connection.connect(["\n".join(edges.shard_dsns)])

@@ -39,6 +39,8 @@ class TableInfo:
     """Its column names in order, when the catalog knows them (for ``AS alias(a, b)`` renames)."""
     key_not_null: bool = False
     """The key column is declared NOT NULL."""
+    system: bool = False
+    """A relation of the shards' own catalog (pg_catalog, information_schema): each shard has its own."""
 
 
 class Layout:
@@ -74,9 +76,9 @@ class Layout:
         order = tuple(c.name for c in relation.columns) if relation is not None else None
         columns = frozenset(order) if order is not None else None
         if schema and (schema in SYSTEM_SCHEMAS or schema.startswith("pg_toast")):
-            return TableInfo("whole", shown, columns=columns, order=order)
+            return TableInfo("whole", shown, columns=columns, order=order, system=True)
         if relation is not None and relation.schema in SYSTEM_SCHEMAS:
-            return TableInfo("whole", shown, columns=columns, order=order)
+            return TableInfo("whole", shown, columns=columns, order=order, system=True)
         if self.placement is None:
             if name in self.replicated or shown in self.replicated:
                 return TableInfo("whole", shown, columns=columns, order=order)

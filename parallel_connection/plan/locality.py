@@ -140,6 +140,7 @@ class _Analyzer:
         self.unkeyed = False
         self.key_local: set[int] = set()
         self.sharded_seen = 0
+        self.system_read = False
 
     def fail(self, error: Exception) -> None:
         """Refuse, unless only looking for the routing (``lenient``)."""
@@ -160,10 +161,12 @@ class _Analyzer:
                         info = _Info(True, False, "WITH RECURSIVE over sharded rows", {}, info.names)
                         self.unkeyed = True
                     self.ctes[cte.ctename] = info
-        if stmt.valuesLists:
-            return _Info(False, True, "", {}, [])
         self.levels += 1
         level = _Level(self.levels, parent)
+        if stmt.valuesLists:
+            for sublink in _sublinks(stmt.valuesLists):
+                self.sublink(sublink, level)
+            return _Info(False, True, "", {}, [], level)
         quals: list[ast.Node] = []
         for item in stmt.fromClause or ():
             self.from_item(item, level, quals)
@@ -234,6 +237,8 @@ class _Analyzer:
             self.outer_join(node, level, left, right)
             return left + right
         if isinstance(node, ast.RangeTableSample):
+            for sublink in _sublinks([node.args, node.repeatable]):
+                self.sublink(sublink, level)
             return self.from_item(cast(ast.Node, node.relation), level, quals)
         for sublink in _sublinks(node):
             self.sublink(sublink, level)
@@ -265,6 +270,7 @@ class _Analyzer:
                 columns = frozenset(order)
                 key = order[info.order.index(info.key)] if info.key in info.order else None
         if info.kind == "whole":
+            self.system_read = self.system_read or info.system
             return _Item(alias, columns=columns, name=info.name, order=order)
         self.sharded_seen += 1
         if info.key is None:
@@ -526,15 +532,12 @@ class _Analyzer:
                     over = named[over.name]
                 yield over
 
-    def expressions(self, stmt: ast.SelectStmt, quals: list[ast.Node]) -> list[ast.Node]:
-        return [
-            *(stmt.targetList or ()),
-            *([stmt.whereClause] if stmt.whereClause is not None else []),
-            *([stmt.havingClause] if stmt.havingClause is not None else []),
-            *(stmt.sortClause or ()),
-            *(stmt.groupClause or ()),
-            *quals,
-        ]
+    def expressions(self, stmt: ast.SelectStmt, quals: list[ast.Node]) -> list[Any]:
+        """Every part of the level that may hold a subquery, but its FROM items and CTEs (seen apart)."""
+        node_type: Any = type(stmt)
+        skipped = {"fromClause", "withClause", "larg", "rarg", "intoClause"}
+        parts = [getattr(stmt, name, None) for name in node_type.__slots__ if name not in skipped]
+        return [*(part for part in parts if part is not None), *quals]
 
     # -- names ------------------------------------------------------------------------
 
@@ -647,6 +650,13 @@ def analyze(stmt: ast.SelectStmt, layout: Layout, *, lenient: bool = False) -> A
     """
     analyzer = _Analyzer(layout, lenient=lenient)
     info = analyzer.select(stmt, None, top=True)
+    if analyzer.sharded_seen and analyzer.system_read:
+        analyzer.fail(
+            refuse(
+                "a pg_catalog or information_schema relation in a statement that reads sharded rows "
+                "(each shard has its own catalog: oids, settings, statistics)"
+            )
+        )
     routes = _routes(analyzer)
     return Analysis(
         sharded=info.sharded,

@@ -13,6 +13,7 @@ from typing import Any
 
 from pglast import ast, enums
 
+from ..catalog import SETTINGS
 from ..errors import NotSupportedError, refuse
 from .layout import Layout
 from .locality import Analysis, analyze
@@ -47,6 +48,8 @@ _PER_SHARD = frozenset(
 )
 """Functions whose value is each shard's own (its transaction, its server): no combination is one
 database's."""
+_EQUAL_SETTINGS = frozenset(name.lower() for name in SETTINGS)
+"""Settings the connection checks are equal on every shard: current_setting() of them is one value."""
 _SYSTEM_COLUMNS = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
 _MOMENT_WORDS = frozenset({"now", "today", "tomorrow", "yesterday"})
 _ON_EVERY_SHARD = frozenset({"set_config"})
@@ -156,6 +159,24 @@ def _spread(
     calls: set[str],
 ) -> Plan:
     """The plan for a SELECT that runs on several shards (raises what cannot be answered exactly)."""
+    if _moments_in(bound) > _moments_in(stmt):
+        raise refuse(
+            "now(), CURRENT_TIMESTAMP or another moment inside a view, on several shards (each shard "
+            "would take its own: write it in the statement, where it is taken once)"
+        )
+    for node in walk(bound, into_selects=True):
+        if isinstance(node, ast.FuncCall) and func_name(node)[1] == "current_setting" and node.args:
+            first = node.args[0]
+            name = (
+                first.val.sval
+                if isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)
+                else None
+            )
+            if name is None or name.lower() not in _EQUAL_SETTINGS:
+                raise refuse(
+                    f"current_setting({name or '...'}) on several shards (a setting each server may "
+                    "have its own value of)"
+                )
     volatile = sorted((calls & (facts.volatile | _PER_SHARD)) - _HARMLESS_VOLATILE)
     if volatile:
         raise refuse(
@@ -180,6 +201,18 @@ def _spread(
         names=tuple(names),
         moments=moments,
     )
+
+
+def _moments_in(node: ast.Node) -> int:
+    """How many ``now()``-like calls a statement holds (a view's count too, once expanded)."""
+    count = 0
+    for sub in walk(node, into_selects=True):
+        if isinstance(sub, ast.SQLValueFunction) and sub.op in _VALUE_TYPES:
+            count += 1
+        elif isinstance(sub, ast.FuncCall) and not sub.args:
+            schema, name = func_name(sub)
+            count += schema in (None, "pg_catalog") and name in _TRANSACTION_MOMENTS | _STATEMENT_MOMENTS
+    return count
 
 
 def _check_per_shard_values(stmt: ast.SelectStmt) -> None:
