@@ -308,3 +308,20 @@ def test_a_pin_carried_by_an_outer_join_routes_to_one_shard(placed, ref, sql):
     got, want = both(placed, ref, sql, {"a": a})
     assert sorted(got, key=repr) == sorted(want, key=repr)
     assert busy(placed) == [2]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT status, count(*) FROM orders GROUP BY status "
+        "HAVING status IN (SELECT status FROM orders WHERE amount > 995)",
+        "SELECT count(*) FROM orders GROUP BY quantity IN (SELECT quantity FROM orders WHERE amount > 990)",
+        "SELECT id, quantity IN (SELECT quantity FROM orders WHERE amount > 990) FROM orders WHERE id < 50",
+    ],
+)
+def test_without_a_placement_an_in_subquery_outside_where_is_no_join(pdb, ref, sql):
+    try:
+        got, want = both(pdb, ref, sql)
+    except NotSupportedError:
+        return
+    assert sorted(got, key=repr) == sorted(want, key=repr)

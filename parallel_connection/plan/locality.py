@@ -173,9 +173,10 @@ class _Analyzer:
         self.equalities(_conjuncts(stmt.whereClause), level)
         level.pins = list(_pins(stmt, level, self))
         self.check_colocated(level)
+        filters = {id(s) for expr in [stmt.whereClause, *quals] for s in _sublinks(expr)}
         for expr in self.expressions(stmt, quals):
             for sublink in _sublinks(expr):
-                self.sublink(sublink, level)
+                self.sublink(sublink, level, filtering=id(sublink) in filters)
         sharded = any(item.sharded for item in level.items)
         outputs = _outputs(stmt, level)
         names = [name for name, _ in outputs]
@@ -400,7 +401,12 @@ class _Analyzer:
 
     # -- subqueries ---------------------------------------------------------------------
 
-    def sublink(self, node: ast.SubLink, level: _Level) -> None:
+    def sublink(self, node: ast.SubLink, level: _Level, *, filtering: bool = False) -> None:
+        """Check a subquery: each shard must answer it for its own rows.
+
+        ``filtering``: it is in WHERE or a join condition, where ``x IN (SELECT ...)``
+        is a semi-join (assumed co-located, as joins are, when no key is declared).
+        """
         sub = node.subselect
         if not isinstance(sub, ast.SelectStmt):
             return
@@ -421,7 +427,7 @@ class _Analyzer:
             # No declared keys: tables are assumed co-located, as FROM items are.
             if self.correlated(sub, inner):
                 return
-            if node.subLinkType == enums.SubLinkType.ANY_SUBLINK and info.exact:
+            if filtering and node.subLinkType == enums.SubLinkType.ANY_SUBLINK and info.exact:
                 return
         self.fail(
             refuse(
