@@ -364,7 +364,7 @@ class ParallelCursor:
         if busy:
             self._shards.cancel(busy)
         if busy or getattr(exc, "shard", None) is not None:
-            self._shards.fail((str(exc).splitlines() or [type(exc).__name__])[0][:200])
+            self._shards.fail(exc)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -19,6 +19,7 @@ import psycopg2.sql
 
 from .errors import NotSupportedError, refuse
 from .merge.pipeline import MergeInputs, build_merge
+from .merge.values import type_name
 from .plan import Plan, ShardFacts, check_shard_types, plan_statement, quick_plan
 from .plan.layout import INTEGER_TYPES
 from .plan.model import Const, Pin, Targets
@@ -70,7 +71,7 @@ def execute(shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, m
     """Run ``statement`` on the shards it needs; with ``merge``, as one database would answer it."""
     if not merge or len(cursors) == 1:
         return run_union(shards, cursors, statement.query, statement.vars, statement, range(len(cursors)))
-    text = _text(statement.query, cursors[0], shards)
+    text = _text(statement.query, cursors[0])
     quick = quick_plan(text, writes=shards.placement is not None)
     if quick is not None:
         if quick.word in _ENDING or (quick.word == "rollback" and shards.failed):
@@ -112,19 +113,13 @@ def execute_many(
     """
     plan: Plan | None = None
     if merge and shards.placement is not None and len(cursors) > 1 and params:
-        text = _text(query, cursors[0], shards)
+        text = _text(query, cursors[0])
         if quick_plan(text, writes=True) is None:
             plan, _ = _plan(text, params[0], shards.facts(), cursors[0], shards)
     shards.check_transaction()
     shards.run_statement(lambda i: cursors[i].executemany(query, params), range(len(cursors)))
-    counts = [c.rowcount for c in cursors]
     if plan is not None and plan.copies:
-        if len(set(counts)) > 1:
-            shards.fail("the copies diverged")
-            raise psycopg2.IntegrityError(
-                f"the copies of a table copied to every shard differ: the shards wrote {counts} rows; "
-                "run placement check, and repair the copies"
-            )
+        _check_copies(shards, [c.rowcount for c in cursors], [None] * len(cursors))
         return _counted(shards, cursors, [0])
     return _counted(shards, cursors, range(len(cursors)))
 
@@ -282,26 +277,16 @@ def run_union(
     """Run ``query`` on ``targets``; the rows are the union (``first``: only the first target's)."""
     targets = list(targets)
     firsts = shards.run_statement(_runner(cursors, query, vars, statement), targets)
-    outcome = _counted(shards, cursors, targets[:1] if first else targets)
-    if outcome.description is None:
-        return outcome
     used = targets[:1] if first else targets
-    streams = _streams(shards, cursors, targets, firsts, statement)
-    outcome.streams = streams
-    outcome.batches = interleave([s for s in streams if s.index in used])
-    return outcome
+    outcome = _counted(shards, cursors, used)
+    return _served(outcome, shards, cursors, targets, firsts, statement, serve=used)
 
 
 def run_finished(shards: ShardSet, cursors: Sequence[Any], statement: Statement) -> Outcome:
     """The union of what every shard cursor already holds (after ``callproc``)."""
     targets = list(range(len(cursors)))
-    outcome = _counted(shards, cursors, targets)
-    if outcome.description is None:
-        return outcome
     firsts: list[list[Row] | None] = [None] * len(cursors)
-    outcome.streams = _streams(shards, cursors, targets, firsts, statement)
-    outcome.batches = interleave(outcome.streams)
-    return outcome
+    return _served(_counted(shards, cursors, targets), shards, cursors, targets, firsts, statement)
 
 
 def run_copies(shards: ShardSet, cursors: Sequence[Any], statement: Statement) -> Outcome:
@@ -312,10 +297,15 @@ def run_copies(shards: ShardSet, cursors: Sequence[Any], statement: Statement) -
     """
     targets = list(range(len(cursors)))
     firsts = shards.run_statement(_runner(cursors, statement.query, statement.vars, statement), targets)
-    counts = [c.rowcount for c in cursors]
-    rows = [sorted(map(repr, batch)) if batch is not None else None for batch in firsts]
-    for index in targets[1:]:
-        if counts[index] != counts[0] or rows[index] != rows[0]:
+    _check_copies(shards, [c.rowcount for c in cursors], firsts)
+    return _served(_counted(shards, cursors, [0]), shards, cursors, [0], firsts[:1], statement)
+
+
+def _check_copies(shards: ShardSet, counts: list[int], rows: Sequence[list[Row] | None]) -> None:
+    """Every copy wrote as many rows (and returned the same ones); else the copies diverged."""
+    returned = [sorted(map(repr, batch)) if batch is not None else None for batch in rows]
+    for index in range(1, len(counts)):
+        if counts[index] != counts[0] or returned[index] != returned[0]:
             shards.fail(f"the copies diverged ({shards.infos[0]} and {shards.infos[index]})")
             raise psycopg2.IntegrityError(
                 f"the copies of a table copied to every shard differ: {shards.infos[0]} wrote "
@@ -323,11 +313,6 @@ def run_copies(shards: ShardSet, cursors: Sequence[Any], statement: Statement) -
                 + (" with other RETURNING rows" if counts[index] == counts[0] else "")
                 + "; run placement check, and repair the copies"
             )
-    outcome = _counted(shards, cursors, [0])
-    if outcome.description is not None:
-        outcome.streams = _streams(shards, cursors, [0], firsts[:1], statement)
-        outcome.batches = interleave(outcome.streams)
-    return outcome
 
 
 def _run_merge(
@@ -377,6 +362,25 @@ def _runner(cursors: Sequence[Any], query: Any, vars: Any, statement: Statement)
     return run
 
 
+def _served(
+    outcome: Outcome,
+    shards: ShardSet,
+    cursors: Sequence[Any],
+    targets: Sequence[int],
+    firsts: Sequence[list[Row] | None],
+    statement: Statement,
+    *,
+    serve: Sequence[int] | None = None,
+) -> Outcome:
+    """``outcome`` with the targets' rows as streams; their union is served (of ``serve``'s only)."""
+    if outcome.description is None:
+        return outcome
+    outcome.streams = _streams(shards, cursors, targets, firsts, statement)
+    shown = outcome.streams if serve is None else [s for s in outcome.streams if s.index in serve]
+    outcome.batches = interleave(shown)
+    return outcome
+
+
 def _streams(
     shards: ShardSet,
     cursors: Sequence[Any],
@@ -420,7 +424,7 @@ def agreed_description(
     return tuple(first) if first is not None else None
 
 
-def _text(query: Any, cursor: Any, shards: ShardSet) -> str:
+def _text(query: Any, cursor: Any) -> str:
     if isinstance(query, psycopg2.sql.Composable):
         return query.as_string(cursor)
     if isinstance(query, bytes):
@@ -442,8 +446,6 @@ def _shape(description: Sequence[Any] | None) -> list[tuple[str, int | None]] | 
 def _show(description: Sequence[Any] | None) -> str:
     if description is None:
         return "no result set"
-    from .merge.values import type_name
-
     names = [f"{c.name} {type_name(c.type_code)}" for c in description]
     return "(" + ", ".join(names) + ")"
 

@@ -251,13 +251,13 @@ class ShardSet:
             return self.run(fn, indexes)
         except (psycopg2.Error, KeyboardInterrupt) as exc:
             if getattr(exc, "shard", None) is not None or isinstance(exc, KeyboardInterrupt):
-                conn = self.connections[indexes[0]] if indexes else self.connections[0]
-                if not conn.autocommit:
-                    self._failed = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                self.fail(exc)
             raise
 
-    def fail(self, why: str) -> None:
-        """The current transaction can no longer commit (outside autocommit)."""
+    def fail(self, why: str | BaseException) -> None:
+        """The current transaction can no longer commit (outside autocommit); ``why`` says what broke it."""
+        if isinstance(why, BaseException):
+            why = (str(why).splitlines() or [type(why).__name__])[0][:200]
         if not self.connections[0].autocommit:
             self._failed = why
 

@@ -17,7 +17,7 @@ from ..catalog import SETTINGS
 from ..errors import NotSupportedError, refuse
 from .layout import Layout
 from .locality import Analysis, analyze
-from .model import ONE, Moment, Plan, ShardFacts, Targets, Task
+from .model import ONE, Moment, Pin, Plan, ShardFacts, Targets, Task
 from .names import bind_names
 from .params import Template, to_pyformat
 from .select import plan_select
@@ -93,17 +93,7 @@ def plan_query(stmt: ast.SelectStmt, template: Template, facts: ShardFacts) -> P
         routes = analyze(bound, layout, lenient=True).routes
         if not routes:
             raise
-        pinned = Targets("pinned", pins=routes)
-        local, names, moments = _local(stmt, template, pinned)
-        return Plan(
-            tasks=(Task(pinned),),
-            names=names,
-            pins=routes,
-            local=local,
-            refusal=exc,
-            moments=moments,
-            views=views,
-        )
+        return _routed(stmt, template, routes, Plan(names=template.names), exc, views)
     calls = {func_name(n)[1] for n in walk(bound, into_selects=True) if isinstance(n, ast.FuncCall)}
     if not analysis.sharded:
         if calls & _ON_EVERY_SHARD:
@@ -118,32 +108,34 @@ def plan_query(stmt: ast.SelectStmt, template: Template, facts: ShardFacts) -> P
         spread, refusal = Plan(), exc
     if not analysis.routes:
         return spread
-    pinned = Targets("pinned", pins=analysis.routes)
-    tasks = tuple(Task(pinned, t.sql) for t in spread.tasks)
-    local, names, moments = _local(stmt, template, pinned, spread.names)
+    return _routed(stmt, template, analysis.routes, spread, refusal, views)
+
+
+def _routed(
+    stmt: ast.SelectStmt,
+    template: Template,
+    routes: tuple[tuple[Pin, ...], ...],
+    spread: Plan,
+    refusal: NotSupportedError | None,
+    views: bool,
+) -> Plan:
+    """``spread`` sent only to the shards the routes name; on one shard, the statement as written
+    (with the transaction's moments), which one shard answers whatever it is."""
+    pinned = Targets("pinned", pins=routes)
+    local = copy_node(stmt)
+    names = list(spread.names or template.names)
+    moments = _replace_moments(local, names)
     return Plan(
-        tasks=tasks,
+        tasks=tuple(Task(pinned, t.sql) for t in spread.tasks),
         merge=spread.merge,
         client=spread.client,
-        names=names,
-        pins=analysis.routes,
-        local=local,
+        names=tuple(names),
+        pins=routes,
+        local=Task(pinned, to_pyformat(deparse(local), tuple(names)) if moments else None),
         refusal=refusal,
         moments=tuple(dict.fromkeys((*spread.moments, *moments))),
         views=views,
     )
-
-
-def _local(
-    stmt: ast.SelectStmt, template: Template, targets: Targets, names: tuple[str, ...] = ()
-) -> tuple[Task, tuple[str, ...], tuple[Moment, ...]]:
-    """The task for a statement that lands on one shard: as written, but with the transaction's moments."""
-    local = copy_node(stmt)
-    known = list(names or template.names)
-    moments = _replace_moments(local, known)
-    if not moments:
-        return Task(targets), tuple(known), ()
-    return Task(targets, to_pyformat(deparse(local), tuple(known))), tuple(known), moments
 
 
 def _count(node: ast.Node, kind: type) -> int:
@@ -159,48 +151,28 @@ def _spread(
     calls: set[str],
 ) -> Plan:
     """The plan for a SELECT that runs on several shards (raises what cannot be answered exactly)."""
-    if _moments_in(bound) > _moments_in(stmt):
-        raise refuse(
-            "now(), CURRENT_TIMESTAMP or another moment inside a view, on several shards (each shard "
-            "would take its own: write it in the statement, where it is taken once)"
-        )
-    for node in walk(bound, into_selects=True):
-        if isinstance(node, ast.FuncCall) and func_name(node)[1] == "current_setting" and node.args:
-            first = node.args[0]
-            name = (
-                first.val.sval
-                if isinstance(first, ast.A_Const) and isinstance(first.val, ast.String)
-                else None
-            )
-            if name is None or name.lower() not in _EQUAL_SETTINGS:
-                raise refuse(
-                    f"current_setting({name or '...'}) on several shards (a setting each server may "
-                    "have its own value of)"
-                )
     volatile = sorted((calls & (facts.volatile | _PER_SHARD)) - _HARMLESS_VOLATILE)
     if volatile:
         raise refuse(
             f"the volatile function {volatile[0]}() on several shards (each shard has its own "
             "value: one database would give one)"
         )
-    _check_per_shard_values(bound)
+    _check_per_shard_values(stmt, bound)
     check_negated(bound, analysis.key_local)
     planned = plan_select(stmt, bound, analysis, facts)
     shard = copy_node(planned[0]) if planned is not None else copy_node(stmt)
     names = list(template.names)
     moments = _replace_moments(shard, names)
+    if planned is None and not moments:
+        return Plan(names=template.names)
+    task = Task(sql=to_pyformat(deparse(shard), tuple(names)))
     if planned is None:
-        if not moments:
-            return Plan(names=template.names)
-        sql = to_pyformat(deparse(shard), tuple(names))
-        return Plan(tasks=(Task(sql=sql),), moments=moments, names=tuple(names))
-    return Plan(
-        tasks=(Task(sql=to_pyformat(deparse(shard), tuple(names))),),
-        merge=True,
-        client=planned[1],
-        names=tuple(names),
-        moments=moments,
-    )
+        return Plan(tasks=(task,), moments=moments, names=tuple(names))
+    return Plan(tasks=(task,), merge=True, client=planned[1], names=tuple(names), moments=moments)
+
+
+def _string(value: Any) -> str | None:
+    return value.sval if isinstance(value, ast.String) else None
 
 
 def _moments_in(node: ast.Node) -> int:
@@ -215,10 +187,24 @@ def _moments_in(node: ast.Node) -> int:
     return count
 
 
-def _check_per_shard_values(stmt: ast.SelectStmt) -> None:
-    """Refuse values each shard makes its own: system columns, samples, ``'now'`` read by each shard."""
-    for node in walk(stmt, into_selects=True):
-        if isinstance(node, ast.ColumnRef):
+def _check_per_shard_values(stmt: ast.SelectStmt, bound: ast.SelectStmt) -> None:
+    """Refuse values each shard makes its own: system columns, samples, ``'now'`` read by each shard,
+    moments inside views, settings the connection does not check equal."""
+    if _moments_in(bound) > _moments_in(stmt):
+        raise refuse(
+            "now(), CURRENT_TIMESTAMP or another moment inside a view, on several shards (each shard "
+            "would take its own: write it in the statement, where it is taken once)"
+        )
+    for node in walk(bound, into_selects=True):
+        if isinstance(node, ast.FuncCall) and func_name(node)[1] == "current_setting" and node.args:
+            first = node.args[0]
+            name = _string(first.val) if isinstance(first, ast.A_Const) else None
+            if name is None or name.lower() not in _EQUAL_SETTINGS:
+                raise refuse(
+                    f"current_setting({name or '...'}) on several shards (a setting each server may "
+                    "have its own value of)"
+                )
+        elif isinstance(node, ast.ColumnRef):
             last = node.fields[-1] if node.fields else None
             if isinstance(last, ast.String) and last.sval in _SYSTEM_COLUMNS:
                 raise refuse(f"the system column {last.sval} on several shards (each shard has its own)")
