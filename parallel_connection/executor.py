@@ -8,7 +8,6 @@ each shard's answer into a stream and the streams into the merged rows.
 
 from __future__ import annotations
 
-import decimal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,10 +17,10 @@ import psycopg2.extensions
 import psycopg2.sql
 
 from .errors import NotSupportedError, refuse
+from .keys import as_key
 from .merge.pipeline import MergeInputs, build_merge
 from .merge.values import type_name
 from .plan import Plan, ShardFacts, check_shard_types, plan_statement, quick_plan
-from .plan.layout import INTEGER_TYPES
 from .plan.model import Const, Pin, Targets
 from .shards import ShardSet
 from .streams import ShardStream, interleave
@@ -216,7 +215,7 @@ def _pin_shards(pin: Pin, vars: Any, names: tuple[str, ...], n: int) -> set[int]
     for value in values:
         if value is None:
             continue  # key = NULL matches no row anywhere
-        key = _as_key(value, pin.key_type)
+        key = as_key(value, pin.key_type)
         if key is None:
             return None
         try:
@@ -224,34 +223,6 @@ def _pin_shards(pin: Pin, vars: Any, names: tuple[str, ...], n: int) -> set[int]
         except (psycopg2.DataError, TypeError, ValueError):
             return None
     return shards
-
-
-_TEXT_TYPES = frozenset({25, 1043, 1042})
-"""text, varchar, char(n): keys that take Python strings (char(n) without its trailing spaces)."""
-
-
-def _as_key(value: Any, key_type: int | None) -> Any:
-    """A parameter or literal as the key column's type would read it (None: not sure)."""
-    if isinstance(value, bool):
-        return None
-    if key_type in INTEGER_TYPES or (key_type is None and isinstance(value, int)):
-        if isinstance(value, int):
-            return value
-        if isinstance(value, decimal.Decimal) and value == value.to_integral_value():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                return None
-        return None
-    if key_type in _TEXT_TYPES:
-        if isinstance(value, (int, decimal.Decimal)):
-            value = str(value)
-        if not isinstance(value, str):
-            return None
-        return value.rstrip(" ") if key_type == 1042 else value
-    return value
 
 
 def _with_moments(plan: Plan, vars: Any, shards: ShardSet, shard: int) -> Any:
