@@ -35,6 +35,23 @@ def refuse(construct: str) -> NotSupportedError:
     )
 
 
+def refuse_write(construct: str) -> NotSupportedError:
+    """The error for a write the shards cannot do as one database would: refused before it runs."""
+    return NotSupportedError(
+        f"{construct}: refused before anything was written (on each shard's own connection, "
+        "pdb.connections[i], a write touches that shard only)"
+    )
+
+
+def as_write_refusal(exc: NotSupportedError) -> NotSupportedError:
+    """A refusal raised by the reading checks, worded for the write they were checking."""
+    text = str(exc)
+    suffix = refuse("").args[0]
+    if text.endswith(suffix):
+        return refuse_write(text[: -len(suffix)].rstrip())
+    return exc
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     """Where a shard lives: enough to name it in an error, never its password."""

@@ -8,9 +8,13 @@ each shard's answer into a stream and the streams into the merged rows.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import reprlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
+from typing import Any, cast
 
 import psycopg2
 import psycopg2.extensions
@@ -21,7 +25,7 @@ from .keys import as_key
 from .merge.pipeline import MergeInputs, build_merge
 from .merge.values import type_name
 from .plan import Plan, ShardFacts, check_shard_types, plan_statement, quick_plan
-from .plan.model import Const, Pin, Targets
+from .plan.model import Const, Pin, RowSplit, Targets
 from .shards import ShardSet
 from .streams import ShardStream, interleave
 
@@ -36,6 +40,9 @@ __all__ = [
 ]
 
 Row = Any
+_short = reprlib.Repr()
+_short.maxstring = 40
+_short.maxother = 40
 FIRST_USER_OID = 16384
 """Types made in a database (enums, domains, composites) get their own OIDs on each shard."""
 
@@ -71,7 +78,7 @@ def execute(shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, m
     if not merge or len(cursors) == 1:
         return run_union(shards, cursors, statement.query, statement.vars, statement, range(len(cursors)))
     text = _text(statement.query, cursors[0])
-    quick = quick_plan(text, writes=shards.placement is not None)
+    quick = quick_plan(text)
     if quick is not None:
         if quick.word in _ENDING or (quick.word == "rollback" and shards.failed):
             return _end_transaction(shards, cursors, statement, quick)
@@ -106,21 +113,62 @@ def _end_transaction(shards: ShardSet, cursors: Sequence[Any], statement: Statem
 def execute_many(
     shards: ShardSet, cursors: Sequence[Any], query: Any, params: list[Any], *, merge: bool
 ) -> Outcome:
-    """``executemany`` on every shard, checked against the placement first (nothing written if refused).
+    """``executemany``: every parameter set planned first (nothing written if one is refused), then
+    each set on the shards its plan needs; sets that land on one shard go there in one batch.
 
     A write to a copied table counts one copy's rows, and every copy must count alike.
     """
-    plan: Plan | None = None
-    if merge and shards.placement is not None and len(cursors) > 1 and params:
-        text = _text(query, cursors[0])
-        if quick_plan(text, writes=True) is None:
-            plan, _ = _plan(text, params[0], shards.facts(), cursors[0], shards)
+    everywhere = range(len(cursors))
+    text = _text(query, cursors[0]) if merge and len(cursors) > 1 and params else None
+    if text is None or quick_plan(text) is not None:
+        shards.check_transaction()
+        plan = quick_plan(text) if text is not None else None
+        with _write_scope(shards, plan.writes if plan is not None else True, everywhere):
+            shards.run_statement(lambda i: cursors[i].executemany(query, params), everywhere)
+        return _counted(shards, cursors, everywhere)
+    facts = shards.facts()
+    planned = [_plan(text, p, facts, cursors[0], shards) for p in params]
+    placed = [_placed(plan, vars, len(cursors)) for plan, vars in planned]
     shards.check_transaction()
-    shards.run_statement(lambda i: cursors[i].executemany(query, params), range(len(cursors)))
-    if plan is not None and plan.copies:
+    first = planned[0][0]
+    if any(plan.batch or plan.mode != "union" for plan, _ in planned):
+        raise refuse("executemany() of a statement whose rows are merged or that holds several statements")
+    if all(plan.copies for plan, _ in planned):
+        with _write_scope(shards, True, everywhere):
+            shards.run_statement(lambda i: cursors[i].executemany(query, params), everywhere)
         _check_copies(shards, [c.rowcount for c in cursors], [None] * len(cursors))
         return _counted(shards, cursors, [0])
-    return _counted(shards, cursors, range(len(cursors)))
+    if all(len(targets) == 1 and not plan.moments for (plan, _), targets in zip(planned, placed, strict=True)):
+        groups: dict[int, list[Any]] = {}
+        for values, targets in zip(params, placed, strict=True):
+            groups.setdefault(targets[0], []).append(values)
+        used = sorted(groups)
+        with _write_scope(shards, any(p.writes for p, _ in planned), used):
+            shards.run_statement(lambda i: cursors[i].executemany(query, groups[i]), used)
+        return _counted(shards, cursors, used)
+    if all(list(targets) == list(everywhere) and not plan.moments and plan.tasks[0].sql is None
+           and not plan.split for (plan, _), targets in zip(planned, placed, strict=True)):
+        with _write_scope(shards, first.writes, everywhere):
+            shards.run_statement(lambda i: cursors[i].executemany(query, params), everywhere)
+        return _counted(shards, cursors, everywhere)
+    total = 0
+    statement = Statement(query, None, streaming=False, batch_size=0, tuples=True)
+    for values, (plan, vars), targets in zip(params, planned, placed, strict=True):
+        outcome = _run(shards, cursors, replace(statement, vars=values), plan, vars, list(targets))
+        total += max(outcome.rowcount, 0)
+    return Outcome(rowcount=total)
+
+
+def _placed(plan: Plan, vars: Any, n: int) -> list[int]:
+    """The shards one execution of ``plan`` runs on (refused here if it must not spread)."""
+    targets = sorted(set(_row_shards(plan.split, vars, plan.names, n))) if plan.split else bind_targets(
+        plan, vars, n
+    )
+    if plan.pins and not targets:
+        targets = [0]
+    if plan.refusal is not None and len(targets) > 1:
+        raise plan.refusal
+    return targets
 
 
 def _plan(text: str, vars: Any, facts: ShardFacts, cursor: Any, shards: ShardSet) -> tuple[Plan, Any]:
@@ -148,36 +196,147 @@ def _run(
     targets: list[int] | None = None,
 ) -> Outcome:
     n = len(cursors)
+    if plan.split is not None:
+        return run_split(shards, cursors, statement, plan, shard_vars)
+    if plan.batch:
+        return run_batch(shards, cursors, plan, shard_vars)
     targets = bind_targets(plan, shard_vars, n) if targets is None else targets
     shards.check_transaction()
+    if plan.refusal is not None and len(targets) > 1 and not (plan.pins and len(targets) <= 1):
+        raise plan.refusal
     try:
-        if plan.pins and len(targets) <= 1:
-            # One shard holds every row the statement can see: it answers as it is.
-            targets = targets or [0]
-            local = plan.local
-            if local is None or local.sql is None:
-                return run_union(shards, cursors, statement.query, statement.vars, statement, targets)
-            vars = _with_moments(plan, shard_vars, shards, targets[0])
-            return run_union(shards, cursors, local.sql, vars, statement, targets)
-        if plan.refusal is not None and len(targets) > 1:
-            raise plan.refusal
-        if plan.copies:
-            return run_copies(shards, cursors, statement)
-        task = plan.tasks[0]
-        if task.sql is None and not plan.merge:
-            return run_union(
-                shards, cursors, statement.query, statement.vars, statement, targets, first=plan.first
-            )
-        vars = _with_moments(plan, shard_vars, shards, targets[0])
-        query = task.sql if task.sql is not None else statement.query
-        if not plan.merge:
-            return run_union(shards, cursors, query, vars, statement, targets)
-        if not statement.tuples:
-            raise refuse("merging rows of this cursor_factory")
-        return _run_merge(shards, cursors, statement, plan, query, vars, targets)
+        with _write_scope(shards, plan.writes, targets or [0]):
+            return _run_planned(shards, cursors, statement, plan, shard_vars, targets)
     finally:
         if plan.refresh:
             shards.forget_facts()
+
+
+def _run_planned(
+    shards: ShardSet,
+    cursors: Sequence[Any],
+    statement: Statement,
+    plan: Plan,
+    shard_vars: Any,
+    targets: list[int],
+) -> Outcome:
+    """Run a plan (not split, not a batch) on its bound targets."""
+    if plan.pins and len(targets) <= 1:
+        # One shard holds every row the statement can see: it answers as it is.
+        targets = targets or [0]
+        local = plan.local
+        if local is None or local.sql is None:
+            return run_union(shards, cursors, statement.query, statement.vars, statement, targets)
+        vars = _with_moments(plan, shard_vars, shards, targets[0])
+        return run_union(shards, cursors, local.sql, vars, statement, targets)
+    task = plan.tasks[0]
+    if plan.copies:
+        vars = _with_moments(plan, shard_vars, shards, 0)
+        query = task.sql if task.sql is not None else statement.query
+        return run_copies(shards, cursors, query, vars if task.sql else statement.vars, statement)
+    if task.sql is None and not plan.merge:
+        return run_union(
+            shards, cursors, statement.query, statement.vars, statement, targets, first=plan.first
+        )
+    vars = _with_moments(plan, shard_vars, shards, targets[0])
+    query = task.sql if task.sql is not None else statement.query
+    if not plan.merge:
+        return run_union(shards, cursors, query, vars, statement, targets)
+    if not statement.tuples:
+        raise refuse("merging rows of this cursor_factory")
+    return _run_merge(shards, cursors, statement, plan, query, vars, targets)
+
+
+def run_split(shards: ShardSet, cursors: Sequence[Any], statement: Statement, plan: Plan, vars: Any) -> Outcome:
+    """An INSERT ... VALUES split by key: each shard gets its rows; RETURNING rows in the input's order."""
+    split = plan.split
+    assert split is not None
+    placed = _row_shards(split, vars, plan.names, len(cursors))
+    rows: dict[int, list[int]] = {}
+    for number, shard in enumerate(placed):
+        rows.setdefault(shard, []).append(number)
+    targets = sorted(rows)
+    if plan.refusal is not None and len(targets) > 1:
+        raise plan.refusal
+    shards.check_transaction()
+    vars = _with_moments(plan, vars, shards, targets[0])
+    sql = {i: split.head + ", ".join(split.rows[r] for r in rows[i]) + split.tail for i in targets}
+    unbuffered = replace(statement, streaming=False)
+    with _write_scope(shards, True, targets):
+        returned = shards.run_statement(lambda i: _runner(cursors, sql[i], vars, unbuffered)(i), targets)
+    outcome = _counted(shards, cursors, targets)
+    if outcome.description is not None:
+        pending = {i: iter(batch or ()) for i, batch in zip(targets, returned, strict=True)}
+        ordered = [row for shard in placed for row in itertools.islice(pending[shard], 1)]
+        ordered += [row for i in targets for row in pending[i]]
+        outcome.batches = iter([ordered])
+    return outcome
+
+
+def run_batch(shards: ShardSet, cursors: Sequence[Any], plan: Plan, vars: Any) -> Outcome:
+    """Several statements in one execute(): each shard runs, in order, the statements (and rows) it needs."""
+    n = len(cursors)
+    parts: dict[int, list[str]] = {}
+    for sub in plan.batch:
+        if sub.split is not None:
+            split = sub.split
+            rows: dict[int, list[str]] = {}
+            for number, shard in enumerate(_row_shards(split, vars, sub.names, n)):
+                rows.setdefault(shard, []).append(split.rows[number])
+            for shard, texts in rows.items():
+                parts.setdefault(shard, []).append(split.head + ", ".join(texts) + split.tail)
+            continue
+        for shard in _placed(sub, vars, n):
+            parts.setdefault(shard, []).append(cast(str, sub.tasks[0].sql))
+    targets = sorted(parts)
+    shards.check_transaction()
+    moments = Plan(moments=tuple(dict.fromkeys(m for sub in plan.batch for m in sub.moments)))
+    vars = _with_moments(moments, vars, shards, targets[0])
+    try:
+        with _write_scope(shards, plan.writes, targets):
+            shards.run_statement(lambda i: cursors[i].execute(";\n".join(parts[i]), vars), targets)
+    finally:
+        if plan.refresh:
+            shards.forget_facts()
+    outcome = _counted(shards, cursors, targets)
+    outcome.rowcount = -1
+    return outcome
+
+
+def _row_shards(split: RowSplit, vars: Any, names: tuple[str, ...], n: int) -> list[int]:
+    """The shard of each row of a split INSERT; a key no shard function can place is a DataError.
+
+    A NULL key goes to the first shard, where the row is kept (or refused by a NOT NULL), as one
+    database would.
+    """
+    placed: list[int] = []
+    for number, value in enumerate(split.keys, 1):
+        bound = value.value if isinstance(value, Const) else vars[names[value.number - 1]]
+        if bound is None:
+            placed.append(0)
+            continue
+        key = as_key(bound, split.key_type)
+        if key is None:
+            raise psycopg2.DataError(
+                f"row {number} of the INSERT into {split.table}: its shard key {split.key} = "
+                f"{_short.repr(bound)} cannot be read as the key column's type here; pass it as a "
+                "value of that type"
+            )
+        try:
+            placed.append(split.function.shard_of(key, n))
+        except psycopg2.DataError as exc:
+            raise psycopg2.DataError(f"row {number} of the INSERT into {split.table}: {exc}") from None
+    return placed
+
+
+def _write_scope(shards: ShardSet, writes: bool, targets: Sequence[int]) -> AbstractContextManager[Any]:
+    """What a statement that may write runs in: the shards it writes on are part of the transaction's
+    commit (two-phase when several); in autocommit, a write on several shards is one transaction."""
+    scope = getattr(shards, "write_scope", None)
+    if not writes or scope is None:
+        return contextlib.nullcontext()
+    result: AbstractContextManager[Any] = scope(list(targets))
+    return result
 
 
 def bind_targets(plan: Plan, vars: Any, n: int) -> list[int]:
@@ -260,14 +419,14 @@ def run_finished(shards: ShardSet, cursors: Sequence[Any], statement: Statement)
     return _served(_counted(shards, cursors, targets), shards, cursors, targets, firsts, statement)
 
 
-def run_copies(shards: ShardSet, cursors: Sequence[Any], statement: Statement) -> Outcome:
+def run_copies(shards: ShardSet, cursors: Sequence[Any], query: Any, vars: Any, statement: Statement) -> Outcome:
     """A write to a copied table: on every shard; one copy's count and RETURNING rows, as one database.
 
     Copies that answer differently have diverged: an error, and the transaction
     fails (COMMIT rolls back).
     """
     targets = list(range(len(cursors)))
-    firsts = shards.run_statement(_runner(cursors, statement.query, statement.vars, statement), targets)
+    firsts = shards.run_statement(_runner(cursors, query, vars, statement), targets)
     _check_copies(shards, [c.rowcount for c in cursors], firsts)
     return _served(_counted(shards, cursors, [0]), shards, cursors, [0], firsts[:1], statement)
 

@@ -45,6 +45,9 @@ class Analysis:
     key_local: frozenset[int] = frozenset()
     """``id()`` of the subqueries each shard answers whole: tied to the outer rows by the shard key, or
     reading no sharded table."""
+    output_keys: tuple[Any, ...] = ()
+    """For each top-level output column, the shard function of the key it holds (None: not a key);
+    empty when the select list is not known column by column (``*`` of unknown columns)."""
 
 
 @dataclass
@@ -141,6 +144,7 @@ class _Analyzer:
         self.key_local: set[int] = set()
         self.sharded_seen = 0
         self.system_read = False
+        self.output_keys: tuple[Any, ...] = ()
 
     def fail(self, error: Exception) -> None:
         """Refuse, unless only looking for the routing (``lenient``)."""
@@ -183,6 +187,10 @@ class _Analyzer:
         if not sharded:
             return _Info(False, True, "", {}, names, level)
         exact, reason = self.exactness(stmt, level, top=top)
+        if top and all(expr is not None or name is not None for name, expr in outputs):
+            self.output_keys = tuple(
+                self.key_function(expr, level) if expr is not None else None for _, expr in outputs
+            )
         keys: dict[str, Any] = {}
         solid: set[str] = set()
         for name, expr in outputs:
@@ -670,6 +678,7 @@ def analyze(stmt: ast.SelectStmt, layout: Layout, *, lenient: bool = False) -> A
         routes=routes,
         local_reason=info.reason,
         key_local=frozenset(analyzer.key_local),
+        output_keys=analyzer.output_keys,
     )
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "Partial",
     "Pin",
     "Plan",
+    "RowSplit",
     "ShardFacts",
     "SortKey",
     "Targets",
@@ -188,6 +189,24 @@ class Moment:
 
 
 @dataclass(frozen=True)
+class RowSplit:
+    """An INSERT ... VALUES split by key: each shard gets ``head``, its own rows, then ``tail``.
+
+    ``keys[i]`` is row ``i``'s key value; its shard is the key ``function``'s
+    (the key read as the column of type ``key_type`` reads it).
+    """
+
+    head: str
+    rows: tuple[str, ...]
+    tail: str
+    keys: tuple[Value, ...]
+    function: Any
+    key_type: int | None
+    table: str
+    key: str
+
+
+@dataclass(frozen=True)
 class Plan:
     """How to run one statement on the shards and merge the answers.
 
@@ -221,6 +240,12 @@ class Plan:
     """A write to a table copied to every shard: every copy must answer alike; one copy's answer is kept."""
     word: str = ""
     """The statement's first word when it was not parsed (``commit``, ``rollback``, ``create``...)."""
+    split: RowSplit | None = None
+    """An INSERT whose rows go to the shards of their keys."""
+    writes: bool = False
+    """It may write on the shards it runs on (a transaction writing on several commits in two phases)."""
+    batch: tuple[Plan, ...] = ()
+    """Several statements in one execute(), each with its own plan, run in order on their shards."""
 
     @property
     def mode(self) -> str:

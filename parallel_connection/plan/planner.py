@@ -11,9 +11,11 @@ import pglast
 from pglast import ast
 
 from .model import ALL, ONE, Plan, ShardFacts, Task
-from .params import Template, shard_vars, to_template
-from .query import check_write, plan_query
+from .params import Template, shard_vars, to_pyformat, to_template
+from .query import plan_query
 from .refusals import refuse
+from .syntax import copy_node, func_name, walk
+from .writes import READ_ONLY_VOLATILE, plan_create_as, plan_write
 
 __all__ = ["CACHE_SIZE", "plan_statement", "quick_plan"]
 
@@ -29,7 +31,7 @@ def plan_statement(
     the statement (``mogrify`` it, then plan the result without parameters).
     ``quick=False``: the caller already knows :func:`quick_plan` has no plan for it.
     """
-    fast = quick_plan(query, writes=facts.placement is not None) if quick else None
+    fast = quick_plan(query) if quick else None
     if fast is not None:
         return fast, vars
     template = to_template(query, vars)
@@ -41,8 +43,8 @@ def plan_statement(
     return plan, shard_vars(template, vars)
 
 
-# Statements that start with one of these words and hold no ";" return no rows, or (RETURNING)
-# each shard's own rows: the plain union, decided without parsing (big INSERTs stay cheap).
+# Statements that start with one of these words and hold no ";" return no rows: the plain union,
+# decided without parsing. Writes (INSERT, UPDATE, DELETE, COPY, MERGE) are always parsed.
 _UNION_WORDS = frozenset(
     [
         "insert",
@@ -79,31 +81,30 @@ _UNION_WORDS = frozenset(
 _WORD = re.compile(r"[A-Za-z]+")
 
 
-def quick_plan(query: str, *, writes: bool) -> Plan | None:
-    """The plan of a statement that needs no parsing (INSERT, COPY, DDL, SET...), else None.
-
-    With ``writes``, writes are parsed (to check them against the placement).
-    """
-    word = _first_word(query, writes=writes)
-    return None if word is None else Plan(refresh=word in _DDL_WORDS, word=word)
+def quick_plan(query: str) -> Plan | None:
+    """The plan of a statement that needs no parsing (DDL, SET, COMMIT...), else None."""
+    word = _first_word(query)
+    if word is None:
+        return None
+    writes = word in _DDL_WRITE_WORDS and not _OUTSIDE_TRANSACTIONS.search(query)
+    return Plan(refresh=word in _DDL_WORDS, word=word, writes=writes)
 
 
 _WRITE_WORDS = frozenset(["insert", "update", "delete", "copy", "merge"])
 _DDL_WORDS = _UNION_WORDS - _WRITE_WORDS - {"begin", "start", "commit", "rollback", "savepoint", "release"}
+_DDL_WRITE_WORDS = frozenset(["drop", "alter", "truncate", "grant", "revoke", "comment"])
+_OUTSIDE_TRANSACTIONS = re.compile(r"\b(concurrently|database|tablespace|system|subscription)\b", re.I)
+"""DDL that cannot run inside a transaction block: never wrapped in one."""
 
 
-def _first_word(query: str, *, writes: bool) -> str | None:
-    """The first word of a statement that is surely not a query (INSERT, COPY, DDL...), else None.
-
-    Such statements are never parsed (big INSERTs stay cheap), unless
-    ``writes``: with a placement, writes are checked against it.
-    """
+def _first_word(query: str) -> str | None:
+    """The first word of a statement that is surely neither a query nor a write (DDL, SET...), else None."""
     start = _skip_comments(query)
     if start is None:
         return None
     match = _WORD.match(query, start)
     word = match.group(0).lower() if match is not None else None
-    if word is None or word not in _UNION_WORDS or (writes and word in _WRITE_WORDS):
+    if word is None or word not in _UNION_WORDS or word in _WRITE_WORDS or word == "create":
         return None
     return None if ";" in query[start:].rstrip().rstrip(";") else word
 
@@ -144,19 +145,48 @@ def _plan(template: Template, facts: ShardFacts) -> Plan | None:
     if any(_parameter_as_item(cast(ast.Node, raw.stmt)) for raw in statements):
         return None
     if len(statements) > 1:
-        # psycopg2 returns the last statement's rows; each statement must be a plain union.
-        plans = [_plan_one(cast(ast.Node, raw.stmt), template, facts) for raw in statements]
-        for plan in plans:
-            if plan.mode != "union" or plan.pins or plan.moments or plan.tasks[0].targets != ALL:
-                raise refuse("several statements in one execute() with a query to merge or answer once")
-        return Plan(refresh=any(p.refresh for p in plans))
+        return _plan_several(statements, template, facts)
     if not statements:
         return Plan()
     return _plan_one(cast(ast.Node, statements[0].stmt), template, facts)
 
 
+def _plan_several(statements: Any, template: Template, facts: ShardFacts) -> Plan:
+    """Several statements in one execute(): each its own plan, run in order on its own shards.
+
+    psycopg2 returns the last statement's rows: statements that return rows
+    must each be the plain union of every shard's rows.
+    """
+    data = template.text.encode()
+    plans: list[Plan] = []
+    plain = True
+    for raw in statements:
+        stmt = cast(ast.Node, raw.stmt)
+        end = raw.stmt_location + raw.stmt_len if raw.stmt_len else len(data)
+        text = data[raw.stmt_location : end].decode()
+        plan = _plan_one(stmt, Template(text, template.names, template.positional), facts)
+        task = plan.tasks[0] if plan.tasks else Task()
+        special = plan.pins or plan.moments or plan.split or plan.copies or plan.refusal is not None
+        simple = plan.mode == "union" and not special and task.targets == ALL and task.sql is None
+        if not simple and _returns_rows(stmt):
+            raise refuse("several statements in one execute() with a query to merge or answer once")
+        plain = plain and simple
+        own = task.sql if task.sql is not None else to_pyformat(text, template.names)
+        plans.append(replace(plan, tasks=(Task(task.targets, own),)))
+    refresh = any(p.refresh for p in plans)
+    writes = any(p.writes for p in plans)
+    if plain:
+        return Plan(refresh=refresh, writes=writes)
+    return Plan(batch=tuple(plans), refresh=refresh, writes=writes, checked=True, names=template.names)
+
+
+def _returns_rows(stmt: ast.Node) -> bool:
+    returning = getattr(stmt, "returningClause", None)
+    return isinstance(stmt, (ast.SelectStmt, ast.VariableShowStmt)) or bool(returning and returning.exprs)
+
+
 _REFRESHING = (ast.VariableSetStmt, ast.DiscardStmt)
-_DATA = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)
+_DATA = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
 _SESSION: tuple[type[ast.Node], ...] = (
     ast.TransactionStmt,
     ast.VariableShowStmt,
@@ -177,15 +207,38 @@ def _plan_one(stmt: ast.Node, template: Template, facts: ShardFacts) -> Plan:
     if isinstance(stmt, ast.ExplainStmt):
         raise refuse("EXPLAIN (every shard has its own plan)")
     if isinstance(stmt, ast.SelectStmt):
-        return replace(plan_query(stmt, template, facts), checked=True)
+        if stmt.intoClause is not None:
+            query = replace_into(stmt)
+            plan_create_as(query, stmt.intoClause, facts)
+            return Plan(refresh=True, writes=True, checked=True)
+        plan = plan_query(stmt, template, facts)
+        return replace(plan, checked=True, writes=_writes_by_calls(stmt, facts))
+    if isinstance(stmt, ast.CreateTableAsStmt):
+        if not isinstance(stmt.query, ast.SelectStmt):
+            raise refuse("CREATE TABLE ... AS EXECUTE (what it returns is not known here)")
+        plan_create_as(stmt.query, cast(ast.IntoClause, stmt.into), facts)
+        return Plan(refresh=True, writes=True, checked=True)
     if isinstance(stmt, _DATA):
-        copies = check_write(stmt, facts)
-        return Plan(checked=facts.placement is not None, copies=copies)
+        return plan_write(stmt, template, facts)
     if isinstance(stmt, _REFRESHING):
         return Plan(refresh=True)
     if isinstance(stmt, (*_SESSION, ast.FetchStmt)):
         return Plan()
-    return Plan(refresh=True)  # DDL: the catalog may have changed
+    # DDL: the catalog may have changed
+    return Plan(refresh=True, writes=not _OUTSIDE_TRANSACTIONS.search(template.text))
+
+
+def replace_into(stmt: ast.SelectStmt) -> ast.SelectStmt:
+    """``stmt`` without its INTO clause: the query whose rows fill the new table."""
+    query = copy_node(stmt)
+    query.intoClause = None
+    return query
+
+
+def _writes_by_calls(stmt: ast.SelectStmt, facts: ShardFacts) -> bool:
+    """A SELECT calling a volatile function that may write (a user function, say)."""
+    calls = {func_name(n)[1] for n in walk(stmt, into_selects=True) if isinstance(n, ast.FuncCall)}
+    return bool((calls & facts.volatile) - READ_ONLY_VOLATILE)
 
 
 def _parameter_as_item(stmt: ast.Node) -> bool:

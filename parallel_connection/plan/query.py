@@ -24,12 +24,20 @@ from .select import plan_select
 from .sources import check_negated
 from .syntax import copy_node, deparse, func_name, walk
 
-__all__ = ["MOMENT_PARAM", "STATEMENT_PARAM", "check_write", "layout_of", "plan_query"]
+__all__ = [
+    "MOMENT_PARAM",
+    "PER_SHARD",
+    "STATEMENT_PARAM",
+    "check_per_shard_values",
+    "layout_of",
+    "plan_query",
+    "replace_moments",
+]
 
 MOMENT_PARAM = "_pc_now"
 STATEMENT_PARAM = "_pc_statement_now"
 _HARMLESS_VOLATILE = frozenset({"pg_sleep", "pg_sleep_for", "pg_sleep_until"})
-_PER_SHARD = frozenset(
+PER_SHARD = frozenset(
     {
         "txid_current",
         "txid_current_if_assigned",
@@ -124,7 +132,7 @@ def _routed(
     pinned = Targets("pinned", pins=routes)
     local = copy_node(stmt)
     names = list(spread.names or template.names)
-    moments = _replace_moments(local, names)
+    moments = replace_moments(local, names)
     return Plan(
         tasks=tuple(Task(pinned, t.sql) for t in spread.tasks),
         merge=spread.merge,
@@ -151,18 +159,18 @@ def _spread(
     calls: set[str],
 ) -> Plan:
     """The plan for a SELECT that runs on several shards (raises what cannot be answered exactly)."""
-    volatile = sorted((calls & (facts.volatile | _PER_SHARD)) - _HARMLESS_VOLATILE)
+    volatile = sorted((calls & (facts.volatile | PER_SHARD)) - _HARMLESS_VOLATILE)
     if volatile:
         raise refuse(
             f"the volatile function {volatile[0]}() on several shards (each shard has its own "
             "value: one database would give one)"
         )
-    _check_per_shard_values(stmt, bound)
+    check_per_shard_values(stmt, bound)
     check_negated(bound, analysis.key_local)
     planned = plan_select(stmt, bound, analysis, facts)
     shard = copy_node(planned[0]) if planned is not None else copy_node(stmt)
     names = list(template.names)
-    moments = _replace_moments(shard, names)
+    moments = replace_moments(shard, names)
     if planned is None and not moments:
         return Plan(names=template.names)
     task = Task(sql=to_pyformat(deparse(shard), tuple(names)))
@@ -187,7 +195,7 @@ def _moments_in(node: ast.Node) -> int:
     return count
 
 
-def _check_per_shard_values(stmt: ast.SelectStmt, bound: ast.SelectStmt) -> None:
+def check_per_shard_values(stmt: ast.SelectStmt, bound: ast.SelectStmt) -> None:
     """Refuse values each shard makes its own: system columns, samples, ``'now'`` read by each shard,
     moments inside views, settings the connection does not check equal."""
     if _moments_in(bound) > _moments_in(stmt):
@@ -219,7 +227,7 @@ def _check_per_shard_values(stmt: ast.SelectStmt, bound: ast.SelectStmt) -> None
                 )
 
 
-def _replace_moments(stmt: ast.Node, names: list[str]) -> tuple[Moment, ...]:
+def replace_moments(stmt: ast.Node, names: list[str]) -> tuple[Moment, ...]:
     """Replace ``now()``, ``CURRENT_DATE``... with parameters every shard gets the same value of."""
     found: dict[str, Moment] = {}
 
@@ -261,27 +269,3 @@ def _cast(arg: ast.Node, type_name: str, typmod: int | None = None) -> ast.TypeC
         names=(ast.String(sval="pg_catalog"), ast.String(sval=type_name)), typmods=mods, typemod=-1
     )
     return ast.TypeCast(arg=arg, typeName=name)
-
-
-def check_write(stmt: ast.Node, facts: ShardFacts) -> bool:
-    """Refuse a write the placement cannot place: an undeclared table, or an INSERT into a sharded one.
-
-    True when the write is to a table copied to every shard.
-    """
-    if facts.placement is None:
-        return False
-    relation = getattr(stmt, "relation", None)
-    if not isinstance(relation, ast.RangeVar):
-        return False
-    layout = layout_of(facts)
-    bound = bind_names(relation, facts.catalog)
-    if not isinstance(bound, ast.RangeVar):
-        raise NotSupportedError(f"writing to the view {relation.relname} across shards")
-    info = layout.table(bound)
-    if info is not None and info.key is not None and isinstance(stmt, ast.InsertStmt):
-        raise NotSupportedError(
-            f"INSERT into the sharded table {info.name} is not routed by its shard key yet; it would "
-            "write every row on every shard. Insert through the shard's own connection "
-            "(pdb.connections[i]) for now"
-        )
-    return info is not None and info.kind == "whole"

@@ -1,0 +1,483 @@
+"""Plan a write against the placement: rows routed by their key, changes decided on each row's shard,
+copies written alike, or a refusal before anything is written.
+
+An INSERT ... VALUES is split: each row goes to the shard its key maps to.
+UPDATE, DELETE and INSERT ... SELECT run on every shard (or the shards their
+key pins name) when each row's change is decided on its own shard: the
+statement is checked as the SELECT that reads the same rows. A write to a
+table copied to every shard runs on every copy and may read copies only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any, cast
+
+from pglast import ast, enums, parser
+
+from ..errors import NotSupportedError, as_write_refusal, refuse_write
+from .layout import TableInfo
+from .locality import Analysis, analyze
+from .model import ALL, Const, Param, Plan, RowSplit, ShardFacts, Targets, Task, Value
+from .names import bind_names
+from .params import Template, to_pyformat
+from .query import PER_SHARD, check_per_shard_values, layout_of, replace_moments
+from .select import plan_select
+from .sources import check_negated
+from .syntax import copy_node, deparse, func_name, walk
+
+__all__ = ["READ_ONLY_VOLATILE", "plan_create_as", "plan_write"]
+
+PER_ROW = frozenset({"random", "random_normal", "gen_random_uuid", "uuid_generate_v4", "clock_timestamp"})
+"""Volatile functions one database also evaluates anew for every row: each shard's values are as good."""
+READ_ONLY_VOLATILE = PER_ROW | frozenset(
+    {"pg_sleep", "pg_sleep_for", "pg_sleep_until", "set_config", "timeofday", "nextval", "setval"}
+)
+"""Volatile functions that write nothing a transaction commits (a SELECT calling them is a read)."""
+
+
+def plan_write(stmt: ast.Node, template: Template, facts: ShardFacts) -> Plan:
+    """The plan of an INSERT, UPDATE, DELETE or MERGE (NotSupportedError: refused)."""
+    try:
+        return _plan_write(stmt, template, facts)
+    except NotSupportedError as exc:
+        raise as_write_refusal(exc) from None
+
+
+def _plan_write(stmt: ast.Node, template: Template, facts: ShardFacts) -> Plan:
+    for node in walk(stmt, into_selects=True):
+        if node is not stmt and isinstance(node, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt)):
+            raise refuse_write("a data-modifying WITH inside a write (run the writes one by one)")
+    relation = cast(ast.RangeVar, getattr(stmt, "relation", None))
+    info = _target(relation, facts)
+    if isinstance(stmt, ast.MergeStmt):
+        return _plan_merge(stmt, template, facts, info)
+    if isinstance(stmt, ast.InsertStmt):
+        return _plan_insert(stmt, template, facts, info)
+    return _plan_change(cast("ast.UpdateStmt | ast.DeleteStmt", stmt), template, facts, info)
+
+
+def _target(relation: ast.RangeVar, facts: ShardFacts) -> TableInfo:
+    bound = bind_names(relation, facts.catalog)
+    if not isinstance(bound, ast.RangeVar):
+        raise NotSupportedError(f"writing to the view {relation.relname} across shards")
+    info = layout_of(facts).table(bound)
+    shown = f"{relation.schemaname}.{relation.relname}" if relation.schemaname else str(relation.relname)
+    return replace(info, name=shown) if info is not None else TableInfo("sharded", shown)
+
+
+# -- INSERT ---------------------------------------------------------------------------
+
+
+def _plan_insert(stmt: ast.InsertStmt, template: Template, facts: ShardFacts, info: TableInfo) -> Plan:
+    source = stmt.selectStmt
+    select = cast(ast.SelectStmt, source) if source is not None else ast.SelectStmt()
+    analysis = _analyzed(_with_ctes(select, stmt.withClause), facts)
+    if info.kind == "whole":
+        _check_copy_source(analysis, info, "INSERT into")
+        _check_volatile(stmt, facts, copies=True)
+        return _plan_everywhere(stmt, template, copies=True)
+    _check_conflict(stmt.onConflictClause, info)
+    if info.key is None:
+        raise NotSupportedError(
+            f"INSERT into {info.name}: the placement does not say which shard its rows belong to, "
+            "so one database's answer cannot be kept; declare its shard key "
+            f"(Placement(sharded={{{info.name!r}: 'key_column'}})), or use cursor(merge=\"union\") "
+            "to run the INSERT on every shard as written"
+        )
+    position = _key_position(stmt, info)
+    if select.valuesLists and not (select.sortClause or select.limitCount or select.limitOffset):
+        if analysis.sharded:
+            raise refuse_write(
+                f"a subquery reading sharded rows in INSERT into {info.name} ... VALUES (each shard "
+                "would read only its own rows)"
+            )
+        refusal = _volatile_refusal(stmt, facts)
+        return _plan_split(stmt, template, info, position, refusal)
+    if source is None:
+        raise _no_key(info, "DEFAULT VALUES")
+    if not analysis.sharded or position >= len(analysis.output_keys):
+        raise _not_colocated(info)
+    if analysis.output_keys[position] != info.function:
+        raise _not_colocated(info)
+    _check_local(select, analysis, facts, f"INSERT into {info.name} ... SELECT")
+    return _plan_spread(stmt, template, analysis, _volatile_refusal(stmt, facts))
+
+
+def _key_position(stmt: ast.InsertStmt, info: TableInfo) -> int:
+    """Where the key's value is in each inserted row."""
+    if stmt.cols:
+        names = [col.name for col in stmt.cols]
+        if any(col.indirection for col in stmt.cols):
+            raise refuse_write(f"INSERT into {info.name} assigning a field or element of a column")
+    elif info.order is not None:
+        names = list(info.order)
+    else:
+        raise refuse_write(f"INSERT into {info.name} without a column list (its columns are not known here)")
+    if info.key not in names:
+        raise _no_key(info, "a row without it")
+    return names.index(cast(str, info.key))
+
+
+def _no_key(info: TableInfo, what: str) -> NotSupportedError:
+    return NotSupportedError(
+        f"INSERT into the sharded table {info.name} with {what}: every row needs a value for its shard "
+        f"key {info.key} to be placed on its shard (give the key in the INSERT; a value the server "
+        "would compute, as a serial or DEFAULT, is different on each shard)"
+    )
+
+
+def _not_colocated(info: TableInfo) -> NotSupportedError:
+    return refuse_write(
+        f"INSERT into the sharded table {info.name} ... SELECT whose rows do not keep the shard key "
+        f"{info.key} of a table sharded alike (each shard would insert rows that belong elsewhere): "
+        "select the rows, then insert them with execute_values(), which routes each row"
+    )
+
+
+def _plan_split(
+    stmt: ast.InsertStmt, template: Template, info: TableInfo, position: int, refusal: Exception | None
+) -> Plan:
+    """Each VALUES row on the shard its key maps to."""
+    names = list(template.names)
+    text = template.text
+    local = copy_node(stmt)
+    moments = replace_moments(local, names)
+    if moments:
+        text = deparse(local)
+    rows = cast("tuple[tuple[Any, ...], ...]", cast(ast.SelectStmt, local.selectStmt).valuesLists)
+    keys = tuple(_key_value(row[position], info, number) for number, row in enumerate(rows, 1))
+    head, spans, tail = _row_spans(text, len(rows))
+    py = tuple(names)
+    split = RowSplit(
+        head=to_pyformat(head, py),
+        rows=tuple(to_pyformat(row, py) for row in spans),
+        tail=to_pyformat(tail, py),
+        keys=keys,
+        function=info.function,
+        key_type=info.key_type,
+        table=info.name,
+        key=cast(str, info.key),
+    )
+    return Plan(
+        split=split, names=py, moments=moments, refusal=refusal, writes=True, checked=True
+    )
+
+
+def _key_value(expr: Any, info: TableInfo, row: int) -> Value:
+    """The key of one VALUES row: a constant or a parameter, maybe cast."""
+    while isinstance(expr, ast.TypeCast):
+        expr = expr.arg
+    if isinstance(expr, ast.ParamRef):
+        return Param(cast(int, expr.number))
+    if isinstance(expr, ast.A_Const):
+        if expr.isnull:
+            return Const(None)
+        value = expr.val
+        if isinstance(value, ast.Integer):
+            return Const(value.ival)
+        if isinstance(value, ast.Float):
+            return Const(Decimal(str(value.fval)))
+        if isinstance(value, ast.String):
+            return Const(value.sval)
+    if isinstance(expr, ast.SetToDefault):
+        raise _no_key(info, f"DEFAULT as the key in row {row}")
+    raise _no_key(info, f"a key computed by an expression in row {row}")
+
+
+def _row_spans(text: str, count: int) -> tuple[str, list[str], str]:
+    """``text`` (an INSERT ... VALUES) cut into the part before the rows, each row, and the rest."""
+    data = text.encode()
+    tokens = parser.scan(text)
+    depth = 0
+    start = None
+    spans: list[tuple[int, int]] = []
+    values_seen = False
+    for token in tokens:
+        if token.name == "VALUES" and depth == 0 and not values_seen:
+            values_seen = True
+            continue
+        if token.name == "ASCII_40":
+            if depth == 0 and values_seen and len(spans) < count:
+                start = token.start
+            depth += 1
+        elif token.name == "ASCII_41":
+            depth -= 1
+            if depth == 0 and start is not None:
+                spans.append((start, token.end + 1))
+                start = None
+                if len(spans) == count:
+                    break
+    if len(spans) != count:
+        raise refuse_write("an INSERT ... VALUES whose rows could not be told apart")
+    head = data[: spans[0][0]].decode()
+    tail = data[spans[-1][1] :].decode()
+    return head, [data[a:b].decode() for a, b in spans], tail
+
+
+def _check_conflict(clause: ast.OnConflictClause | None, info: TableInfo) -> None:
+    """ON CONFLICT on a sharded table: the conflicting row must live on the inserted row's shard."""
+    if clause is None or info.kind == "whole":
+        return
+    infer = clause.infer
+    if infer is not None and infer.conname:
+        raise refuse_write(
+            f"ON CONFLICT ON CONSTRAINT on the sharded table {info.name} (name the constraint's "
+            f"columns instead: ON CONFLICT ({info.key}, ...))"
+        )
+    columns = [e.name for e in (infer.indexElems or ()) if e.name] if infer is not None else []
+    if info.key is None or info.key not in columns:
+        raise refuse_write(
+            f"ON CONFLICT on the sharded table {info.name} without its shard key {info.key or ''} in "
+            "the conflict target (a conflicting row could be on another shard): "
+            f"ON CONFLICT ({info.key or 'key'}, ...)"
+        )
+    if clause.action == enums.OnConflictAction.ONCONFLICT_UPDATE:
+        _check_no_key_change(clause.targetList, info)
+        for node in walk([clause.targetList, clause.whereClause], into_selects=True):
+            if isinstance(node, ast.SubLink):
+                raise refuse_write(f"a subquery in ON CONFLICT DO UPDATE on the sharded table {info.name}")
+
+
+# -- UPDATE and DELETE ----------------------------------------------------------------
+
+
+def _plan_change(
+    stmt: ast.UpdateStmt | ast.DeleteStmt, template: Template, facts: ShardFacts, info: TableInfo
+) -> Plan:
+    if isinstance(stmt.whereClause, ast.CurrentOfExpr):
+        raise refuse_write("WHERE CURRENT OF on several shards (the cursor is on one shard: use its connection)")
+    select = _as_select(stmt)
+    word = "UPDATE" if isinstance(stmt, ast.UpdateStmt) else "DELETE FROM"
+    if info.kind == "whole":
+        analysis = _analyzed(select, facts)
+        _check_copy_source(analysis, info, word)
+        _check_volatile(stmt, facts, copies=True)
+        return _plan_everywhere(stmt, template, copies=True)
+    if isinstance(stmt, ast.UpdateStmt):
+        _check_no_key_change(stmt.targetList, info)
+    try:
+        analysis = _analyzed(select, facts)
+        check_per_shard_values(select, cast(ast.SelectStmt, bind_names(select, facts.catalog)))
+        refusal = _volatile_refusal(stmt, facts)
+    except NotSupportedError as exc:
+        routes = analyze(_bound(select, facts), layout_of(facts), lenient=True).routes
+        if not routes:
+            raise
+        analysis, refusal = Analysis(sharded=True, local=True, routes=routes), as_write_refusal(exc)
+    return _plan_spread(stmt, template, analysis, refusal)
+
+
+def _as_select(stmt: ast.UpdateStmt | ast.DeleteStmt) -> ast.SelectStmt:
+    """The SELECT reading the rows the write reads: its values, its FROM / USING, WHERE and RETURNING."""
+    values: list[ast.Node] = []
+    extra: tuple[Any, ...] = ()
+    if isinstance(stmt, ast.UpdateStmt):
+        extra = stmt.fromClause or ()
+        for target in stmt.targetList or ():
+            value = target.val
+            if isinstance(value, ast.MultiAssignRef):
+                if value.colno == 1:
+                    values.append(cast(ast.Node, value.source))
+            elif not isinstance(value, ast.SetToDefault):
+                values.append(value)
+    else:
+        extra = stmt.usingClause or ()
+    targets = [ast.ResTarget(val=v) for v in values]
+    returning = stmt.returningClause.exprs if stmt.returningClause is not None else None
+    targets += [copy_node(t) for t in returning or ()]
+    if not targets:
+        targets = [ast.ResTarget(val=ast.A_Const(isnull=False, val=ast.Integer(ival=1)))]
+    select = ast.SelectStmt(
+        targetList=tuple(targets),
+        fromClause=(stmt.relation, *extra),
+        whereClause=stmt.whereClause,
+        limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
+        op=enums.SetOperation.SETOP_NONE,
+    )
+    return _with_ctes(select, stmt.withClause)
+
+
+def _check_no_key_change(targets: Any, info: TableInfo) -> None:
+    for target in targets or ():
+        if target.name == info.key:
+            raise refuse_write(
+                f"changing the shard key {info.key} of the sharded table {info.name} (the row may "
+                "belong on another shard): delete the row and insert it again"
+            )
+
+
+# -- MERGE ----------------------------------------------------------------------------
+
+
+def _plan_merge(stmt: ast.MergeStmt, template: Template, facts: ShardFacts, info: TableInfo) -> Plan:
+    source = ast.SelectStmt(
+        targetList=(ast.ResTarget(val=ast.A_Const(isnull=False, val=ast.Integer(ival=1))),),
+        fromClause=(
+            ast.JoinExpr(
+                jointype=enums.JoinType.JOIN_INNER,
+                larg=stmt.relation,
+                rarg=stmt.sourceRelation,
+                quals=stmt.joinCondition,
+                isNatural=False,
+            ),
+        ),
+        limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
+        op=enums.SetOperation.SETOP_NONE,
+    )
+    analysis = _analyzed(_with_ctes(source, stmt.withClause), facts)
+    if info.kind == "whole":
+        _check_copy_source(analysis, info, "MERGE into")
+        _check_volatile(stmt, facts, copies=True)
+        return _plan_everywhere(stmt, template, copies=True)
+    inserts = any(
+        clause.commandType == enums.CmdType.CMD_INSERT for clause in stmt.mergeWhenClauses or ()
+    )
+    if inserts:
+        raise refuse_write(
+            f"MERGE ... WHEN NOT MATCHED THEN INSERT into the sharded table {info.name} (each shard "
+            "would insert the source rows it cannot match): insert with execute_values(), then MERGE "
+            "the updates"
+        )
+    for clause in stmt.mergeWhenClauses or ():
+        _check_no_key_change(clause.targetList, info)
+    return _plan_spread(stmt, template, analysis, _volatile_refusal(stmt, facts))
+
+
+# -- CREATE TABLE AS, SELECT INTO ---------------------------------------------------
+
+
+def plan_create_as(query: ast.SelectStmt, into: ast.IntoClause, facts: ShardFacts) -> None:
+    """Refuse a CREATE TABLE ... AS / SELECT INTO whose new table would not be what one database has.
+
+    Allowed: rows each shard selects whole, into a table the placement shards
+    on a key the rows keep; rows every shard has alike, into a copied table.
+    """
+    try:
+        _check_create_as(query, into, facts)
+    except NotSupportedError as exc:
+        raise as_write_refusal(exc) from None
+
+
+def _check_create_as(query: ast.SelectStmt, into: ast.IntoClause, facts: ShardFacts) -> None:
+    analysis = _analyzed(query, facts)
+    rel = cast(ast.RangeVar, into.rel)
+    name = f"{rel.schemaname}.{rel.relname}" if rel.schemaname else cast(str, rel.relname)
+    if facts.placement is None:
+        if analysis.sharded:
+            _check_local(query, analysis, facts, f"CREATE TABLE {name} AS")
+        return
+    if analysis.sharded:
+        raise refuse_write(
+            f"CREATE TABLE {name} AS over sharded rows (the new table's placement is not known yet): "
+            f"create {name} first, declare it in the placement, then INSERT INTO {name} SELECT ..., "
+            "which runs on each shard when the rows keep the shard key"
+        )
+    if name in facts.placement.unresolved or rel.relname in facts.placement.unresolved:
+        raise refuse_write(
+            f"CREATE TABLE {name} AS for a table the placement declares: create it first, then insert"
+        )
+
+
+def _output_name(value: Any) -> str | None:
+    fields = value.fields if isinstance(value, ast.ColumnRef) else None
+    if fields and isinstance(fields[-1], ast.String):
+        return cast(str, fields[-1].sval)
+    return None
+
+
+# -- shared ---------------------------------------------------------------------------
+
+
+def _with_ctes(select: ast.SelectStmt, with_clause: ast.WithClause | None) -> ast.SelectStmt:
+    if with_clause is None:
+        return select
+    select = copy_node(select)
+    if select.withClause is not None:
+        raise refuse_write("a WITH clause both on the write and on its SELECT")
+    select.withClause = with_clause
+    return select
+
+
+def _bound(select: ast.SelectStmt, facts: ShardFacts) -> ast.SelectStmt:
+    return cast(ast.SelectStmt, bind_names(select, facts.catalog))
+
+
+def _analyzed(select: ast.SelectStmt, facts: ShardFacts) -> Analysis:
+    bound = _bound(select, facts)
+    analysis = analyze(bound, layout_of(facts))
+    check_negated(bound, analysis.key_local)
+    return analysis
+
+
+def _check_local(select: ast.SelectStmt, analysis: Analysis, facts: ShardFacts, what: str) -> None:
+    """Each shard's rows of ``select`` must be final: no merge across shards."""
+    if plan_select(select, _bound(select, facts), analysis, facts) is not None or not analysis.local:
+        raise refuse_write(
+            f"{what} a SELECT whose rows need a merge across shards (aggregates, ORDER BY with "
+            "LIMIT, DISTINCT): read its rows with a cursor, then insert them"
+        )
+
+
+def _check_copy_source(analysis: Analysis, info: TableInfo, word: str) -> None:
+    if analysis.sharded:
+        raise refuse_write(
+            f"{word} the copied table {info.name} reading sharded rows (each copy would get its "
+            "shard's values, and the copies would differ)"
+        )
+
+
+def _calls(stmt: ast.Node) -> set[str]:
+    return {func_name(n)[1] for n in walk(stmt, into_selects=True) if isinstance(n, ast.FuncCall)}
+
+
+def _volatile_refusal(stmt: ast.Node, facts: ShardFacts) -> Exception | None:
+    """Why the write cannot run on several shards because of what it calls, or None."""
+    try:
+        _check_volatile(stmt, facts, copies=False)
+    except NotSupportedError as exc:
+        return exc
+    return None
+
+
+def _check_volatile(stmt: ast.Node, facts: ShardFacts, *, copies: bool) -> None:
+    calls = _calls(stmt)
+    allowed = frozenset({"pg_sleep"}) if copies else PER_ROW | {"pg_sleep"}
+    volatile = sorted((calls & (facts.volatile | PER_SHARD)) - allowed)
+    if volatile:
+        where = "on every copy" if copies else "on several shards"
+        raise refuse_write(
+            f"the volatile function {volatile[0]}() in a write {where} (each shard computes its own "
+            "value: compute it first and pass it as a parameter)"
+        )
+
+
+def _plan_everywhere(stmt: ast.Node, template: Template, *, copies: bool) -> Plan:
+    """A write every shard runs alike (a copied table): ``now()`` taken once for all."""
+    local = copy_node(stmt)
+    names = list(template.names)
+    moments = replace_moments(local, names)
+    sql = to_pyformat(deparse(local), tuple(names)) if moments else None
+    return Plan(
+        tasks=(Task(ALL, sql),), names=tuple(names), moments=moments, copies=copies, writes=True, checked=True
+    )
+
+
+def _plan_spread(stmt: ast.Node, template: Template, analysis: Analysis, refusal: Exception | None) -> Plan:
+    """A write each shard decides for its own rows; only to the shards its key pins name, if any."""
+    local = copy_node(stmt)
+    names = list(template.names)
+    moments = replace_moments(local, names)
+    sql = to_pyformat(deparse(local), tuple(names)) if moments else None
+    targets = Targets("pinned", pins=analysis.routes) if analysis.routes else ALL
+    return Plan(
+        tasks=(Task(targets, sql),),
+        names=tuple(names),
+        pins=analysis.routes,
+        local=Task(targets, sql) if analysis.routes else None,
+        moments=moments,
+        refusal=refusal,
+        writes=True,
+        checked=True,
+    )

@@ -1,0 +1,293 @@
+"""Writes under a placement, on real shards, compared with the reference database: INSERTs routed by
+their key, UPDATE / DELETE decided on each row's shard, upserts, copies written alike, and every
+write that cannot be exact refused before anything is written."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+import pytest
+from conftest import run_on_all
+
+import parallel_connection
+from parallel_connection import NotSupportedError, ParallelConnection
+from parallel_connection.placement import Modulo, Placement
+
+PLACEMENT = Placement(
+    sharded={"wr_a": ("k", Modulo()), "wr_b": ("k", Modulo()), "wr_h": ("v", Modulo())},
+    copied=["wr_c"],
+)
+SCHEMA = """
+DROP TABLE IF EXISTS wr_a, wr_b, wr_c, wr_h, wr_new, wr_new2 CASCADE;
+CREATE TABLE wr_a (k int PRIMARY KEY, v int, note text);
+CREATE TABLE wr_b (k int NOT NULL, w int);
+CREATE TABLE wr_c (id int PRIMARY KEY, name text);
+CREATE TABLE wr_h (k int, v int NOT NULL);
+"""
+
+
+@pytest.fixture
+def db(sample: Any) -> Iterator[tuple[ParallelConnection, Any, list[Any]]]:
+    """A ParallelConnection over empty tables, the reference database, and one connection per shard."""
+    every = [*sample.shard_dsns, sample.reference_dsn]
+    run_on_all(every, SCHEMA)
+    pdb = parallel_connection.connect(sample.shard_dsns, placement=PLACEMENT)
+    ref = psycopg2.connect(sample.reference_dsn)
+    shards = [psycopg2.connect(dsn) for dsn in sample.shard_dsns]
+    for conn in shards:
+        conn.autocommit = True
+    try:
+        yield pdb, ref, shards
+    finally:
+        pdb.close()
+        ref.close()
+        for conn in shards:
+            conn.close()
+        run_on_all(every, "DROP TABLE IF EXISTS wr_a, wr_b, wr_c, wr_h, wr_new, wr_new2 CASCADE")
+
+
+def both(pdb: ParallelConnection, ref: Any, sql: str, vars: Any = None) -> tuple[Any, Any]:
+    """Run on the shards and on the reference database; (the library's cursor, the reference's)."""
+    cur = pdb.cursor()
+    cur.execute(sql, vars)
+    rcur = ref.cursor()
+    rcur.execute(sql, vars)
+    return cur, rcur
+
+
+def contents(conn: Any, table: str) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT * FROM {table} ORDER BY 1, 2")
+        return cur.fetchall()
+
+
+def same_contents(pdb: ParallelConnection, ref: Any, table: str) -> None:
+    pdb.commit()
+    ref.commit()
+    assert contents(pdb, table) == contents(ref, table)
+
+
+def on_each_shard(shards: list[Any], table: str) -> list[list[tuple[Any, ...]]]:
+    return [contents(conn, table) for conn in shards]
+
+
+def test_one_row_insert_lands_on_its_keys_shard_only(db) -> None:
+    pdb, ref, shards = db
+    cur, rcur = both(pdb, ref, "INSERT INTO wr_a (k, v) VALUES (%s, %s)", (4, 40))
+    assert (cur.rowcount, cur.statusmessage) == (rcur.rowcount, rcur.statusmessage) == (1, "INSERT 0 1")
+    pdb.commit()
+    assert on_each_shard(shards, "wr_a") == [[], [(4, 40, None)], []]
+
+
+def test_multi_row_insert_returns_rows_in_input_order(db) -> None:
+    pdb, ref, shards = db
+    sql = "INSERT INTO wr_a VALUES (%s, 1, 'a'), (2, %s, 'b'), (3, 3, 'c'), (%s, 4, 'd') RETURNING k, v"
+    cur, rcur = both(pdb, ref, sql, (7, 20, 9))
+    assert cur.fetchall() == rcur.fetchall() == [(7, 1), (2, 20), (3, 3), (9, 4)]
+    assert cur.rowcount == rcur.rowcount == 4
+    same_contents(pdb, ref, "wr_a")
+    assert [sorted(r[0] % 3 for r in rows) for rows in on_each_shard(shards, "wr_a")] == [
+        [0, 0, 0],
+        [1],
+        [],
+    ] or all(row[0] % 3 == i for i, rows in enumerate(on_each_shard(shards, "wr_a")) for row in rows)
+
+
+def test_every_row_is_on_the_shard_its_key_maps_to(db) -> None:
+    pdb, ref, shards = db
+    rows = [(k, k * 10, f"n{k}") for k in range(-20, 60)]
+    with pdb.cursor() as cur:
+        psycopg2.extras.execute_values(cur, "INSERT INTO wr_a VALUES %s", rows, page_size=17)
+    psycopg2.extras.execute_values(ref.cursor(), "INSERT INTO wr_a VALUES %s", rows, page_size=17)
+    same_contents(pdb, ref, "wr_a")
+    for index, held in enumerate(on_each_shard(shards, "wr_a")):
+        assert held and all(Modulo().shard_of(row[0], 3) == index for row in held)
+
+
+def test_execute_values_with_fetch_returns_every_row_in_order(db) -> None:
+    pdb, ref, _ = db
+    rows = [(k, -k) for k in (5, 1, 9, 3, 8, 2)]
+    got = psycopg2.extras.execute_values(
+        pdb.cursor(), "INSERT INTO wr_a (k, v) VALUES %s RETURNING k", rows, page_size=4, fetch=True
+    )
+    assert got == [(k,) for k, _ in rows]
+
+
+def test_executemany_and_execute_batch_route_each_row(db) -> None:
+    pdb, ref, shards = db
+    rows = [(k, k + 1) for k in range(30)]
+    for conn in (pdb, ref):
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO wr_a (k, v) VALUES (%s, %s)", rows[:15])
+            assert cur.rowcount == 15
+            psycopg2.extras.execute_batch(cur, "INSERT INTO wr_a (k, v) VALUES (%s, %s)", rows[15:], page_size=4)
+    same_contents(pdb, ref, "wr_a")
+    assert sum(len(rows) for rows in on_each_shard(shards, "wr_a")) == 30
+
+
+def test_a_row_without_its_key_is_refused_before_anything_is_written(db) -> None:
+    pdb, _, shards = db
+    cur = pdb.cursor()
+    for sql in (
+        "INSERT INTO wr_a (v) VALUES (1)",
+        "INSERT INTO wr_a VALUES (DEFAULT, 1, 'x')",
+        "INSERT INTO wr_a VALUES (1, 1, 'x'), (1 + 1, 2, 'y')",
+        "INSERT INTO wr_a DEFAULT VALUES",
+    ):
+        with pytest.raises(NotSupportedError, match="shard key k"):
+            cur.execute(sql)
+    pdb.rollback()
+    assert on_each_shard(shards, "wr_a") == [[], [], []]
+
+
+def test_a_null_key_is_refused_by_the_server_as_one_database_refuses_it(db) -> None:
+    pdb, ref, _ = db
+    with pytest.raises(psycopg2.IntegrityError):
+        pdb.cursor().execute("INSERT INTO wr_a (k, v) VALUES (%s, 1)", (None,))
+    pdb.rollback()
+    # A nullable key column keeps the row, as one database does.
+    run_on_all([c.dsn for c in db[2]], "ALTER TABLE wr_b ALTER COLUMN k DROP NOT NULL")
+    ref.cursor().execute("ALTER TABLE wr_b ALTER COLUMN k DROP NOT NULL")
+    pdb.cursor().execute("INSERT INTO wr_b VALUES (NULL, 5), (1, 6)")
+    ref.cursor().execute("INSERT INTO wr_b VALUES (NULL, 5), (1, 6)")
+    same_contents(pdb, ref, "wr_b")
+
+
+def load(pdb: ParallelConnection, ref: Any) -> None:
+    a = [(k, k % 7, f"n{k}") for k in range(1, 41)]
+    b = [(k % 20 + 1, k) for k in range(1, 61)]
+    c = [(i, f"c{i}") for i in range(1, 8)]
+    for conn in (pdb, ref):
+        with conn.cursor() as cur:
+            psycopg2.extras.execute_values(cur, "INSERT INTO wr_a VALUES %s", a)
+            psycopg2.extras.execute_values(cur, "INSERT INTO wr_b VALUES %s", b)
+            psycopg2.extras.execute_values(cur, "INSERT INTO wr_c VALUES %s", c)
+        conn.commit()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE wr_a SET v = v + 1",
+        "UPDATE wr_a SET v = v * 2 WHERE k = 5",
+        "UPDATE wr_a SET v = 0 WHERE k IN (1, 2, 3)",
+        "UPDATE wr_a SET note = wr_c.name FROM wr_c WHERE wr_c.id = wr_a.v",
+        "UPDATE wr_a SET v = wr_b.w FROM wr_b WHERE wr_b.k = wr_a.k AND wr_b.w > 30",
+        "UPDATE wr_a SET v = (SELECT max(w) FROM wr_b WHERE wr_b.k = wr_a.k)",
+        "UPDATE wr_a SET note = 'x' WHERE v IN (SELECT id FROM wr_c WHERE name > 'c3')",
+        "UPDATE wr_a SET note = 'y' WHERE k IN (SELECT k FROM wr_b WHERE w > 50)",
+        "UPDATE wr_a SET (v, note) = (SELECT 1, 'z') WHERE k > 30",
+        "DELETE FROM wr_a WHERE v = 3",
+        "DELETE FROM wr_a WHERE k = 7",
+        "DELETE FROM wr_a USING wr_b WHERE wr_b.k = wr_a.k AND wr_b.w < 10",
+        "DELETE FROM wr_a WHERE EXISTS (SELECT 1 FROM wr_b WHERE wr_b.k = wr_a.k AND wr_b.w = 45)",
+        "WITH c AS (SELECT id FROM wr_c WHERE id < 3) DELETE FROM wr_a WHERE v IN (SELECT id FROM c)",
+        "UPDATE wr_c SET name = name || '!' WHERE id > 4",
+        "DELETE FROM wr_c WHERE id = 2",
+        "UPDATE wr_a SET note = now()::date::text WHERE k < 4",
+    ],
+)
+def test_updates_and_deletes_match_one_database(db, sql: str) -> None:
+    pdb, ref, _ = db
+    load(pdb, ref)
+    cur, rcur = both(pdb, ref, sql + " RETURNING *")
+    assert cur.rowcount == rcur.rowcount
+    assert cur.statusmessage == rcur.statusmessage
+    assert sorted(cur.fetchall()) == sorted(rcur.fetchall())
+    for table in ("wr_a", "wr_c"):
+        same_contents(pdb, ref, table)
+
+
+@pytest.mark.parametrize(
+    ("sql", "match"),
+    [
+        ("UPDATE wr_a SET k = k + 1", "changing the shard key k"),
+        ("UPDATE wr_a SET v = (SELECT max(w) FROM wr_b)", "subquery reading a sharded table"),
+        ("UPDATE wr_a SET v = wr_b.w FROM wr_b WHERE wr_b.w = wr_a.v", "co-located|shard key"),
+        ("DELETE FROM wr_a WHERE v > (SELECT avg(w) FROM wr_b)", "subquery reading a sharded table"),
+        ("DELETE FROM wr_a WHERE k NOT IN (SELECT w FROM wr_b)", "NOT IN|negated|subquery"),
+        ("DELETE FROM wr_a WHERE ctid = '(0,1)'", "system column ctid"),
+        ("UPDATE wr_c SET name = wr_a.note FROM wr_a WHERE wr_a.k = wr_c.id", "copied table wr_c"),
+        ("UPDATE wr_c SET name = random()::text", "volatile function random"),
+        ("UPDATE wr_a SET v = nextval('wr_seq')", "volatile function nextval"),
+        ("INSERT INTO wr_a VALUES (1, 1, 'x') ON CONFLICT DO NOTHING", "conflict target"),
+        ("INSERT INTO wr_a VALUES (1, 1, 'x') ON CONFLICT (v) DO NOTHING", "conflict target"),
+        ("INSERT INTO wr_a VALUES (1, 1, 'x') ON CONFLICT (k) DO UPDATE SET k = 2", "changing the shard key"),
+        ("INSERT INTO wr_a SELECT count(*), 1, 'x' FROM wr_b", "keep the shard key|merge"),
+        ("INSERT INTO wr_a SELECT id, 1, name FROM wr_c", "keep the shard key"),
+        ("INSERT INTO wr_a SELECT w, k, 'x' FROM wr_b", "keep the shard key"),
+        ("INSERT INTO wr_a VALUES (100, (SELECT max(v) FROM wr_a), 'x')", "subquery reading"),
+        ("INSERT INTO wr_c SELECT k, 'x' FROM wr_b", "copied table wr_c reading sharded rows"),
+        ("CREATE TABLE wr_new AS SELECT count(*) FROM wr_a", "CREATE TABLE wr_new AS"),
+        ("CREATE TABLE wr_new AS SELECT * FROM wr_a", "CREATE TABLE wr_new AS"),
+        ("SELECT k, v INTO wr_new FROM wr_a", "CREATE TABLE wr_new AS"),
+        ("CREATE TABLE wr_new AS SELECT * FROM wr_c", None),
+        ("MERGE INTO wr_a USING wr_c ON wr_a.k = wr_c.id WHEN NOT MATCHED THEN INSERT VALUES (id, 1, name)",
+         "WHEN NOT MATCHED THEN INSERT"),
+        ("WITH x AS (DELETE FROM wr_b RETURNING k) DELETE FROM wr_a WHERE k IN (SELECT k FROM x)", "data-modifying"),
+    ],
+)
+def test_writes_that_cannot_be_exact_are_refused_before_anything_is_written(
+    db, sql: str, match: str | None
+) -> None:
+    pdb, ref, shards = db
+    load(pdb, ref)
+    run_on_all([c.dsn for c in shards], "CREATE SEQUENCE IF NOT EXISTS wr_seq")
+    before = [on_each_shard(shards, t) for t in ("wr_a", "wr_b", "wr_c")]
+    cur = pdb.cursor()
+    if match is None:
+        cur.execute(sql)  # allowed: every shard's copy of the new table holds every copied row
+        pdb.commit()
+        assert on_each_shard(shards, "wr_new") == [contents(ref, "wr_c")] * 3
+        return
+    with pytest.raises(NotSupportedError, match=match):
+        cur.execute(sql)
+    pdb.rollback()
+    assert [on_each_shard(shards, t) for t in ("wr_a", "wr_b", "wr_c")] == before
+    run_on_all([c.dsn for c in shards], "DROP SEQUENCE IF EXISTS wr_seq")
+
+
+def test_upserts_on_the_shard_key_match_one_database(db) -> None:
+    pdb, ref, _ = db
+    load(pdb, ref)
+    for sql in (
+        "INSERT INTO wr_a VALUES (3, 99, 'new'), (41, 1, 'n') ON CONFLICT (k) DO NOTHING RETURNING k",
+        "INSERT INTO wr_a VALUES (4, 99, 'new'), (42, 1, 'n') ON CONFLICT (k) DO UPDATE "
+        "SET v = wr_a.v + excluded.v RETURNING k, v",
+    ):
+        cur, rcur = both(pdb, ref, sql)
+        assert (cur.rowcount, sorted(cur.fetchall())) == (rcur.rowcount, sorted(rcur.fetchall()))
+    same_contents(pdb, ref, "wr_a")
+
+
+def test_insert_select_of_co_located_rows_runs_on_each_shard(db) -> None:
+    pdb, ref, shards = db
+    load(pdb, ref)
+    cur, rcur = both(pdb, ref, "INSERT INTO wr_a SELECT k, w, 'b' FROM wr_b WHERE w > 40 ON CONFLICT (k) DO NOTHING")
+    assert cur.rowcount == rcur.rowcount
+    cur, rcur = both(pdb, ref, "INSERT INTO wr_h SELECT v, k FROM wr_a WHERE k < 3")
+    same_contents(pdb, ref, "wr_a")
+    same_contents(pdb, ref, "wr_h")
+
+
+def test_a_copied_table_is_written_alike_on_every_copy(db) -> None:
+    pdb, ref, shards = db
+    cur, rcur = both(pdb, ref, "INSERT INTO wr_c VALUES (1, 'a'), (2, now()::text) RETURNING id")
+    assert (cur.rowcount, cur.fetchall()) == (rcur.rowcount, rcur.fetchall()) == (2, [(1,), (2,)])
+    pdb.commit()
+    copies = on_each_shard(shards, "wr_c")
+    assert copies[0] == copies[1] == copies[2] and len(copies[0]) == 2
+
+
+def test_without_a_placement_an_insert_is_refused_and_the_union_cursor_runs_it_everywhere(db, sample) -> None:
+    _, _, shards = db
+    with parallel_connection.connect(sample.shard_dsns) as pdb:
+        with pytest.raises(NotSupportedError, match='merge="union"'):
+            pdb.cursor().execute("INSERT INTO wr_b VALUES (1, 1)")
+        pdb.rollback()
+        pdb.cursor(merge="union").execute("INSERT INTO wr_b VALUES (1, 1)")
+        pdb.commit()
+    assert on_each_shard(shards, "wr_b") == [[(1, 1)]] * 3
