@@ -96,8 +96,8 @@ def test_description_matches_psycopg2(pdb, ref):
         ]
 
 
-def test_dml_fans_out_and_rowcount_is_summed(pdb, sample):
-    with pdb.cursor() as cur:
+def test_dml_fans_out_and_rowcount_is_summed_on_a_union_cursor(pdb, sample):
+    with pdb.cursor(merge="union") as cur:
         cur.execute("CREATE TEMP TABLE t (x int)")
         assert cur.description is None
         cur.execute("INSERT INTO t SELECT generate_series(1, 4)")

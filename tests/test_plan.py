@@ -170,10 +170,13 @@ def test_statements_other_than_select_fan_out_unchanged():
 
 def test_statements_that_cannot_be_queries_are_not_parsed():
     before = _plan.cache_info()
-    big = "INSERT INTO orders (id) VALUES " + ", ".join(f"({i})" for i in range(20000))
+    big = "DROP TABLE " + ", ".join(f"t{i}" for i in range(20000))
     p, vars = plan_statement(big, None, FACTS)
-    assert p.mode == "union" and vars is None
+    assert p.mode == "union" and vars is None and p.writes
     assert _plan.cache_info().misses == before.misses
+    # Writes are always parsed: without a placement, no row of an INSERT has a known shard.
+    with pytest.raises(NotSupportedError, match="which shard its rows belong to"):
+        plan_statement("INSERT INTO orders (id) VALUES (1)", None, FACTS)
     assert (
         plan_statement("/* report */ -- daily\n SELECT id FROM orders ORDER BY id", None, FACTS)[0].mode
         == "merge"

@@ -161,20 +161,23 @@ def test_a_collation_reached_through_a_domain_is_never_merged_as_code_points(pla
     assert sorted(map(repr, got)) == sorted(map(repr, want))
 
 
-def test_an_insert_into_a_sharded_table_is_refused_before_anything_is_written(placed, ref):
+def test_an_insert_into_a_sharded_table_goes_to_the_shard_of_its_key(placed, ref):
+    function = PLACEMENT.sharded[0].function
     with placed.cursor() as cur:
         cur.execute("SELECT count(*) FROM orders")
         (before,) = cur.fetchone()
-        for run in (
-            lambda: cur.execute("INSERT INTO orders (id, customer_id) VALUES (%s, %s)", (10**9, 1)),
-            lambda: cur.executemany(
-                "INSERT INTO orders (id, customer_id) VALUES (%s, %s)", [(10**9, 1), (10**9 + 1, 2)]
-            ),
-        ):
-            with pytest.raises(NotSupportedError, match="INSERT into the sharded table"):
-                run()
+        cur.execute("INSERT INTO orders (id, customer_id) VALUES (%s, %s)", (10**9, 1))
+        cur.executemany(
+            "INSERT INTO orders (id, customer_id) VALUES (%s, %s)", [(10**9 + 1, 2), (10**9 + 2, 4)]
+        )
+        assert cur.rowcount == 2
         cur.execute("SELECT count(*) FROM orders")
-        assert cur.fetchone() == (before,)
+        assert cur.fetchone() == (before + 3,)
+        for index, conn in enumerate(placed.connections):
+            with conn.cursor() as shard:
+                shard.execute("SELECT customer_id FROM orders WHERE id >= %s", (10**9,))
+                held = sorted(k for (k,) in shard.fetchall())
+            assert held == [k for k in (1, 2, 4) if function.shard_of(k, 3) == index]
     placed.rollback()
 
 

@@ -41,6 +41,8 @@ class TableInfo:
     """The key column is declared NOT NULL."""
     system: bool = False
     """A relation of the shards' own catalog (pg_catalog, information_schema): each shard has its own."""
+    temporary: bool = False
+    """A temporary table (of this session)."""
 
 
 class Layout:

@@ -210,14 +210,15 @@ def _plan_one(stmt: ast.Node, template: Template, facts: ShardFacts) -> Plan:
         if stmt.intoClause is not None:
             query = replace_into(stmt)
             plan_create_as(query, stmt.intoClause, facts)
-            return Plan(refresh=True, writes=True, checked=True)
+            return Plan(refresh=True, writes=not _temporary(stmt.intoClause.rel), checked=True)
         plan = plan_query(stmt, template, facts)
         return replace(plan, checked=True, writes=_writes_by_calls(stmt, facts))
     if isinstance(stmt, ast.CreateTableAsStmt):
         if not isinstance(stmt.query, ast.SelectStmt):
             raise refuse("CREATE TABLE ... AS EXECUTE (what it returns is not known here)")
-        plan_create_as(stmt.query, cast(ast.IntoClause, stmt.into), facts)
-        return Plan(refresh=True, writes=True, checked=True)
+        into = cast(ast.IntoClause, stmt.into)
+        plan_create_as(stmt.query, into, facts)
+        return Plan(refresh=True, writes=not _temporary(into.rel), checked=True)
     if isinstance(stmt, _DATA):
         return plan_write(stmt, template, facts)
     if isinstance(stmt, _REFRESHING):
@@ -225,7 +226,14 @@ def _plan_one(stmt: ast.Node, template: Template, facts: ShardFacts) -> Plan:
     if isinstance(stmt, (*_SESSION, ast.FetchStmt)):
         return Plan()
     # DDL: the catalog may have changed
-    return Plan(refresh=True, writes=not _OUTSIDE_TRANSACTIONS.search(template.text))
+    temporary = isinstance(stmt, ast.CreateStmt) and _temporary(stmt.relation)
+    return Plan(refresh=True, writes=not (temporary or _OUTSIDE_TRANSACTIONS.search(template.text)))
+
+
+def _temporary(relation: Any) -> bool:
+    """A temporary table: PostgreSQL cannot PREPARE a transaction that touched one, so its writes
+    never make a transaction two-phase (it ends with the session anyway)."""
+    return isinstance(relation, ast.RangeVar) and relation.relpersistence == "t"
 
 
 def replace_into(stmt: ast.SelectStmt) -> ast.SelectStmt:

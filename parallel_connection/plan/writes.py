@@ -52,10 +52,14 @@ def _plan_write(stmt: ast.Node, template: Template, facts: ShardFacts) -> Plan:
     relation = cast(ast.RangeVar, getattr(stmt, "relation", None))
     info = _target(relation, facts)
     if isinstance(stmt, ast.MergeStmt):
-        return _plan_merge(stmt, template, facts, info)
-    if isinstance(stmt, ast.InsertStmt):
-        return _plan_insert(stmt, template, facts, info)
-    return _plan_change(cast("ast.UpdateStmt | ast.DeleteStmt", stmt), template, facts, info)
+        plan = _plan_merge(stmt, template, facts, info)
+    elif isinstance(stmt, ast.InsertStmt):
+        plan = _plan_insert(stmt, template, facts, info)
+    else:
+        plan = _plan_change(cast("ast.UpdateStmt | ast.DeleteStmt", stmt), template, facts, info)
+    # PostgreSQL cannot PREPARE a transaction that wrote a temporary table: such writes never
+    # make a transaction two-phase (the table ends with the session anyway).
+    return replace(plan, writes=not info.temporary)
 
 
 def _target(relation: ast.RangeVar, facts: ShardFacts) -> TableInfo:
@@ -64,7 +68,10 @@ def _target(relation: ast.RangeVar, facts: ShardFacts) -> TableInfo:
         raise NotSupportedError(f"writing to the view {relation.relname} across shards")
     info = layout_of(facts).table(bound)
     shown = f"{relation.schemaname}.{relation.relname}" if relation.schemaname else str(relation.relname)
-    return replace(info, name=shown) if info is not None else TableInfo("sharded", shown)
+    temporary = relation.relpersistence == "t" or str(bound.schemaname or "").startswith("pg_temp")
+    if info is None:
+        return TableInfo("sharded", shown, temporary=temporary)
+    return replace(info, name=shown, temporary=temporary)
 
 
 # -- INSERT ---------------------------------------------------------------------------
