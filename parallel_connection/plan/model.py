@@ -204,6 +204,8 @@ class RowSplit:
     key_type: int | None
     table: str
     key: str
+    position: int = 0
+    """Where the key is in each row."""
 
 
 @dataclass(frozen=True)

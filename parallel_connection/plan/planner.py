@@ -10,7 +10,9 @@ from typing import Any, cast
 import pglast
 from pglast import ast
 
-from .model import ALL, ONE, Plan, ShardFacts, Task
+from ..errors import NotSupportedError
+from .literal_rows import cut_literal_rows, split_rows
+from .model import ALL, ONE, Plan, RowSplit, ShardFacts, Task
 from .params import Template, shard_vars, to_pyformat, to_template
 from .query import plan_query
 from .refusals import refuse
@@ -37,6 +39,9 @@ def plan_statement(
     template = to_template(query, vars)
     if template is None:
         return None
+    literal = _literal_insert(template, facts)
+    if literal is not None:
+        return literal, shard_vars(template, vars)
     plan = _plan(template, facts)
     if plan is None:
         return None
@@ -95,6 +100,41 @@ _DDL_WORDS = _UNION_WORDS - _WRITE_WORDS - {"begin", "start", "commit", "rollbac
 _DDL_WRITE_WORDS = frozenset(["drop", "alter", "truncate", "grant", "revoke", "comment"])
 _OUTSIDE_TRANSACTIONS = re.compile(r"\b(concurrently|database|tablespace|system|subscription)\b", re.I)
 """DDL that cannot run inside a transaction block: never wrapped in one."""
+
+
+def _literal_insert(template: Template, facts: ShardFacts) -> Plan | None:
+    """An INSERT of literal rows split without parsing each row: its skeleton (one row of NULLs) is
+    planned and cached, the rows are cut by a scanner of constants. None: plan it the usual way."""
+    settings = facts.catalog.settings if facts.catalog is not None else {}
+    if settings.get("standard_conforming_strings", "on") != "on":
+        return None
+    rows = cut_literal_rows(template.text)
+    if rows is None:
+        return None
+    head = _skeleton(Template(rows.head + rows.nulls, template.names, template.positional), facts)
+    if head is None:
+        return None
+    cut = split_rows(rows, head.position)
+    if cut is None or len(cut[0]) < 2:
+        return None
+    texts, keys, tail = cut
+    skeleton = _skeleton(Template(rows.head + rows.nulls + tail, template.names, template.positional), facts)
+    if skeleton is None or skeleton.position != head.position:
+        return None
+    plan = _plan(Template(rows.head + rows.nulls + tail, template.names, template.positional), facts)
+    assert plan is not None
+    rows_py = tuple(to_pyformat(row, template.names) for row in texts)
+    return replace(plan, split=replace(skeleton, rows=rows_py, keys=keys))
+
+
+def _skeleton(template: Template, facts: ShardFacts) -> RowSplit | None:
+    """The split of a one-row INSERT, or None (refused, or not split)."""
+    try:
+        plan = _plan(template, facts)
+    except NotSupportedError:
+        return None  # the full parse says why, naming the row
+    split = plan.split if plan is not None else None
+    return split if split is not None and len(split.rows) == 1 else None
 
 
 def _first_word(query: str) -> str | None:
@@ -157,13 +197,13 @@ def _plan_several(statements: Any, template: Template, facts: ShardFacts) -> Pla
     psycopg2 returns the last statement's rows: statements that return rows
     must each be the plain union of every shard's rows.
     """
-    data = template.text.encode()
+    text_all = template.text  # pglast's locations count characters
     plans: list[Plan] = []
     plain = True
     for raw in statements:
         stmt = cast(ast.Node, raw.stmt)
-        end = raw.stmt_location + raw.stmt_len if raw.stmt_len else len(data)
-        text = data[raw.stmt_location : end].decode()
+        end = raw.stmt_location + raw.stmt_len if raw.stmt_len else len(text_all)
+        text = text_all[raw.stmt_location : end]
         plan = _plan_one(stmt, Template(text, template.names, template.positional), facts)
         task = plan.tasks[0] if plan.tasks else Task()
         special = plan.pins or plan.moments or plan.split or plan.copies or plan.refusal is not None
