@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import reprlib
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
@@ -18,6 +19,7 @@ from typing import Any, cast
 
 import psycopg2
 import psycopg2.extensions
+import psycopg2.extras
 import psycopg2.sql
 
 from .errors import NotSupportedError, refuse
@@ -25,7 +27,7 @@ from .keys import as_key
 from .merge.pipeline import MergeInputs, build_merge
 from .merge.values import type_name
 from .plan import Plan, ShardFacts, check_shard_types, plan_statement, quick_plan
-from .plan.model import Const, Pin, RowSplit, Targets
+from .plan.model import Const, Pin, Reroute, RowSplit, Targets
 from .shards import ShardSet
 from .streams import ShardStream, interleave
 
@@ -200,6 +202,8 @@ def _run(
         return run_split(shards, cursors, statement, plan, shard_vars)
     if plan.batch:
         return run_batch(shards, cursors, plan, shard_vars)
+    if plan.reroute is not None:
+        return run_rerouted(shards, cursors, plan.reroute, shard_vars, statement.batch_size)
     targets = bind_targets(plan, shard_vars, n) if targets is None else targets
     shards.check_transaction()
     if plan.refusal is not None and len(targets) > 1 and not (plan.pins and len(targets) <= 1):
@@ -303,15 +307,71 @@ def run_batch(shards: ShardSet, cursors: Sequence[Any], plan: Plan, vars: Any) -
     return outcome
 
 
+def run_rerouted(
+    shards: ShardSet, cursors: Sequence[Any], reroute: Reroute, vars: Any, batch_size: int
+) -> Outcome:
+    """INSERT ... SELECT through the client: the SELECT's rows, merged as one database answers it and
+    streamed in batches, each inserted on the shards its key maps to (every copy: all shards)."""
+    n = len(cursors)
+    everywhere = list(range(n))
+    shards.check_transaction()
+    size = max(batch_size, 1000)
+    total = 0
+    with _write_scope(shards, True, everywhere):
+        readers = [conn.cursor(name=f"_pc_reroute_{uuid.uuid4().hex}") for conn in shards.connections]
+        streams: list[ShardStream] = []
+        try:
+            select = Statement(reroute.select, vars, streaming=True, batch_size=size, tuples=True)
+            outcome = execute(shards, readers, select, merge=True)
+            streams = outcome.streams
+            for batch in outcome.batches or iter(()):
+                total += _insert_routed(shards, cursors, reroute, batch)
+        finally:
+            for stream in streams:
+                stream.close()
+            for reader in readers:
+                with contextlib.suppress(psycopg2.Error):
+                    reader.close()
+    status = f"INSERT 0 {total}"
+    return Outcome(rowcount=total, statusmessage=status, targets=everywhere)
+
+
+def _insert_routed(shards: ShardSet, cursors: Sequence[Any], reroute: Reroute, rows: list[Row]) -> int:
+    """Insert ``rows`` on the shards of their keys; how many one database would count."""
+    if not rows:
+        return 0
+    n = len(cursors)
+    groups: dict[int, list[Row]] = {}
+    if reroute.function is None:
+        groups = {i: rows for i in range(n)}
+    else:
+        split = RowSplit("", (), "", (), reroute.function, reroute.key_type, reroute.table, reroute.key or "")
+        for row, shard in zip(rows, _shards_of(split, [row[reroute.position] for row in rows], n), strict=True):
+            groups.setdefault(shard, []).append(row)
+    sql = reroute.head + "%s" + reroute.tail
+
+    def insert(i: int) -> int:
+        psycopg2.extras.execute_values(cursors[i], sql, groups[i], page_size=1000)
+        return len(groups[i])
+
+    counts = shards.run_statement(insert, sorted(groups))
+    return counts[0] if reroute.function is None else sum(counts)
+
+
 def _row_shards(split: RowSplit, vars: Any, names: tuple[str, ...], n: int) -> list[int]:
     """The shard of each row of a split INSERT; a key no shard function can place is a DataError.
 
     A NULL key goes to the first shard, where the row is kept (or refused by a NOT NULL), as one
     database would.
     """
+    bound = [value.value if isinstance(value, Const) else vars[names[value.number - 1]] for value in split.keys]
+    return _shards_of(split, bound, n)
+
+
+def _shards_of(split: RowSplit, values: Sequence[Any], n: int) -> list[int]:
+    """The shard of each key value (NULL: the first shard)."""
     placed: list[int] = []
-    for number, value in enumerate(split.keys, 1):
-        bound = value.value if isinstance(value, Const) else vars[names[value.number - 1]]
+    for number, bound in enumerate(values, 1):
         if bound is None:
             placed.append(0)
             continue

@@ -216,11 +216,8 @@ def test_updates_and_deletes_match_one_database(db, sql: str) -> None:
         ("INSERT INTO wr_a VALUES (1, 1, 'x') ON CONFLICT DO NOTHING", "conflict target"),
         ("INSERT INTO wr_a VALUES (1, 1, 'x') ON CONFLICT (v) DO NOTHING", "conflict target"),
         ("INSERT INTO wr_a VALUES (1, 1, 'x') ON CONFLICT (k) DO UPDATE SET k = 2", "changing the shard key"),
-        ("INSERT INTO wr_a SELECT count(*), 1, 'x' FROM wr_b", "keep the shard key|merge"),
-        ("INSERT INTO wr_a SELECT id, 1, name FROM wr_c", "keep the shard key"),
-        ("INSERT INTO wr_a SELECT w, k, 'x' FROM wr_b", "keep the shard key"),
+        ("INSERT INTO wr_a SELECT w, k, 'x' FROM wr_b RETURNING k", "RETURNING of rows that must pass"),
         ("INSERT INTO wr_a VALUES (100, (SELECT max(v) FROM wr_a), 'x')", "subquery reading"),
-        ("INSERT INTO wr_c SELECT k, 'x' FROM wr_b", "copied table wr_c reading sharded rows"),
         ("CREATE TABLE wr_new AS SELECT count(*) FROM wr_a", "CREATE TABLE wr_new AS"),
         ("CREATE TABLE wr_new AS SELECT * FROM wr_a", "CREATE TABLE wr_new AS"),
         ("SELECT k, v INTO wr_new FROM wr_a", "CREATE TABLE wr_new AS"),
@@ -271,6 +268,43 @@ def test_insert_select_of_co_located_rows_runs_on_each_shard(db) -> None:
     cur, rcur = both(pdb, ref, "INSERT INTO wr_h SELECT v, k FROM wr_a WHERE k < 3")
     same_contents(pdb, ref, "wr_a")
     same_contents(pdb, ref, "wr_h")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO wr_a SELECT w + 100, k, 'moved' FROM wr_b WHERE w > 20",
+        "INSERT INTO wr_a (k, note) SELECT k + 100, 'n' || count(*) FROM wr_b GROUP BY k",
+        "INSERT INTO wr_a (k, v) SELECT id + 500, id FROM wr_c",
+        "INSERT INTO wr_a (k, v) SELECT max(w), count(*) FROM wr_b",
+        "INSERT INTO wr_a (k, v) SELECT w + 2000, k FROM wr_b ORDER BY w LIMIT 7",
+        "INSERT INTO wr_c SELECT k + 100, 'from b' FROM wr_b GROUP BY k",
+        "INSERT INTO wr_a SELECT w + 3000, k FROM wr_b ON CONFLICT (k) DO NOTHING",
+    ],
+)
+def test_insert_select_of_rows_on_other_shards_goes_through_the_client(db, sql: str) -> None:
+    pdb, ref, shards = db
+    load(pdb, ref)
+    cur, rcur = both(pdb, ref, sql)
+    assert (cur.rowcount, cur.statusmessage) == (rcur.rowcount, rcur.statusmessage)
+    for table in ("wr_a", "wr_c"):
+        same_contents(pdb, ref, table)
+    for index, rows in enumerate(on_each_shard(shards, "wr_a")):
+        assert all(Modulo().shard_of(row[0], 3) == index for row in rows)
+    copies = on_each_shard(shards, "wr_c")
+    assert copies[0] == copies[1] == copies[2]
+
+
+def test_insert_select_through_the_client_streams_in_batches(db) -> None:
+    pdb, ref, shards = db
+    cur = pdb.cursor()
+    cur.execute("INSERT INTO wr_b SELECT g, -g FROM generate_series(1, 30000) g")
+    assert cur.rowcount == 30000
+    cur.execute("INSERT INTO wr_a (k, v) SELECT w, k FROM wr_b")
+    assert (cur.rowcount, cur.statusmessage) == (30000, "INSERT 0 30000")
+    pdb.commit()
+    for index, rows in enumerate(on_each_shard(shards, "wr_a")):
+        assert len(rows) == 10000 and all(Modulo().shard_of(k, 3) == index and k == -v for k, v, _ in rows)
 
 
 def test_a_copied_table_is_written_alike_on_every_copy(db) -> None:

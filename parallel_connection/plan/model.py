@@ -19,6 +19,7 @@ __all__ = [
     "Partial",
     "Pin",
     "Plan",
+    "Reroute",
     "RowSplit",
     "ShardFacts",
     "SortKey",
@@ -209,6 +210,22 @@ class RowSplit:
 
 
 @dataclass(frozen=True)
+class Reroute:
+    """An INSERT ... SELECT whose rows are read through the client (``select``, planned and merged
+    as any statement) and inserted on the shards of their keys (``function`` None: on every copy)
+    as ``head`` + rows + ``tail``."""
+
+    select: str
+    head: str
+    tail: str
+    position: int
+    function: Any
+    key_type: int | None
+    table: str
+    key: str | None
+
+
+@dataclass(frozen=True)
 class Plan:
     """How to run one statement on the shards and merge the answers.
 
@@ -246,6 +263,8 @@ class Plan:
     """An INSERT whose rows go to the shards of their keys."""
     writes: bool = False
     """It may write on the shards it runs on (a transaction writing on several commits in two phases)."""
+    reroute: Reroute | None = None
+    """An INSERT ... SELECT whose rows pass through the client, routed by key."""
     batch: tuple[Plan, ...] = ()
     """Several statements in one execute(), each with its own plan, run in order on their shards."""
 

@@ -19,7 +19,7 @@ from pglast import ast, enums, parser
 from ..errors import NotSupportedError, as_write_refusal, refuse_write
 from .layout import TableInfo
 from .locality import Analysis, analyze
-from .model import ALL, Const, Param, Plan, RowSplit, ShardFacts, Targets, Task, Value
+from .model import ALL, Const, Param, Plan, Reroute, RowSplit, ShardFacts, Targets, Task, Value
 from .names import bind_names
 from .params import Template, to_pyformat
 from .query import PER_SHARD, check_per_shard_values, layout_of, replace_moments
@@ -82,6 +82,8 @@ def _plan_insert(stmt: ast.InsertStmt, template: Template, facts: ShardFacts, in
     select = cast(ast.SelectStmt, source) if source is not None else ast.SelectStmt()
     analysis = _analyzed(_with_ctes(select, stmt.withClause), facts)
     if info.kind == "whole":
+        if analysis.sharded and source is not None and not select.valuesLists:
+            return _plan_reroute(stmt, select, template, info, None)
         _check_copy_source(analysis, info, "INSERT into")
         _check_volatile(stmt, facts, copies=True)
         return _plan_everywhere(stmt, template, copies=True)
@@ -104,12 +106,46 @@ def _plan_insert(stmt: ast.InsertStmt, template: Template, facts: ShardFacts, in
         return _plan_split(stmt, template, info, position, refusal)
     if source is None:
         raise _no_key(info, "DEFAULT VALUES")
-    if not analysis.sharded or position >= len(analysis.output_keys):
-        raise _not_colocated(info)
-    if analysis.output_keys[position] != info.function:
-        raise _not_colocated(info)
-    _check_local(select, analysis, facts, f"INSERT into {info.name} ... SELECT")
+    keeps_key = analysis.sharded and position < len(analysis.output_keys)
+    if not keeps_key or analysis.output_keys[position] != info.function:
+        return _plan_reroute(stmt, select, template, info, position)
+    try:
+        _check_local(select, analysis, facts, f"INSERT into {info.name} ... SELECT")
+    except NotSupportedError:
+        return _plan_reroute(stmt, select, template, info, position)
     return _plan_spread(stmt, template, analysis, _volatile_refusal(stmt, facts))
+
+
+def _plan_reroute(
+    stmt: ast.InsertStmt, select: ast.SelectStmt, template: Template, info: TableInfo, position: int | None
+) -> Plan:
+    """Rows read through the client and inserted where their keys belong (every copy: ``position`` None)."""
+    if stmt.returningClause is not None:
+        raise refuse_write(
+            f"INSERT into {info.name} ... SELECT ... RETURNING of rows that must pass through the "
+            "client (read the rows, then insert them with execute_values(..., fetch=True))"
+        )
+    shell = copy_node(stmt)
+    shell.withClause = None
+    shell.selectStmt = ast.SelectStmt(
+        valuesLists=((ast.A_Const(isnull=True),),),
+        limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
+        op=enums.SetOperation.SETOP_NONE,
+    )
+    if any(isinstance(n, ast.ParamRef) for n in walk(shell, into_selects=True)):
+        raise refuse_write(f"INSERT into {info.name} ... SELECT with parameters outside its SELECT")
+    head, _, tail = _row_spans(deparse(shell), 1)
+    reroute = Reroute(
+        select=to_pyformat(deparse(_with_ctes(select, stmt.withClause)), template.names),
+        head=head.replace("%", "%%"),
+        tail=tail.replace("%", "%%"),
+        position=position if position is not None else -1,
+        function=info.function if position is not None else None,
+        key_type=info.key_type,
+        table=info.name,
+        key=info.key,
+    )
+    return Plan(reroute=reroute, names=template.names, writes=True, checked=True)
 
 
 def _key_position(stmt: ast.InsertStmt, info: TableInfo) -> int:
