@@ -140,7 +140,9 @@ def execute_many(
             shards.run_statement(lambda i: cursors[i].executemany(query, params), everywhere)
         _check_copies(shards, [c.rowcount for c in cursors], [None] * len(cursors))
         return _counted(shards, cursors, [0])
-    if all(len(targets) == 1 and not plan.moments for (plan, _), targets in zip(planned, placed, strict=True)):
+    if all(
+        len(targets) == 1 and not plan.moments for (plan, _), targets in zip(planned, placed, strict=True)
+    ):
         groups: dict[int, list[Any]] = {}
         for values, targets in zip(params, placed, strict=True):
             groups.setdefault(targets[0], []).append(values)
@@ -148,8 +150,13 @@ def execute_many(
         with _write_scope(shards, any(p.writes for p, _ in planned), used):
             shards.run_statement(lambda i: cursors[i].executemany(query, groups[i]), used)
         return _counted(shards, cursors, used)
-    if all(list(targets) == list(everywhere) and not plan.moments and plan.tasks[0].sql is None
-           and not plan.split for (plan, _), targets in zip(planned, placed, strict=True)):
+    if all(
+        list(targets) == list(everywhere)
+        and not plan.moments
+        and plan.tasks[0].sql is None
+        and not plan.split
+        for (plan, _), targets in zip(planned, placed, strict=True)
+    ):
         with _write_scope(shards, first.writes, everywhere):
             shards.run_statement(lambda i: cursors[i].executemany(query, params), everywhere)
         return _counted(shards, cursors, everywhere)
@@ -163,8 +170,10 @@ def execute_many(
 
 def _placed(plan: Plan, vars: Any, n: int) -> list[int]:
     """The shards one execution of ``plan`` runs on (refused here if it must not spread)."""
-    targets = sorted(set(_row_shards(plan.split, vars, plan.names, n))) if plan.split else bind_targets(
-        plan, vars, n
+    targets = (
+        sorted(set(_row_shards(plan.split, vars, plan.names, n)))
+        if plan.split
+        else bind_targets(plan, vars, n)
     )
     if plan.pins and not targets:
         targets = [0]
@@ -251,7 +260,9 @@ def _run_planned(
     return _run_merge(shards, cursors, statement, plan, query, vars, targets)
 
 
-def run_split(shards: ShardSet, cursors: Sequence[Any], statement: Statement, plan: Plan, vars: Any) -> Outcome:
+def run_split(
+    shards: ShardSet, cursors: Sequence[Any], statement: Statement, plan: Plan, vars: Any
+) -> Outcome:
     """An INSERT ... VALUES split by key: each shard gets its rows; RETURNING rows in the input's order."""
     split = plan.split
     assert split is not None
@@ -346,7 +357,9 @@ def _insert_routed(shards: ShardSet, cursors: Sequence[Any], reroute: Reroute, r
         groups = {i: rows for i in range(n)}
     else:
         split = RowSplit("", (), "", (), reroute.function, reroute.key_type, reroute.table, reroute.key or "")
-        for row, shard in zip(rows, _shards_of(split, [row[reroute.position] for row in rows], n), strict=True):
+        for row, shard in zip(
+            rows, _shards_of(split, [row[reroute.position] for row in rows], n), strict=True
+        ):
             groups.setdefault(shard, []).append(row)
     sql = reroute.head + "%s" + reroute.tail
 
@@ -364,7 +377,9 @@ def _row_shards(split: RowSplit, vars: Any, names: tuple[str, ...], n: int) -> l
     A NULL key goes to the first shard, where the row is kept (or refused by a NOT NULL), as one
     database would.
     """
-    bound = [value.value if isinstance(value, Const) else vars[names[value.number - 1]] for value in split.keys]
+    bound = [
+        value.value if isinstance(value, Const) else vars[names[value.number - 1]] for value in split.keys
+    ]
     return _shards_of(split, bound, n)
 
 
@@ -479,7 +494,9 @@ def run_finished(shards: ShardSet, cursors: Sequence[Any], statement: Statement)
     return _served(_counted(shards, cursors, targets), shards, cursors, targets, firsts, statement)
 
 
-def run_copies(shards: ShardSet, cursors: Sequence[Any], query: Any, vars: Any, statement: Statement) -> Outcome:
+def run_copies(
+    shards: ShardSet, cursors: Sequence[Any], query: Any, vars: Any, statement: Statement
+) -> Outcome:
     """A write to a copied table: on every shard; one copy's count and RETURNING rows, as one database.
 
     Copies that answer differently have diverged: an error, and the transaction

@@ -100,17 +100,18 @@ PLACEMENT = Placement(sharded={"lr_t": ("k", Modulo()), "lr_h": ("k", Hash())})
 @pytest.fixture(scope="module")
 def tables(sample: Any) -> Any:
     every = [*sample.shard_dsns, sample.reference_dsn]
-    run_on_all(every, "DROP TABLE IF EXISTS lr_t, lr_h; CREATE TABLE lr_t (n int, k bigint, s text);"
-               "CREATE TABLE lr_h (k text, n int)")
+    run_on_all(
+        every,
+        "DROP TABLE IF EXISTS lr_t, lr_h; CREATE TABLE lr_t (n int, k bigint, s text);"
+        "CREATE TABLE lr_h (k text, n int)",
+    )
     yield sample
     run_on_all(every, "DROP TABLE IF EXISTS lr_t, lr_h")
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    st.lists(
-        st.tuples(st.integers(-(2**40), 2**40), st.one_of(st.none(), TEXT)), min_size=1, max_size=40
-    ),
+    st.lists(st.tuples(st.integers(-(2**40), 2**40), st.one_of(st.none(), TEXT)), min_size=1, max_size=40),
     st.integers(1, 7),
 )
 def test_execute_values_puts_every_row_where_one_database_has_it(tables: Any, rows: Any, page: int) -> None:
@@ -119,11 +120,15 @@ def test_execute_values_puts_every_row_where_one_database_has_it(tables: Any, ro
     with parallel_connection.connect(tables.shard_dsns, placement=PLACEMENT) as pdb:
         with pdb.cursor() as cur:
             psycopg2.extras.execute_values(
-                cur, "INSERT INTO lr_t (n, k, s) VALUES %s", [(i, k, s) for i, (k, s) in enumerate(rows)],
+                cur,
+                "INSERT INTO lr_t (n, k, s) VALUES %s",
+                [(i, k, s) for i, (k, s) in enumerate(rows)],
                 page_size=page,
             )
             psycopg2.extras.execute_values(
-                cur, "INSERT INTO lr_h VALUES %s", [(s, i) for i, (_, s) in enumerate(rows) if s is not None],
+                cur,
+                "INSERT INTO lr_h VALUES %s",
+                [(s, i) for i, (_, s) in enumerate(rows) if s is not None],
                 page_size=page,
             )
         pdb.commit()

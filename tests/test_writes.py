@@ -108,7 +108,7 @@ def test_every_row_is_on_the_shard_its_key_maps_to(db) -> None:
 
 
 def test_execute_values_with_fetch_returns_every_row_in_order(db) -> None:
-    pdb, ref, _ = db
+    pdb, _ref, _ = db
     rows = [(k, -k) for k in (5, 1, 9, 3, 8, 2)]
     got = psycopg2.extras.execute_values(
         pdb.cursor(), "INSERT INTO wr_a (k, v) VALUES %s RETURNING k", rows, page_size=4, fetch=True
@@ -123,7 +123,9 @@ def test_executemany_and_execute_batch_route_each_row(db) -> None:
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO wr_a (k, v) VALUES (%s, %s)", rows[:15])
             assert cur.rowcount == 15
-            psycopg2.extras.execute_batch(cur, "INSERT INTO wr_a (k, v) VALUES (%s, %s)", rows[15:], page_size=4)
+            psycopg2.extras.execute_batch(
+                cur, "INSERT INTO wr_a (k, v) VALUES (%s, %s)", rows[15:], page_size=4
+            )
     same_contents(pdb, ref, "wr_a")
     assert sum(len(rows) for rows in on_each_shard(shards, "wr_a")) == 30
 
@@ -222,9 +224,15 @@ def test_updates_and_deletes_match_one_database(db, sql: str) -> None:
         ("CREATE TABLE wr_new AS SELECT * FROM wr_a", "CREATE TABLE wr_new AS"),
         ("SELECT k, v INTO wr_new FROM wr_a", "CREATE TABLE wr_new AS"),
         ("CREATE TABLE wr_new AS SELECT * FROM wr_c", None),
-        ("MERGE INTO wr_a USING wr_c ON wr_a.k = wr_c.id WHEN NOT MATCHED THEN INSERT VALUES (id, 1, name)",
-         "WHEN NOT MATCHED THEN INSERT"),
-        ("WITH x AS (DELETE FROM wr_b RETURNING k) DELETE FROM wr_a WHERE k IN (SELECT k FROM x)", "data-modifying"),
+        (
+            "MERGE INTO wr_a USING wr_c ON wr_a.k = wr_c.id "
+            "WHEN NOT MATCHED THEN INSERT VALUES (id, 1, name)",
+            "WHEN NOT MATCHED THEN INSERT",
+        ),
+        (
+            "WITH x AS (DELETE FROM wr_b RETURNING k) DELETE FROM wr_a WHERE k IN (SELECT k FROM x)",
+            "data-modifying",
+        ),
     ],
 )
 def test_writes_that_cannot_be_exact_are_refused_before_anything_is_written(
@@ -261,9 +269,11 @@ def test_upserts_on_the_shard_key_match_one_database(db) -> None:
 
 
 def test_insert_select_of_co_located_rows_runs_on_each_shard(db) -> None:
-    pdb, ref, shards = db
+    pdb, ref, _shards = db
     load(pdb, ref)
-    cur, rcur = both(pdb, ref, "INSERT INTO wr_a SELECT k, w, 'b' FROM wr_b WHERE w > 40 ON CONFLICT (k) DO NOTHING")
+    cur, rcur = both(
+        pdb, ref, "INSERT INTO wr_a SELECT k, w, 'b' FROM wr_b WHERE w > 40 ON CONFLICT (k) DO NOTHING"
+    )
     assert cur.rowcount == rcur.rowcount
     cur, rcur = both(pdb, ref, "INSERT INTO wr_h SELECT v, k FROM wr_a WHERE k < 3")
     same_contents(pdb, ref, "wr_a")
@@ -296,7 +306,7 @@ def test_insert_select_of_rows_on_other_shards_goes_through_the_client(db, sql: 
 
 
 def test_insert_select_through_the_client_streams_in_batches(db) -> None:
-    pdb, ref, shards = db
+    pdb, _ref, shards = db
     cur = pdb.cursor()
     cur.execute("INSERT INTO wr_b SELECT g, -g FROM generate_series(1, 30000) g")
     assert cur.rowcount == 30000

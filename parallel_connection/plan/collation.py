@@ -78,7 +78,7 @@ def _check_domains(stmt: ast.SelectStmt, catalog: Any) -> None:
             fact = catalog.resolve_type(names[0] if len(names) == 2 else None, names[-1])
             if fact is not None and (fact.collation is not None or not fact.deterministic):
                 raise refuse(
-                    f'ordering or comparing a value of the type {fact.schema}.{fact.name} (collation '
+                    f"ordering or comparing a value of the type {fact.schema}.{fact.name} (collation "
                     f'"{fact.collation}", not "C"; add COLLATE "C" to order by code point)'
                 )
 

@@ -224,8 +224,11 @@ class _Analyzer:
         if isinstance(node, ast.RangeSubselect):
             subquery = cast(ast.SelectStmt, node.subquery)  # a subquery in FROM is always a SELECT
             info = self.select(subquery, level if node.lateral else level.parent)
-            if node.lateral and info.sharded and info.level is not None and self.correlated_on_key(
-                info.level, level
+            if (
+                node.lateral
+                and info.sharded
+                and info.level is not None
+                and self.correlated_on_key(info.level, level)
             ):
                 # Tied to each outer row by the key: each shard answers it for its own rows.
                 self.sharded_seen += 1

@@ -288,7 +288,9 @@ def _plan_change(
     stmt: ast.UpdateStmt | ast.DeleteStmt, template: Template, facts: ShardFacts, info: TableInfo
 ) -> Plan:
     if isinstance(stmt.whereClause, ast.CurrentOfExpr):
-        raise refuse_write("WHERE CURRENT OF on several shards (the cursor is on one shard: use its connection)")
+        raise refuse_write(
+            "WHERE CURRENT OF on several shards (the cursor is on one shard: use its connection)"
+        )
     select = _as_select(stmt)
     word = "UPDATE" if isinstance(stmt, ast.UpdateStmt) else "DELETE FROM"
     if info.kind == "whole":
@@ -372,9 +374,7 @@ def _plan_merge(stmt: ast.MergeStmt, template: Template, facts: ShardFacts, info
         _check_copy_source(analysis, info, "MERGE into")
         _check_volatile(stmt, facts, copies=True)
         return _plan_everywhere(stmt, template, copies=True)
-    inserts = any(
-        clause.commandType == enums.CmdType.CMD_INSERT for clause in stmt.mergeWhenClauses or ()
-    )
+    inserts = any(clause.commandType == enums.CmdType.CMD_INSERT for clause in stmt.mergeWhenClauses or ())
     if inserts:
         raise refuse_write(
             f"MERGE ... WHEN NOT MATCHED THEN INSERT into the sharded table {info.name} (each shard "
