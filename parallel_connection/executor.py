@@ -130,8 +130,10 @@ def execute_many(
         return _counted(shards, cursors, everywhere)
     facts = shards.facts()
     planned = [_plan(text, p, facts, cursors[0], shards) for p in params]
-    placed = [_placed(plan, vars, len(cursors)) for plan, vars in planned]
     shards.check_transaction()
+    if any(plan.split is not None and plan.split.sequence for plan, _ in planned):
+        return _one_by_one(shards, cursors, query, params, planned)
+    placed = [_placed(plan, vars, len(cursors)) for plan, vars in planned]
     first = planned[0][0]
     if any(plan.batch or plan.mode != "union" for plan, _ in planned):
         raise refuse("executemany() of a statement whose rows are merged or that holds several statements")
@@ -160,10 +162,23 @@ def execute_many(
         with _write_scope(shards, first.writes, everywhere):
             shards.run_statement(lambda i: cursors[i].executemany(query, params), everywhere)
         return _counted(shards, cursors, everywhere)
+    return _one_by_one(shards, cursors, query, params, planned, placed)
+
+
+def _one_by_one(
+    shards: ShardSet,
+    cursors: Sequence[Any],
+    query: Any,
+    params: list[Any],
+    planned: list[tuple[Plan, Any]],
+    placed: list[list[int]] | None = None,
+) -> Outcome:
+    """Each parameter set run as its own statement, in order; the counts summed."""
     total = 0
     statement = Statement(query, None, streaming=False, batch_size=0, tuples=True)
-    for values, (plan, vars), targets in zip(params, planned, placed, strict=True):
-        outcome = _run(shards, cursors, replace(statement, vars=values), plan, vars, list(targets))
+    for number, (values, (plan, vars)) in enumerate(zip(params, planned, strict=True)):
+        targets = list(placed[number]) if placed is not None else None
+        outcome = _run(shards, cursors, replace(statement, vars=values), plan, vars, targets)
         total += max(outcome.rowcount, 0)
     return Outcome(rowcount=total)
 
@@ -264,8 +279,8 @@ def run_split(
     shards: ShardSet, cursors: Sequence[Any], statement: Statement, plan: Plan, vars: Any
 ) -> Outcome:
     """An INSERT ... VALUES split by key: each shard gets its rows; RETURNING rows in the input's order."""
-    split = plan.split
-    assert split is not None
+    assert plan.split is not None
+    split = _with_keys(shards, plan.split)
     placed = _row_shards(split, vars, plan.names, len(cursors))
     rows: dict[int, list[int]] = {}
     for number, shard in enumerate(placed):
@@ -294,7 +309,7 @@ def run_batch(shards: ShardSet, cursors: Sequence[Any], plan: Plan, vars: Any) -
     parts: dict[int, list[str]] = {}
     for sub in plan.batch:
         if sub.split is not None:
-            split = sub.split
+            split = _with_keys(shards, sub.split)
             rows: dict[int, list[str]] = {}
             for number, shard in enumerate(_row_shards(split, vars, sub.names, n)):
                 rows.setdefault(shard, []).append(split.rows[number])
@@ -369,6 +384,19 @@ def _insert_routed(shards: ShardSet, cursors: Sequence[Any], reroute: Reroute, r
 
     counts = shards.run_statement(insert, sorted(groups))
     return counts[0] if reroute.function is None else sum(counts)
+
+
+def _with_keys(shards: ShardSet, split: RowSplit) -> RowSplit:
+    """``split`` with every row's key, taken from its sequence (on the first shard) if it has one."""
+    if split.sequence is None:
+        return split
+    with shards.connections[0].cursor() as cur:
+        cur.execute(
+            "SELECT nextval(%s::regclass) FROM generate_series(1, %s)", (split.sequence, len(split.rows))
+        )
+        keys = [int(key) for (key,) in cur.fetchall()]
+    rows = tuple(row[:-1] + f", {key})" for row, key in zip(split.rows, keys, strict=True))
+    return replace(split, rows=rows, keys=tuple(Const(key) for key in keys), sequence=None)
 
 
 def _row_shards(split: RowSplit, vars: Any, names: tuple[str, ...], n: int) -> list[int]:

@@ -432,11 +432,15 @@ class ShardedTable:
     ``name`` and ``key`` are read as SQL reads them. ``key`` is stored folded (``"CustomerId"``,
     quoted, keeps its case), so rebuild a table from :attr:`key_sql`, the key as SQL text: a key
     with capitals read again unquoted folds to another column.
+
+    ``sequence`` names a sequence on the first shard that gives the keys of rows inserted without
+    one (one ``nextval`` per row, read before the rows are placed): one counter for every shard.
     """
 
     name: str
     key: str
     function: ShardFunction = Modulo()
+    sequence: str | None = None
     _parsed: tuple[str | None, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -445,7 +449,8 @@ class ShardedTable:
         object.__setattr__(self, "function", _function_from(self.function))
 
     def __repr__(self) -> str:
-        return f"ShardedTable(name={self.name!r}, key={self.key_sql!r}, function={self.function!r})"
+        sequence = f", sequence={self.sequence!r}" if self.sequence is not None else ""
+        return f"ShardedTable(name={self.name!r}, key={self.key_sql!r}, function={self.function!r}{sequence})"
 
     @property
     def schema(self) -> str | None:
@@ -606,6 +611,8 @@ class Placement:
                 )
             lines += ["", f"[sharded.{_toml_key(table.name)}]", f"key = {_toml_string(table.key_sql)}"]
             lines.append(f"function = {_toml_string(function.name)}")
+            if table.sequence is not None:
+                lines.append(f"sequence = {_toml_string(table.sequence)}")
             if isinstance(function, Ranges):
                 splits = ", ".join(_toml_string(s) if isinstance(s, str) else str(s) for s in function.splits)
                 lines.append(f"splits = [{splits}]")
@@ -711,7 +718,7 @@ def _from_toml(text: str, where: str) -> Placement:
     return _from_dict(data, where)
 
 
-_TABLE_KEYS = ("key", "function", "splits", "shards")
+_TABLE_KEYS = ("key", "function", "splits", "shards", "sequence")
 
 
 def _from_dict(data: Mapping[str, Any], where: str) -> Placement:
@@ -772,6 +779,9 @@ def _table_from_dict(where: str, name: str, entry: Any) -> ShardedTable:
             function = _function_from(kind)
         else:
             raise ValueError(f'unknown function {_short.repr(kind)}; expected "modulo", "hash" or "ranges"')
-        return ShardedTable(name, key, function)
+        sequence = entry.get("sequence")
+        if sequence is not None and not isinstance(sequence, str):
+            raise ValueError(f"sequence must be a sequence's name (a string); got {_describe(sequence)}")
+        return ShardedTable(name, key, function, sequence)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{here}: {exc}") from None

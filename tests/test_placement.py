@@ -693,3 +693,14 @@ def test_hash_matches_postgres_for_any_text(hashed, values, modulus):
     if not utf8:
         values = [v for v in values if v.isascii()]
     assert _remainders(conn, "text", values, modulus) == [Hash().shard_of(v, modulus) for v in values]
+
+
+def test_a_key_sequence_reads_from_toml_and_writes_back_equal():
+    placement = Placement.from_toml(
+        '[sharded.orders]\nkey = "id"\nfunction = "hash"\nsequence = "orders_id_seq"\n'
+    )
+    (table,) = placement.sharded
+    assert table.sequence == "orders_id_seq"
+    assert Placement.from_toml(placement.to_toml()) == placement
+    with pytest.raises(ValueError, match="sequence must be"):
+        Placement.from_toml('[sharded.orders]\nkey = "id"\nsequence = 3\n')

@@ -14,14 +14,20 @@ from conftest import run_on_all
 
 import parallel_connection
 from parallel_connection import NotSupportedError, ParallelConnection
-from parallel_connection.placement import Modulo, Placement
+from parallel_connection.placement import Modulo, Placement, ShardedTable
 
 PLACEMENT = Placement(
-    sharded={"wr_a": ("k", Modulo()), "wr_b": ("k", Modulo()), "wr_h": ("v", Modulo())},
+    sharded={
+        "wr_a": ("k", Modulo()),
+        "wr_b": ("k", Modulo()),
+        "wr_h": ("v", Modulo()),
+        "wr_s": ShardedTable("wr_s", "k", Modulo(), sequence="wr_s_k_seq"),
+    },
     copied=["wr_c"],
 )
 SCHEMA = """
-DROP TABLE IF EXISTS wr_a, wr_b, wr_c, wr_h, wr_new, wr_new2 CASCADE;
+DROP TABLE IF EXISTS wr_a, wr_b, wr_c, wr_h, wr_s, wr_new, wr_new2 CASCADE;
+CREATE TABLE wr_s (k bigserial PRIMARY KEY, v int);
 CREATE TABLE wr_a (k int PRIMARY KEY, v int, note text);
 CREATE TABLE wr_b (k int NOT NULL, w int);
 CREATE TABLE wr_c (id int PRIMARY KEY, name text);
@@ -46,7 +52,7 @@ def db(sample: Any) -> Iterator[tuple[ParallelConnection, Any, list[Any]]]:
         ref.close()
         for conn in shards:
             conn.close()
-        run_on_all(every, "DROP TABLE IF EXISTS wr_a, wr_b, wr_c, wr_h, wr_new, wr_new2 CASCADE")
+        run_on_all(every, "DROP TABLE IF EXISTS wr_a, wr_b, wr_c, wr_h, wr_s, wr_new, wr_new2 CASCADE")
 
 
 def both(pdb: ParallelConnection, ref: Any, sql: str, vars: Any = None) -> tuple[Any, Any]:
@@ -335,3 +341,21 @@ def test_without_a_placement_an_insert_is_refused_and_the_union_cursor_runs_it_e
         pdb.cursor(merge="union").execute("INSERT INTO wr_b VALUES (1, 1)")
         pdb.commit()
     assert on_each_shard(shards, "wr_b") == [[(1, 1)]] * 3
+
+
+def test_rows_without_a_key_take_it_from_the_placements_sequence_on_the_first_shard(db) -> None:
+    pdb, ref, shards = db
+    for conn in (pdb, ref):
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO wr_s (v) VALUES (10), (%s) RETURNING k, v", (20,))
+            assert cur.fetchall() == [(1, 10), (2, 20)]
+            cur.executemany("INSERT INTO wr_s (v) VALUES (%s)", [(30,), (40,)])
+            got = psycopg2.extras.execute_values(
+                cur, "INSERT INTO wr_s (v) VALUES %s RETURNING k", [(v,) for v in range(50, 120)], fetch=True
+            )
+            assert got == [(k,) for k in range(5, 75)]
+    same_contents(pdb, ref, "wr_s")
+    for index, rows in enumerate(on_each_shard(shards, "wr_s")):
+        assert rows and all(Modulo().shard_of(k, 3) == index for k, _ in rows)
+    with pytest.raises(NotSupportedError, match="shard key k"):
+        pdb.cursor().execute("INSERT INTO wr_s VALUES (DEFAULT, 1)")

@@ -43,6 +43,8 @@ class TableInfo:
     """A relation of the shards' own catalog (pg_catalog, information_schema): each shard has its own."""
     temporary: bool = False
     """A temporary table (of this session)."""
+    sequence: str | None = None
+    """The sequence on the first shard that gives the keys of rows inserted without one."""
 
 
 class Layout:
@@ -101,6 +103,7 @@ class Layout:
                 key.type_oid if key is not None else None,
                 order,
                 key is not None and key.not_null,
+                sequence=sharded.sequence,
             )
         if relation is None:
             # No such relation: the shards report it as PostgreSQL would.

@@ -206,7 +206,9 @@ class RowSplit:
     table: str
     key: str
     position: int = 0
-    """Where the key is in each row."""
+    """Where the key is in each row (-1: rows without a key, given by ``sequence``)."""
+    sequence: str | None = None
+    """The sequence on the first shard whose next values are the keys of rows inserted without one."""
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ def _literal_insert(template: Template, facts: ShardFacts) -> Plan | None:
     if rows is None:
         return None
     head = _skeleton(Template(rows.head + rows.nulls, template.names, template.positional), facts)
-    if head is None:
+    if head is None or head.position < 0:
         return None
     cut = split_rows(rows, head.position)
     if cut is None or len(cut[0]) < 2:

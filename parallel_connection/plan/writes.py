@@ -106,6 +106,11 @@ def _plan_insert(stmt: ast.InsertStmt, template: Template, facts: ShardFacts, in
         return _plan_split(stmt, template, info, position, refusal)
     if source is None:
         raise _no_key(info, "DEFAULT VALUES")
+    if position < 0:
+        raise refuse_write(
+            f"INSERT into {info.name} ... SELECT without its shard key {info.key} (keys from the "
+            f"sequence {info.sequence} are given to VALUES rows only): select the key too"
+        )
     keeps_key = analysis.sharded and position < len(analysis.output_keys)
     if not keeps_key or analysis.output_keys[position] != info.function:
         return _plan_reroute(stmt, select, template, info, position)
@@ -159,6 +164,8 @@ def _key_position(stmt: ast.InsertStmt, info: TableInfo) -> int:
     else:
         raise refuse_write(f"INSERT into {info.name} without a column list (its columns are not known here)")
     if info.key not in names:
+        if info.sequence is not None and stmt.cols:
+            return -1
         raise _no_key(info, "a row without it")
     return names.index(cast(str, info.key))
 
@@ -190,8 +197,15 @@ def _plan_split(
     if moments:
         text = deparse(local)
     rows = cast("tuple[tuple[Any, ...], ...]", cast(ast.SelectStmt, local.selectStmt).valuesLists)
-    keys = tuple(_key_value(row[position], info, number) for number, row in enumerate(rows, 1))
+    if position < 0:
+        keys: tuple[Value, ...] = ()
+    else:
+        keys = tuple(_key_value(row[position], info, number) for number, row in enumerate(rows, 1))
     head, spans, tail = _row_spans(text, len(rows))
+    if position < 0:
+        # The key column joins the column list; each row gets its key from the sequence when placed.
+        close = head.rindex(")")
+        head = head[:close] + ", " + _quote(cast(str, info.key)) + head[close:]
     py = tuple(names)
     split = RowSplit(
         head=to_pyformat(head, py),
@@ -203,10 +217,15 @@ def _plan_split(
         table=info.name,
         key=cast(str, info.key),
         position=position,
+        sequence=info.sequence if position < 0 else None,
     )
     # With its columns named, where each row goes depends on no catalog fact that could go stale
     # unnoticed (a moved or retyped key column is refused by the shards), so no stamp is checked.
     return Plan(split=split, names=py, moments=moments, refusal=refusal, writes=True, checked=not stmt.cols)
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _key_value(expr: Any, info: TableInfo, row: int) -> Value:
