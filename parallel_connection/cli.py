@@ -2,8 +2,9 @@
 
 ``query`` prints a statement's merged rows; ``scan`` runs a job per id range
 and prints the reduced report; ``placement`` checks the data against a
-placement or proposes one; ``shards`` starts, lists and stops throwaway
-local shards. Every failure is one line on stderr and an exit
+placement or proposes one; ``recover`` resolves what failed two-phase
+commits left prepared; ``shards`` starts, lists and stops throwaway local
+shards. Every failure is one line on stderr and an exit
 code of its own (see :class:`Exit`), never a traceback or a password.
 """
 
@@ -25,6 +26,7 @@ from typing import Any, NoReturn
 import psycopg2
 
 from . import __version__
+from .commit import GRACE
 from .connection import ParallelConnection, connect
 from .errors import NotSupportedError, dsn_secrets, redact
 from .formats import FORMATS, write_rows
@@ -141,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_query(commands)
     _add_scan(commands)
     _add_placement(commands)
+    _add_recover(commands)
     _add_shards(commands)
     return parser
 
@@ -505,6 +508,7 @@ def _connect(
     *,
     maxconn: int = 1,
     placement: Placement | None = None,
+    decision_schema: str = "public",
 ) -> ParallelConnection:
     try:
         return connect(
@@ -514,6 +518,7 @@ def _connect(
             connect_timeout=connect_timeout,
             statement_timeout=timeout,
             placement=placement,
+            decision_schema=decision_schema,
         )
     except psycopg2.ProgrammingError as exc:
         raise Failure(Exit.BAD_DSN, _one_line(exc)) from None
@@ -677,6 +682,63 @@ def run_placement_discover(args: argparse.Namespace, secrets: set[str]) -> Exit:
     _say(
         f"placement discover: {len(proposed.sharded)} sharded, {len(proposed.copied)} copied, "
         f"{left_out} left out{listed}{where}",
+        secrets,
+    )
+    return Exit.OK
+
+
+# -- recover --------------------------------------------------------------------
+
+
+def _add_recover(commands: Any) -> None:
+    recover = commands.add_parser(
+        "recover",
+        parents=[_connection_options()],
+        help="commit or roll back what failed two-phase commits left prepared on the shards",
+        description=(
+            "A client that crashed while committing a transaction that wrote on several shards, "
+            "or a shard lost between the decision and its own commit, leaves prepared transactions "
+            "(holding their locks). Each is committed if its transaction's decision was recorded, "
+            "rolled back otherwise, once older than --grace. Prints one line per resolved part on "
+            "stdout and a summary on stderr."
+        ),
+    )
+    recover.add_argument(
+        "--grace",
+        type=float,
+        default=GRACE,
+        metavar="SECONDS",
+        help=f"leave prepared transactions younger than this to their clients (default: {GRACE:g})",
+    )
+    recover.add_argument(
+        "--decision-schema",
+        default="public",
+        metavar="NAME",
+        help="the schema of the decision table, as given to connect() (default: public)",
+    )
+    recover.set_defaults(command=run_recover)
+
+
+def run_recover(args: argparse.Namespace, secrets: set[str]) -> Exit:
+    """``parallel-connection recover``."""
+    if args.grace < 0:
+        raise Failure(Exit.USAGE, f"--grace must be 0 or more, not {args.grace:g}")
+    dsns = read_dsns(args.dsn, args.dsn_file)
+    for dsn in dsns:
+        secrets |= dsn_secrets(dsn)
+    pdb = _connect(dsns, args.connect_timeout, args.timeout, decision_schema=args.decision_schema)
+    try:
+        pdb.autocommit = True
+        recovery = pdb.shard_set.recover(args.grace)
+    finally:
+        _close(pdb)
+    _print_lines(redact(str(part), secrets) for part in recovery.resolved)
+    resolved = len(recovery.resolved)
+    committed = sum(part.action == "committed" for part in recovery.resolved)
+    _say(
+        f"recover: {len(dsns)} shards, {resolved} prepared transactions resolved ({committed} committed, "
+        f"{resolved - committed} rolled back), {recovery.waiting} left to their clients "
+        f"(younger than {args.grace:g} s)",
         secrets,
     )
     return Exit.OK

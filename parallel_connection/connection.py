@@ -12,6 +12,7 @@ import psycopg2.extensions
 import psycopg2.pool
 
 from .cancel import broken
+from .commit import GRACE, Resolved
 from .cursor import ParallelCursor
 from .errors import NotSupportedError, ShardInfo, dsn_secrets, shard_error
 from .placement import Placement
@@ -34,6 +35,13 @@ class ParallelConnection:
     Statements run on all of them at once on a thread pool that lives as long
     as this object. Hand the connections back with :meth:`putconn` (when they
     came from your pools) or :meth:`close`.
+
+    A transaction that wrote on several shards commits atomically, with
+    two-phase commit (the servers need ``max_prepared_transactions > 0``);
+    ``two_phase=False`` commits each shard on its own instead.
+    ``decision_schema`` is where the commit decisions are kept (the table
+    ``parallel_connection_commits``, created on first use). See
+    :mod:`parallel_connection.commit` and :meth:`recover`.
     """
 
     Warning = psycopg2.Warning
@@ -59,6 +67,8 @@ class ParallelConnection:
         connect_kwargs: dict[str, Any] | None = None,
         replicated_tables: Iterable[str] = (),
         placement: Placement | None = None,
+        two_phase: bool = True,
+        decision_schema: str = "public",
     ) -> None:
         if isinstance(connections, (str, bytes)) or not connections:
             raise psycopg2.InterfaceError(
@@ -81,6 +91,8 @@ class ParallelConnection:
             secrets=set(secrets or ()),
             max_workers=max_workers,
             placement=_placement(placement, replicated_tables),
+            two_phase=two_phase,
+            decision_schema=decision_schema,
         )
         """The shards behind this connection (for the library's own machinery)."""
         self._shards = self.shard_set.infos
@@ -203,24 +215,33 @@ class ParallelConnection:
     # -- transactions and session -------------------------------------------
 
     def commit(self) -> None:
-        """Commit on every shard (each shard commits on its own: not two-phase).
+        """Commit on every shard: atomically, with two-phase commit, if the transaction wrote on several.
 
         A transaction a shard's error aborted is rolled back on every shard instead,
-        as one database rolls back at COMMIT.
+        as one database rolls back at COMMIT. With ``two_phase=False`` each shard
+        commits on its own.
         """
         self._check_open()
-        failed = self.shard_set.failed
-        self.shard_set.end_transaction()
-        if failed:
-            self.shard_set.run(lambda i: self._connections[i].rollback())
-            return
-        self.shard_set.run(lambda i: self._connections[i].commit())
+        self.shard_set.commit()
 
     def rollback(self) -> None:
         """Roll back on every shard."""
         self._check_open()
-        self.shard_set.end_transaction()
-        self.shard_set.run(lambda i: self._connections[i].rollback())
+        self.shard_set.rollback()
+
+    def recover(self, grace: float = GRACE) -> list[Resolved]:
+        """Commit or roll back what failed two-phase commits left prepared on the shards.
+
+        A crashed client, or a shard lost between the decision and its own
+        commit, leaves parts of a transaction prepared (holding their locks).
+        Each is committed if its transaction's decision was recorded, rolled
+        back otherwise, once it is older than ``grace`` seconds (younger ones
+        may belong to a client still committing). Returns what was resolved,
+        one :class:`parallel_connection.commit.Resolved` per shard's part. Run
+        it outside a transaction, with every shard up.
+        """
+        self._check_open()
+        return self.shard_set.recover(grace).resolved
 
     def cancel(self) -> None:
         """Cancel whatever statement each shard is running."""
@@ -427,6 +448,8 @@ def connect(
     max_workers: int | None = None,
     replicated_tables: Iterable[str] = (),
     placement: Placement | None = None,
+    two_phase: bool = True,
+    decision_schema: str = "public",
     **connect_kwargs: Any,
 ) -> ParallelConnection:
     """Open one ThreadedConnectionPool per DSN and a ParallelConnection over them.
@@ -436,7 +459,9 @@ def connect(
     the pools. ``statement_timeout`` and ``connect_timeout`` are in seconds.
     ``placement`` says where rows live (a :class:`Placement`);
     ``replicated_tables`` is a shorthand naming only the tables copied whole
-    to every shard.
+    to every shard. A transaction that wrote on several shards commits with
+    two-phase commit (``two_phase=False``: each shard on its own), its
+    decision kept in ``decision_schema``.parallel_connection_commits.
     """
     if isinstance(dsns, (str, bytes)):
         lines = [line for line in str(dsns).splitlines() if line.strip()]
@@ -496,6 +521,8 @@ def connect(
             connect_kwargs=connect_kwargs,
             replicated_tables=replicated_tables,
             placement=placement,
+            two_phase=two_phase,
+            decision_schema=decision_schema,
         )
     except BaseException:
         for pool in pools:

@@ -15,6 +15,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.sql
 
+from . import copy_run
 from .errors import NotSupportedError
 from .executor import Outcome, Statement, execute, execute_many, run_finished
 from .rows import RowMaker, row_maker
@@ -238,6 +239,43 @@ class ParallelCursor:
         self._serve(run_finished(self._shards, self._cursors, statement))
         first: Sequence[Any] | None = results[0]
         return first
+
+    def copy_expert(self, sql: str | bytes | psycopg2.sql.Composable, file: Any, size: int = 8192) -> None:
+        """Run a COPY statement through the shards, as one database holding every row would.
+
+        ``COPY t FROM STDIN`` reads ``file`` and sends each row to the shard its key maps to (a
+        copied table's rows to every copy); ``COPY t TO STDOUT`` writes each shard's rows to
+        ``file``, one shard after another (a copied table's once).
+        """
+        self._check_open()
+        if self._name is not None:
+            raise psycopg2.ProgrammingError("copy_expert cannot be used with a named cursor")
+        self._reset()
+        result = copy_run.copy_expert(self._shards, self._cursors, sql, file, size)
+        self._serve(Outcome(rowcount=result.rowcount, statusmessage=result.statusmessage))
+
+    def copy_from(
+        self,
+        file: Any,
+        table: str,
+        sep: str = "\t",
+        null: str = "\\N",
+        size: int = 8192,
+        columns: Iterable[str] | None = None,
+    ) -> None:
+        """psycopg2's ``copy_from``: ``table`` (one identifier, quoted) read from ``file``, split by key."""
+        self.copy_expert(copy_run.copy_from_sql(table, sep, null, columns), file, size)
+
+    def copy_to(
+        self,
+        file: Any,
+        table: str,
+        sep: str = "\t",
+        null: str = "\\N",
+        columns: Iterable[str] | None = None,
+    ) -> None:
+        """psycopg2's ``copy_to``: every shard's rows of ``table`` (one identifier, quoted) to ``file``."""
+        self.copy_expert(copy_run.copy_to_sql(table, sep, null, columns), file)
 
     def mogrify(self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None) -> bytes:
         """The statement as it would be sent to each shard."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 import reprlib
 import uuid
 from collections.abc import Iterator, Sequence
@@ -82,7 +83,7 @@ def execute(shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, m
     text = _text(statement.query, cursors[0])
     quick = quick_plan(text)
     if quick is not None:
-        if quick.word in _ENDING or (quick.word == "rollback" and shards.failed):
+        if quick.word in _ENDING and not shards.connections[0].autocommit:
             return _end_transaction(shards, cursors, statement, quick)
         return _run(shards, cursors, statement, quick, statement.vars)
     facts = shards.facts()
@@ -96,20 +97,27 @@ def execute(shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, m
     return _run(shards, cursors, statement, plan, shard_vars, targets)
 
 
-_ENDING = frozenset({"commit", "end", "abort"})
-
-
 def _end_transaction(shards: ShardSet, cursors: Sequence[Any], statement: Statement, plan: Plan) -> Outcome:
-    """COMMIT, END, ABORT or ROLLBACK [TO SAVEPOINT] as SQL, on every shard.
+    """COMMIT, END, ABORT or ROLLBACK [TO SAVEPOINT] as SQL: the connection's own commit or rollback.
 
-    COMMIT of a transaction a shard's error aborted rolls back everywhere, as
-    PostgreSQL does (its status says ROLLBACK).
+    COMMIT is two-phase when the transaction wrote on several shards; COMMIT of a
+    transaction a shard's error aborted rolls back everywhere, as PostgreSQL does
+    (its status says ROLLBACK).
     """
-    query, vars = statement.query, statement.vars
-    if shards.failed and plan.word != "rollback":
-        query, vars = "ROLLBACK", None
-    shards.end_transaction()
-    return run_union(shards, cursors, query, vars, statement, range(len(cursors)))
+    text = _text(statement.query, cursors[0]).strip().rstrip(";").lower()
+    if plan.word == "rollback" and re.search(r"\bto\b", text):
+        outcome = run_union(shards, cursors, statement.query, statement.vars, statement, range(len(cursors)))
+        shards.clear_failure()
+        return outcome
+    failed = shards.failed
+    if plan.word in ("commit", "end") and not failed:
+        shards.commit()
+        return Outcome(statusmessage="COMMIT", targets=list(range(len(cursors))))
+    shards.rollback()
+    return Outcome(statusmessage="ROLLBACK", targets=list(range(len(cursors))))
+
+
+_ENDING = frozenset({"commit", "end", "abort", "rollback"})
 
 
 def execute_many(
@@ -131,38 +139,56 @@ def execute_many(
     facts = shards.facts()
     planned = [_plan(text, p, facts, cursors[0], shards) for p in params]
     shards.check_transaction()
-    if any(plan.split is not None and plan.split.sequence for plan, _ in planned):
-        return _one_by_one(shards, cursors, query, params, planned)
-    placed = [_placed(plan, vars, len(cursors)) for plan, vars in planned]
-    first = planned[0][0]
     if any(plan.batch or plan.mode != "union" for plan, _ in planned):
         raise refuse("executemany() of a statement whose rows are merged or that holds several statements")
+    if not all(_as_written(plan) for plan, _ in planned):
+        return _one_by_one(shards, cursors, query, params, planned)
+    placed = [_placed(plan, vars, len(cursors)) for plan, vars in planned]
+    writes = any(plan.writes for plan, _ in planned)
     if all(plan.copies for plan, _ in planned):
         with _write_scope(shards, True, everywhere):
             shards.run_statement(lambda i: cursors[i].executemany(query, params), everywhere)
         _check_copies(shards, [c.rowcount for c in cursors], [None] * len(cursors))
-        return _counted(shards, cursors, [0])
-    if all(
-        len(targets) == 1 and not plan.moments for (plan, _), targets in zip(planned, placed, strict=True)
-    ):
+        return _many_counted(shards, cursors, [0], [0])
+    if all(len(targets) == 1 for targets in placed):
         groups: dict[int, list[Any]] = {}
         for values, targets in zip(params, placed, strict=True):
             groups.setdefault(targets[0], []).append(values)
         used = sorted(groups)
-        with _write_scope(shards, any(p.writes for p, _ in planned), used):
+        with _write_scope(shards, writes, used):
             shards.run_statement(lambda i: cursors[i].executemany(query, groups[i]), used)
-        return _counted(shards, cursors, used)
+        return _many_counted(shards, cursors, used, placed[-1])
     if all(
-        list(targets) == list(everywhere)
-        and not plan.moments
-        and plan.tasks[0].sql is None
-        and not plan.split
+        list(targets) == list(everywhere) and not plan.split
         for (plan, _), targets in zip(planned, placed, strict=True)
     ):
-        with _write_scope(shards, first.writes, everywhere):
+        with _write_scope(shards, writes, everywhere):
             shards.run_statement(lambda i: cursors[i].executemany(query, params), everywhere)
-        return _counted(shards, cursors, everywhere)
+        return _many_counted(shards, cursors, everywhere, everywhere)
     return _one_by_one(shards, cursors, query, params, planned, placed)
+
+
+def _as_written(plan: Plan) -> bool:
+    """The plan runs the user's statement and parameters as they are (on the shards it names)."""
+    split = plan.split
+    rewritten = plan.reroute is not None or plan.moments or (split is not None and split.sequence)
+    return not rewritten and (not plan.tasks or plan.tasks[0].sql is None)
+
+
+def _many_counted(
+    shards: ShardSet, cursors: Sequence[Any], used: Sequence[int], last: Sequence[int]
+) -> Outcome:
+    """``executemany``'s counts: every execution's rows, and the last execution's status (psycopg2's)."""
+    outcome = _counted(shards, cursors, used)
+    parts = [cursors[i].statusmessage for i in last]
+    counts = [_status_count(m) for m in parts]
+    outcome.statusmessage = combined_status(parts, -1 if None in counts else sum(c or 0 for c in counts))
+    return outcome
+
+
+def _status_count(message: str | None) -> int | None:
+    last = (message or "").rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else None
 
 
 def _one_by_one(
@@ -176,11 +202,12 @@ def _one_by_one(
     """Each parameter set run as its own statement, in order; the counts summed."""
     total = 0
     statement = Statement(query, None, streaming=False, batch_size=0, tuples=True)
+    outcome = Outcome()
     for number, (values, (plan, vars)) in enumerate(zip(params, planned, strict=True)):
         targets = list(placed[number]) if placed is not None else None
         outcome = _run(shards, cursors, replace(statement, vars=values), plan, vars, targets)
         total += max(outcome.rowcount, 0)
-    return Outcome(rowcount=total)
+    return Outcome(rowcount=total, statusmessage=outcome.statusmessage, targets=outcome.targets)
 
 
 def _placed(plan: Plan, vars: Any, n: int) -> list[int]:
@@ -280,15 +307,19 @@ def run_split(
 ) -> Outcome:
     """An INSERT ... VALUES split by key: each shard gets its rows; RETURNING rows in the input's order."""
     assert plan.split is not None
+    shards.check_transaction()
     split = _with_keys(shards, plan.split)
-    placed = _row_shards(split, vars, plan.names, len(cursors))
+    try:
+        placed = _row_shards(split, vars, plan.names, len(cursors))
+    except psycopg2.DataError as exc:
+        shards.fail(exc)  # one database's INSERT would have failed on the value, and its transaction
+        raise
     rows: dict[int, list[int]] = {}
     for number, shard in enumerate(placed):
         rows.setdefault(shard, []).append(number)
     targets = sorted(rows)
     if plan.refusal is not None and len(targets) > 1:
         raise plan.refusal
-    shards.check_transaction()
     vars = _with_moments(plan, vars, shards, targets[0])
     sql = {i: split.head + ", ".join(split.rows[r] for r in rows[i]) + split.tail for i in targets}
     unbuffered = replace(statement, streaming=False)
@@ -308,6 +339,8 @@ def run_batch(shards: ShardSet, cursors: Sequence[Any], plan: Plan, vars: Any) -
     n = len(cursors)
     parts: dict[int, list[str]] = {}
     for sub in plan.batch:
+        for texts in parts.values():
+            texts.append("")  # a mark: which shards ran the last statement tells its count
         if sub.split is not None:
             split = _with_keys(shards, sub.split)
             rows: dict[int, list[str]] = {}
@@ -322,15 +355,17 @@ def run_batch(shards: ShardSet, cursors: Sequence[Any], plan: Plan, vars: Any) -
     shards.check_transaction()
     moments = Plan(moments=tuple(dict.fromkeys(m for sub in plan.batch for m in sub.moments)))
     vars = _with_moments(moments, vars, shards, targets[0])
+    last = [i for i in targets if parts[i][-1]]
     try:
         with _write_scope(shards, plan.writes, targets):
-            shards.run_statement(lambda i: cursors[i].execute(";\n".join(parts[i]), vars), targets)
+            shards.run_statement(
+                lambda i: cursors[i].execute(";\n".join(filter(None, parts[i])), vars), targets
+            )
     finally:
         if plan.refresh:
             shards.forget_facts()
-    outcome = _counted(shards, cursors, targets)
-    outcome.rowcount = -1
-    return outcome
+    # psycopg2 reports the last statement: its count is the sum over the shards that ran it.
+    return _counted(shards, cursors, last) if last else Outcome(rowcount=-1, targets=targets)
 
 
 def run_rerouted(
@@ -379,11 +414,15 @@ def _insert_routed(shards: ShardSet, cursors: Sequence[Any], reroute: Reroute, r
     sql = reroute.head + "%s" + reroute.tail
 
     def insert(i: int) -> int:
-        psycopg2.extras.execute_values(cursors[i], sql, groups[i], page_size=1000)
-        return len(groups[i])
+        psycopg2.extras.execute_values(cursors[i], sql, groups[i], page_size=len(groups[i]))
+        count: int = cursors[i].rowcount
+        return count
 
     counts = shards.run_statement(insert, sorted(groups))
-    return counts[0] if reroute.function is None else sum(counts)
+    if reroute.function is None:
+        _check_copies(shards, counts, [None] * len(counts))
+        return counts[0]
+    return sum(counts)
 
 
 def _with_keys(shards: ShardSet, split: RowSplit) -> RowSplit:
@@ -435,11 +474,7 @@ def _shards_of(split: RowSplit, values: Sequence[Any], n: int) -> list[int]:
 def _write_scope(shards: ShardSet, writes: bool, targets: Sequence[int]) -> AbstractContextManager[Any]:
     """What a statement that may write runs in: the shards it writes on are part of the transaction's
     commit (two-phase when several); in autocommit, a write on several shards is one transaction."""
-    scope = getattr(shards, "write_scope", None)
-    if not writes or scope is None:
-        return contextlib.nullcontext()
-    result: AbstractContextManager[Any] = scope(list(targets))
-    return result
+    return shards.write_scope(list(targets)) if writes else contextlib.nullcontext()
 
 
 def bind_targets(plan: Plan, vars: Any, n: int) -> list[int]:

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ _SETTINGS = {
     "max_wal_size": "1GB",
     "log_min_messages": "warning",
     "logging_collector": "off",
+    # Two-phase commit (a transaction that wrote on several shards) needs slots for prepared transactions.
+    "max_prepared_transactions": "20",
 }
 
 
@@ -122,7 +125,9 @@ class LocalCluster:
     Use as a context manager, or call :meth:`start` and :meth:`stop`. With
     ``base_dir`` the servers live there and can be found again with
     :meth:`attach`; without it they live in a temporary folder that
-    :meth:`stop` removes.
+    :meth:`stop` removes. ``settings`` are ``postgresql.conf`` lines
+    (name -> value as written there) that override the defaults, e.g.
+    ``{"max_prepared_transactions": "0"}``.
     """
 
     def __init__(
@@ -132,8 +137,10 @@ class LocalCluster:
         reference: bool = False,
         base_dir: str | os.PathLike[str] | None = None,
         dbname: str = "postgres",
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         self.n_shards = shards
+        self.settings = {**_SETTINGS, **(settings or {})}
         self.with_reference = reference
         self.dbname = dbname
         self._owns_dir = base_dir is None
@@ -289,7 +296,7 @@ class LocalCluster:
                 "--no-sync",
             ]
         )
-        conf = "".join(f"{k} = {v}\n" for k, v in _SETTINGS.items())
+        conf = "".join(f"{k} = {v}\n" for k, v in self.settings.items())
         self._run_as_owner(["sh", "-c", 'cat >> "$1"', "sh", str(datadir / "postgresql.conf")], input=conf)
         self._run_as_owner(["sh", "-c", 'cat > "$1"', "sh", str(datadir / "pg_hba.conf")], input=_HBA)
 

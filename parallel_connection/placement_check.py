@@ -21,6 +21,7 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
+from .commit import TABLE as DECISIONS_TABLE
 from .placement import Custom, Hash, Modulo, Placement, Ranges, ShardedTable, ShardFunction, parse_name
 from .shards import ShardSet
 
@@ -620,6 +621,7 @@ SELECT n.nspname, c.relname, pg_table_is_visible(c.oid), has_table_privilege(c.o
  WHERE c.relkind IN ('r', 'p')
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
    AND NOT starts_with(n.nspname::text, 'pg_toast') AND NOT starts_with(n.nspname::text, 'pg_temp_')
+   AND NOT (%(every)s AND c.relname = %(decisions)s)
    AND CASE WHEN %(every)s THEN NOT c.relispartition
             ELSE (n.nspname::text, c.relname::text)
                  IN (SELECT * FROM unnest(%(schemas)s::text[], %(names)s::text[]))
@@ -812,7 +814,12 @@ def _list(cur: Any, parsed: list[tuple[str | None, str]] | None) -> _Listing:
     chosen = [r for r in resolved or () if r is not None]
     cur.execute(
         _LIST_SQL,
-        {"every": parsed is None, "schemas": [r[0] for r in chosen], "names": [r[1] for r in chosen]},
+        {
+            "every": parsed is None,
+            "schemas": [r[0] for r in chosen],
+            "names": [r[1] for r in chosen],
+            "decisions": DECISIONS_TABLE,
+        },
     )
     relations = {
         (schema, name): _Listed(visible, readable, tuple(map(_Column, cols, types, keyed)))

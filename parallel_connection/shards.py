@@ -4,23 +4,29 @@ The connection and the cursor are thin DB-API faces over this object; the
 executor runs plans on it; range jobs borrow its fan-out. The catalog facts
 are read from every shard on first use, checked with a cheap stamp before
 each statement that fans out, and read again after DDL or SET through the
-connection, so they are never stale.
+connection, so they are never stale. It also knows which shards the current
+transaction wrote (the executor says so with :meth:`ShardSet.write_scope`),
+so that :meth:`ShardSet.commit` commits a transaction that wrote on several
+shards with two-phase commit (:mod:`parallel_connection.commit`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
 import psycopg2
+import psycopg2.errorcodes
 import psycopg2.errors
 import psycopg2.extensions
 
+from . import commit as atomic
 from .catalog import Catalog, StampReader, combine, read_catalog, settings_differences
-from .errors import ShardInfo, dsn_secrets
+from .errors import NotSupportedError, ShardInfo, dsn_secrets
 from .fanout import FanOut
 from .placement import Placement
 from .plan import ShardFacts
@@ -59,8 +65,13 @@ class ShardSet:
         secrets: set[str] | None = None,
         max_workers: int | None = None,
         placement: Placement | None = None,
+        two_phase: bool = True,
+        decision_schema: str = "public",
     ) -> None:
         self.connections = list(connections)
+        self.two_phase = two_phase
+        """Commit a transaction that wrote on several shards with two-phase commit."""
+        self.decisions = atomic.DecisionLog(decision_schema)
         self.infos = [ShardInfo.from_connection(i, c) for i, c in enumerate(self.connections)]
         self.secrets = set(secrets or ())
         for conn in self.connections:
@@ -72,6 +83,9 @@ class ShardSet:
         self._failed: str | None = None
         self._stamps = [StampReader() for _ in self.connections]
         self._shard_stamps: list[tuple[int, ...]] = [() for _ in self.connections]
+        self._written: set[int] = set()
+        self._scope: set[int] | None = None
+        self._prepared_slots: list[int | None] = [None for _ in self.connections]
         self.placement: Placement | None = None
         try:
             self.set_placement(placement)
@@ -107,9 +121,11 @@ class ShardSet:
         """Refuse two shards that are one database: every count would double."""
         if len(self.connections) < 2:
             return
-        identities = self.run(lambda i: _identity(self.connections[i]))
+        rows = self.run(lambda i: _identity(self.connections[i]))
+        self._prepared_slots = [int(row[-1]) for row in rows]
         seen: dict[tuple[Any, ...], int] = {}
-        for index, identity in enumerate(identities):
+        for index, row in enumerate(rows):
+            identity = row[:-1]
             if identity in seen:
                 raise psycopg2.InterfaceError(
                     f"{self.infos[seen[identity]]} and {self.infos[index]} are the same database: "
@@ -238,6 +254,122 @@ class ShardSet:
         self._moment = None
         self._failed = None
 
+    def clear_failure(self) -> None:
+        """A ROLLBACK TO SAVEPOINT undid the error: the transaction (and its moment) goes on."""
+        self._failed = None
+
+    # -- writes and commit -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write_scope(self, indexes: Sequence[int]) -> Iterator[None]:
+        """Wrap the running of a statement that may write on shards ``indexes``.
+
+        In a transaction the shards are recorded as written, so that
+        :meth:`commit` knows whether two-phase commit is needed; a statement
+        that would make a transaction write on several shards, one of which
+        cannot prepare transactions, is refused before it runs. In autocommit
+        mode a statement writing on several shards runs as a transaction of its
+        own on them, committed with two-phase commit when the block ends, rolled
+        back if it raises.
+        """
+        targets = sorted(set(indexes))
+        if self._scope is not None or not self.connections[0].autocommit:
+            self._record(targets)
+            yield
+            return
+        if len(targets) < 2 or not self.two_phase:
+            yield
+            return
+        self._check_prepared(targets)
+        self._scope = set()
+        self._written = set()
+        try:
+            self._record(targets)
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(psycopg2.Error):
+                    self.rollback()  # the statement's own error is the one to see
+                raise
+            self.commit()
+        finally:
+            flipped, self._scope = self._scope, None
+            self._written = set()
+            self.end_transaction()
+            for i in sorted(flipped):
+                conn = self.connections[i]
+                with contextlib.suppress(psycopg2.Error):
+                    if not conn.closed and conn.status != psycopg2.extensions.STATUS_READY:
+                        conn.rollback()
+                    conn.autocommit = True
+
+    def _record(self, targets: Sequence[int]) -> None:
+        """These shards are written in the current transaction (refused first if they can't commit it)."""
+        idle_status = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        if self._scope is None and all(c.get_transaction_status() == idle_status for c in self.connections):
+            self._written = set()  # a new transaction (the last one ended outside commit())
+        written = self._written | set(targets)
+        if self.two_phase and len(written) > 1 and written != self._written:
+            self._check_prepared(sorted(written))
+        if self._scope is not None:
+            for i in sorted(set(targets) - self._scope):
+                self.connections[i].autocommit = False
+                self._scope.add(i)
+        self._written = written
+
+    def _check_prepared(self, indexes: Sequence[int]) -> None:
+        """Refuse a two-phase commit on a shard whose server has no slots for prepared transactions."""
+        unknown = [i for i in indexes if self._prepared_slots[i] is None]
+        if unknown:
+            slots = self.run(lambda i: _setting(self.connections[i], "max_prepared_transactions"), unknown)
+            for i, value in zip(unknown, slots, strict=True):
+                self._prepared_slots[i] = int(value)
+        for i in indexes:
+            if self._prepared_slots[i] == 0:
+                shards = ", ".join(str(k) for k in indexes)
+                raise NotSupportedError(
+                    f"{self.infos[i]} has max_prepared_transactions = 0, so a transaction writing on "
+                    f"shards {shards} cannot commit atomically (two-phase commit prepares on each): set "
+                    "max_prepared_transactions (e.g. to max_connections) in that server's postgresql.conf "
+                    "and restart it, or connect(..., two_phase=False) to commit each shard on its own"
+                )
+
+    @property
+    def written(self) -> frozenset[int]:
+        """The shards the current transaction wrote, as far as :meth:`write_scope` was told."""
+        return frozenset(self._written)
+
+    def commit(self) -> None:
+        """Commit the current transaction on every shard.
+
+        A transaction a shard's error aborted is rolled back everywhere (as one
+        database rolls back at COMMIT). One that wrote on two or more shards is
+        committed with two-phase commit (unless ``two_phase`` is off); any
+        other commits shard by shard, at no extra cost.
+        """
+        statuses = [c.get_transaction_status() for c in self.connections]
+        failed = self.failed or psycopg2.extensions.TRANSACTION_STATUS_INERROR in statuses
+        open_ = psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+        written = [i for i in sorted(self._written) if statuses[i] == open_]
+        self._written = set()
+        self.end_transaction()
+        if failed:
+            self.run(lambda i: self.connections[i].rollback())
+        elif self.two_phase and len(written) > 1:
+            atomic.two_phase_commit(self, written, self.decisions)
+        else:
+            self.run(lambda i: self.connections[i].commit())
+
+    def rollback(self) -> None:
+        """Roll back the current transaction on every shard."""
+        self._written = set()
+        self.end_transaction()
+        self.run(lambda i: self.connections[i].rollback())
+
+    def recover(self, grace: float = atomic.GRACE) -> atomic.Recovery:
+        """Resolve what a crashed client or a lost shard left prepared (:func:`commit.recover`)."""
+        return atomic.recover(self, grace=grace, schema=self.decisions.schema)
+
     # -- a transaction that failed ---------------------------------------------------
 
     def run_statement(self, fn: Callable[[int], T], indexes: Sequence[int]) -> list[T]:
@@ -264,7 +396,7 @@ class ShardSet:
     def check_transaction(self) -> None:
         """Refuse a statement in a transaction a shard's error has aborted, as PostgreSQL does."""
         if self._failed is not None:
-            raise psycopg2.errors.InFailedSqlTransaction(
+            raise _Aborted(
                 "current transaction is aborted, commands ignored until end of transaction block "
                 f"(after: {self._failed}); roll back"
             )
@@ -275,15 +407,32 @@ class ShardSet:
         return self._failed is not None
 
 
-_IDENTITY = "SELECT pg_postmaster_start_time(), current_setting('port'), current_database()"
+class _Aborted(psycopg2.errors.InFailedSqlTransaction):
+    """The connection's own refusal in an aborted transaction, with PostgreSQL's SQLSTATE."""
+
+    pgcode = psycopg2.errorcodes.IN_FAILED_SQL_TRANSACTION
+
+
+_IDENTITY = (
+    "SELECT pg_postmaster_start_time(), current_setting('port'), current_database(), "
+    "current_setting('max_prepared_transactions')"
+)
 
 
 def _identity(conn: Any) -> tuple[Any, ...]:
-    """What tells one database from another: its server's start time and port, and its name."""
+    """What tells one database from another (its server's start time and port, and its name), and
+    its server's max_prepared_transactions (read in the same round trip)."""
     with conn.cursor() as cur:
         cur.execute(_IDENTITY)
         row = cur.fetchone()
     return tuple(row or ())
+
+
+def _setting(conn: Any, name: str) -> str:
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_setting(%s)", (name,))
+        row = cur.fetchone()
+    return str(row[0]) if row else ""
 
 
 def _shadowed(catalog: Catalog) -> frozenset[str]:

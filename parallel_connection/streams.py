@@ -122,7 +122,6 @@ class ShardStream:
             raise self._fanout.error(exc, self.index) from None
 
 
-
 def interleave(streams: Sequence[ShardStream]) -> Iterator[list[Row]]:
     """Every shard's batches, taking whichever shard is ready first."""
     for _, batch in tagged_interleave(streams):

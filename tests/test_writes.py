@@ -359,3 +359,26 @@ def test_rows_without_a_key_take_it_from_the_placements_sequence_on_the_first_sh
         assert rows and all(Modulo().shard_of(k, 3) == index for k, _ in rows)
     with pytest.raises(NotSupportedError, match="shard key k"):
         pdb.cursor().execute("INSERT INTO wr_s VALUES (DEFAULT, 1)")
+
+
+@pytest.mark.parametrize("commit", ["COMMIT", "END", "method"])
+def test_a_commit_of_writes_on_several_shards_is_all_or_nothing(db, commit: str) -> None:
+    _pdb, _ref, shards = db
+    run_on_all(
+        [c.dsn for c in shards],
+        "CREATE TABLE wr_new (k int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, v int)",
+    )
+    placement = Placement(sharded={"wr_new": ("k", Modulo())})
+    with parallel_connection.connect([c.dsn for c in shards], placement=placement) as conn:
+        cur = conn.cursor()
+        cur.execute("INSERT INTO wr_new VALUES (1, 1), (2, 2)")
+        cur.execute("INSERT INTO wr_new VALUES (4, 4)")  # shard 1 again: checked only at commit
+        cur.execute("INSERT INTO wr_new VALUES (1, 5)")
+        with pytest.raises(psycopg2.IntegrityError):
+            cur.execute(commit) if commit != "method" else conn.commit()
+        conn.rollback()
+        assert on_each_shard(shards, "wr_new") == [[], [], []]
+        cur.execute("INSERT INTO wr_new VALUES (1, 1), (2, 2), (3, 3)")
+        cur.execute(commit) if commit != "method" else conn.commit()
+        assert cur.statusmessage == "COMMIT" or commit == "method"
+    assert [len(rows) for rows in on_each_shard(shards, "wr_new")] == [1, 1, 1]

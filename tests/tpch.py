@@ -252,46 +252,46 @@ def _copied_tables(n: dict[str, int]) -> list[str]:
     container = " || ' ' || ".join(
         _pick(s, "p", _S_CONTAINER + 10 * i) for i, s in enumerate(CONTAINER_SYLLABLES)
     )
-    s_comment = _text('s', _S_COMMENT, 4, 25)
+    s_comment = _text("s", _S_COMMENT, 4, 25)
     return [
         f"INSERT INTO region VALUES {regions}",
         f"INSERT INTO nation VALUES {nations}",
         f"""
         INSERT INTO supplier
         SELECT s, 'Supplier#' || lpad(s::text, 9, '0'),
-               substr(md5(s::text || 'supplier'), 1, {_rnd('s', _S_ADDRESS, 10, 32)}),
-               nk, {_phone('s', 'nk')}, {_rnd('s', _S_ACCTBAL, -99999, 999999)} / 100.0,
-               CASE s % 20 WHEN 7 THEN {s_comment} || ' Customer ' || {_text('s', _S_COMMENT + 1, 2, 20)}
-                                       || ' Complaints ' || {_text('s', _S_COMMENT + 2, 2, 20)}
-                           WHEN 13 THEN {s_comment} || ' Customer ' || {_text('s', _S_COMMENT + 1, 2, 20)}
-                                        || ' Recommends ' || {_text('s', _S_COMMENT + 2, 2, 20)}
-                           ELSE {_text('s', _S_COMMENT + 3, 8, 101)} END
-        FROM generate_series(1, {suppliers}) AS s, LATERAL (SELECT {_rnd('s', _S_NATION, 0, 24)} AS nk) AS x
+               substr(md5(s::text || 'supplier'), 1, {_rnd("s", _S_ADDRESS, 10, 32)}),
+               nk, {_phone("s", "nk")}, {_rnd("s", _S_ACCTBAL, -99999, 999999)} / 100.0,
+               CASE s % 20 WHEN 7 THEN {s_comment} || ' Customer ' || {_text("s", _S_COMMENT + 1, 2, 20)}
+                                       || ' Complaints ' || {_text("s", _S_COMMENT + 2, 2, 20)}
+                           WHEN 13 THEN {s_comment} || ' Customer ' || {_text("s", _S_COMMENT + 1, 2, 20)}
+                                        || ' Recommends ' || {_text("s", _S_COMMENT + 2, 2, 20)}
+                           ELSE {_text("s", _S_COMMENT + 3, 8, 101)} END
+        FROM generate_series(1, {suppliers}) AS s, LATERAL (SELECT {_rnd("s", _S_NATION, 0, 24)} AS nk) AS x
         """,
         f"""
         INSERT INTO customer
         SELECT c, 'Customer#' || lpad(c::text, 9, '0'),
-               substr(md5(c::text || 'customer'), 1, {_rnd('c', _S_ADDRESS, 10, 32)}),
-               nk, {_phone('c', 'nk')}, {_rnd('c', _S_ACCTBAL, -99999, 999999)} / 100.0,
-               {_pick(SEGMENTS, 'c', _S_SEGMENT)}, {_text('c', _S_COMMENT, 8, 117)}
-        FROM generate_series(1, {customers}) AS c, LATERAL (SELECT {_rnd('c', _S_NATION, 0, 24)} AS nk) AS x
+               substr(md5(c::text || 'customer'), 1, {_rnd("c", _S_ADDRESS, 10, 32)}),
+               nk, {_phone("c", "nk")}, {_rnd("c", _S_ACCTBAL, -99999, 999999)} / 100.0,
+               {_pick(SEGMENTS, "c", _S_SEGMENT)}, {_text("c", _S_COMMENT, 8, 117)}
+        FROM generate_series(1, {customers}) AS c, LATERAL (SELECT {_rnd("c", _S_NATION, 0, 24)} AS nk) AS x
         """,
         # p_name: five distinct colours, each 1 to 18 steps after the one before it.
         f"""
         INSERT INTO part
         SELECT p, concat_ws(' ', ({_array(COLORS)})[1 + c % 92], {name}),
-               'Manufacturer#' || m, 'Brand#' || m || {_rnd('p', _S_BRAND, 1, 5)},
-               {p_type}, {_rnd('p', _S_SIZE, 1, 50)}, {container},
+               'Manufacturer#' || m, 'Brand#' || m || {_rnd("p", _S_BRAND, 1, 5)},
+               {p_type}, {_rnd("p", _S_SIZE, 1, 50)}, {container},
                (90000 + (p / 10) % 20001 + 100 * (p % 1000)) / 100.0,
-               {_text('p', _S_PCOMMENT, 3, 23)}
+               {_text("p", _S_PCOMMENT, 3, 23)}
         FROM generate_series(1, {parts}) AS p,
-             LATERAL (SELECT {_rnd('p', _S_NAME, 0, 91)} AS c, {_rnd('p', _S_MFGR, 1, 5)} AS m) AS x
+             LATERAL (SELECT {_rnd("p", _S_NAME, 0, 91)} AS c, {_rnd("p", _S_MFGR, 1, 5)} AS m) AS x
         """,
         f"""
         INSERT INTO partsupp
         SELECT p, (p + i * ({suppliers} / 4)) % {suppliers} + 1,
-               {_rnd('p * 4 + i', _S_AVAIL, 1, 9999)}, {_rnd('p * 4 + i', _S_COST, 100, 100000)} / 100.0,
-               {_text('p * 4 + i', _S_COMMENT, 12, 199)}
+               {_rnd("p * 4 + i", _S_AVAIL, 1, 9999)}, {_rnd("p * 4 + i", _S_COST, 100, 100000)} / 100.0,
+               {_text("p * 4 + i", _S_COMMENT, 12, 199)}
         FROM generate_series(1, {parts}) AS p, generate_series(0, 3) AS i
         """,
     ]
@@ -304,9 +304,9 @@ def _sharded_tables(n: dict[str, int], shards: int, shard: int) -> list[str]:
     # Order keys are sparse as in dbgen: the first 8 of every 32. One order in a
     # thousand is "big" (7 lines of 43-50 units: over 300 in all, for Q18).
     order_keys = f"""
-        SELECT ok, {_START} + {_rnd('ok', _S_ODATE, 0, _LAST_ORDER_DAY)} AS od,
-               {_rnd('ok', _S_BIG, 0, 999)} = 0 AS big
-        FROM generate_series(1, {n['orders']}) AS i,
+        SELECT ok, {_START} + {_rnd("ok", _S_ODATE, 0, _LAST_ORDER_DAY)} AS od,
+               {_rnd("ok", _S_BIG, 0, 999)} = 0 AS big
+        FROM generate_series(1, {n["orders"]}) AS i,
              LATERAL (SELECT ((i::bigint - 1) / 8) * 32 + (i - 1) % 8 + 1 AS ok) AS k
         WHERE {keep}
     """
@@ -314,20 +314,20 @@ def _sharded_tables(n: dict[str, int], shards: int, shard: int) -> list[str]:
         INSERT INTO lineitem
         SELECT ok, pk, (pk + si * ({suppliers} / 4)) % {suppliers} + 1, ln, qty,
                qty * (90000 + (pk / 10) % 20001 + 100 * (pk % 1000)) / 100.0,
-               {_rnd('lk', _S_DISC, 0, 10)} / 100.0, {_rnd('lk', _S_TAX, 0, 8)} / 100.0,
-               CASE WHEN receipt <= date '{CURRENT_DATE}' THEN {_pick('RA', 'lk', _S_FLAG)} ELSE 'N' END,
+               {_rnd("lk", _S_DISC, 0, 10)} / 100.0, {_rnd("lk", _S_TAX, 0, 8)} / 100.0,
+               CASE WHEN receipt <= date '{CURRENT_DATE}' THEN {_pick("RA", "lk", _S_FLAG)} ELSE 'N' END,
                CASE WHEN ship > date '{CURRENT_DATE}' THEN 'O' ELSE 'F' END,
                ship, commitdate, receipt,
-               {_pick(SHIP_INSTRUCTIONS, 'lk', _S_INSTRUCT)}, {_pick(SHIP_MODES, 'lk', _S_MODE)},
-               {_text('lk', _S_LCOMMENT, 5, 44)}
+               {_pick(SHIP_INSTRUCTIONS, "lk", _S_INSTRUCT)}, {_pick(SHIP_MODES, "lk", _S_MODE)},
+               {_text("lk", _S_LCOMMENT, 5, 44)}
         FROM ({order_keys}) AS o,
-             generate_series(1, CASE WHEN big THEN 7 ELSE {_rnd('ok', _S_LINES, 1, 7)} END) AS ln,
+             generate_series(1, CASE WHEN big THEN 7 ELSE {_rnd("ok", _S_LINES, 1, 7)} END) AS ln,
              LATERAL (SELECT ok * 8 + ln AS lk) AS k,
-             LATERAL (SELECT {_rnd('lk', _S_PART, 1, parts)} AS pk, {_rnd('lk', _S_SUPP, 0, 3)} AS si,
-                             {_rnd('lk', _S_QTY, 'CASE WHEN big THEN 43 ELSE 1 END', 50)} AS qty,
-                             od + {_rnd('lk', _S_SHIP, 1, 121)} AS ship,
-                             od + {_rnd('lk', _S_COMMIT, 30, 90)} AS commitdate) AS v,
-             LATERAL (SELECT ship + {_rnd('lk', _S_RECEIPT, 1, 30)} AS receipt) AS r
+             LATERAL (SELECT {_rnd("lk", _S_PART, 1, parts)} AS pk, {_rnd("lk", _S_SUPP, 0, 3)} AS si,
+                             {_rnd("lk", _S_QTY, "CASE WHEN big THEN 43 ELSE 1 END", 50)} AS qty,
+                             od + {_rnd("lk", _S_SHIP, 1, 121)} AS ship,
+                             od + {_rnd("lk", _S_COMMIT, 30, 90)} AS commitdate) AS v,
+             LATERAL (SELECT ship + {_rnd("lk", _S_RECEIPT, 1, 30)} AS receipt) AS r
     """
     # Every third customer has no orders, as in the spec: j counts the others.
     special = (
@@ -337,17 +337,17 @@ def _sharded_tables(n: dict[str, int], shards: int, shard: int) -> list[str]:
     orders = f"""
         INSERT INTO orders
         SELECT ok, (j / 2) * 3 + j % 2 + 1, a.status, a.total, od,
-               {_pick(PRIORITIES, 'ok', _S_PRIO)},
-               'Clerk#' || lpad({_rnd('ok', _S_CLERK, 1, n['clerks'])}::text, 9, '0'), 0,
-               CASE WHEN {_rnd('ok', _S_OSPECIAL, 0, 49)} = 0 THEN left({special}, 79)
-                    ELSE {_text('ok', _S_OCOMMENT + 3, 7, 79)} END
+               {_pick(PRIORITIES, "ok", _S_PRIO)},
+               'Clerk#' || lpad({_rnd("ok", _S_CLERK, 1, n["clerks"])}::text, 9, '0'), 0,
+               CASE WHEN {_rnd("ok", _S_OSPECIAL, 0, 49)} = 0 THEN left({special}, 79)
+                    ELSE {_text("ok", _S_OCOMMENT + 3, 7, 79)} END
         FROM ({order_keys}) AS o
         JOIN (SELECT l_orderkey,
                      CASE WHEN bool_and(l_linestatus = 'F') THEN 'F'
                           WHEN bool_and(l_linestatus = 'O') THEN 'O' ELSE 'P' END AS status,
                      sum(l_extendedprice * (1 + l_tax) * (1 - l_discount)) AS total
               FROM lineitem GROUP BY l_orderkey) AS a ON a.l_orderkey = o.ok,
-             LATERAL (SELECT {_rnd('ok', _S_CUST, 0, customers - customers // 3 - 1)} AS j) AS c
+             LATERAL (SELECT {_rnd("ok", _S_CUST, 0, customers - customers // 3 - 1)} AS j) AS c
     """
     return [lineitem, orders]
 

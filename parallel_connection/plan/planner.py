@@ -11,6 +11,7 @@ import pglast
 from pglast import ast
 
 from ..errors import NotSupportedError
+from .copies import check_copy
 from .literal_rows import cut_literal_rows, split_rows
 from .model import ALL, ONE, Plan, RowSplit, ShardFacts, Task
 from .params import Template, shard_vars, to_pyformat, to_template
@@ -73,6 +74,8 @@ _UNION_WORDS = frozenset(
         "begin",
         "start",
         "commit",
+        "end",
+        "abort",
         "rollback",
         "savepoint",
         "release",
@@ -96,7 +99,10 @@ def quick_plan(query: str) -> Plan | None:
 
 
 _WRITE_WORDS = frozenset(["insert", "update", "delete", "copy", "merge"])
-_DDL_WORDS = _UNION_WORDS - _WRITE_WORDS - {"begin", "start", "commit", "rollback", "savepoint", "release"}
+_DDL_WORDS = (
+    _UNION_WORDS - _WRITE_WORDS - {"begin", "start", "commit", "end", "abort", "rollback", "savepoint"}
+)
+_DDL_WORDS -= {"release"}
 _DDL_WRITE_WORDS = frozenset(["drop", "alter", "truncate", "grant", "revoke", "comment"])
 _OUTSIDE_TRANSACTIONS = re.compile(r"\b(concurrently|database|tablespace|system|subscription)\b", re.I)
 """DDL that cannot run inside a transaction block: never wrapped in one."""
@@ -261,6 +267,11 @@ def _plan_one(stmt: ast.Node, template: Template, facts: ShardFacts) -> Plan:
         return Plan(refresh=True, writes=not _temporary(into.rel), checked=True)
     if isinstance(stmt, _DATA):
         return plan_write(stmt, template, facts)
+    if isinstance(stmt, ast.CopyStmt):
+        check_copy(stmt, facts)
+        if stmt.is_from:  # what is left: a copied table's server file or program, on every copy
+            return Plan(copies=True, writes=True, checked=True)
+        return Plan(tasks=(Task(ONE),))  # a copied table to a server file: one copy's rows
     if isinstance(stmt, _REFRESHING):
         return Plan(refresh=True)
     if isinstance(stmt, (*_SESSION, ast.FetchStmt)):
