@@ -444,9 +444,13 @@ class _Splitter:
             batch: list[Record] = []
             if not self.in_header and self.eol != _UNKNOWN:
                 line = self.line
-                for record, content in self.plain_lines():
-                    line += 1
-                    batch.append(Record(record, None if key_of is None else key_of(content), line))
+                if key_of is not None and not self.csv:
+                    batch = self.text_records(self.plain_lines(), line)
+                    line += len(batch)
+                else:
+                    for record, content in self.plain_lines():
+                        line += 1
+                        batch.append(Record(record, None if key_of is None else key_of(content), line))
                 self.line = line
             self.line += 1
             got = read_line()
@@ -459,6 +463,22 @@ class _Splitter:
                     batch.append(Record(record, None if key_of is None else key_of(content), self.line))
             if batch:
                 yield batch
+
+    def text_records(self, lines: list[tuple[bytes, bytes]], line: int) -> list[Record]:
+        """Plain text-format lines as records: a key field with no backslash and ASCII only is read
+        in place (most are), any other by :meth:`key_of`."""
+        assert self.key is not None
+        index, delim, null, key_of = self.key.index, self.delim, self.null, self.key_of
+        records: list[Record] = []
+        for record, content in lines:
+            line += 1
+            parts = content.split(delim, index + 1)
+            if len(parts) > index and b"\\" not in content and parts[index].isascii():
+                raw = parts[index]
+                records.append(Record(record, None if raw == null else raw.decode("ascii"), line))
+            else:
+                records.append(Record(record, key_of(content), line))
+        return records
 
     def plain_lines(self) -> list[tuple[bytes, bytes]]:
         """The buffered whole lines, up to the first that needs care: its line ends are only the
@@ -667,7 +687,9 @@ class _Splitter:
         raw = self.text_raw(content, self.key.index)
         if raw == self.null:
             return None
-        if self.encoding != self.server_encoding and not raw.isascii():
+        if raw.isascii() and b"\\" not in raw:
+            return raw.decode("ascii")  # most keys: nothing to convert, unescape or check
+        if self.encoding != self.server_encoding:
             raw = self.convert(raw)
         if b"\\" in raw:
             raw = _TEXT_ESCAPE.sub(_unescape, raw)
@@ -680,7 +702,9 @@ class _Splitter:
     def text_raw(self, content: bytes, index: int) -> bytes:
         """Field ``index`` of a text-format line, escapes not yet read."""
         parts = content.split(self.delim, index + 1)
-        if len(parts) > index and not any(b"\\" in part for part in parts[: index + 1]):
+        if len(parts) > index and (
+            b"\\" not in content or not any(b"\\" in part for part in parts[: index + 1])
+        ):
             return parts[index]  # a backslash after the key field can't move its bounds
         if len(parts) <= index and b"\\" not in content:
             raise self.missing()

@@ -237,7 +237,14 @@ def _router(
                     for block in blocks:
                         block += data
                     continue
-                index = place(line, text_key)
+                value = read_key(text_key) if text_key is not None else None
+                if value is None:
+                    index = place(line, text_key)  # the first shard, or the error naming the line
+                else:
+                    try:
+                        index = shard_of(value, n)
+                    except psycopg2.DataError:
+                        index = place(line, text_key)
                 block = blocks[index]
                 block += data
                 if len(block) >= BLOCK:

@@ -279,7 +279,8 @@ class ParallelCursor:
 
     def mogrify(self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None) -> bytes:
         """The statement as it would be sent to each shard."""
-        self._check_open()
+        if self._closed:  # the shard cursor checks its connection itself (execute_values calls this per row)
+            raise psycopg2.InterfaceError("cursor already closed")
         result: bytes = self._cursors[0].mogrify(query, vars)
         return result
 

@@ -89,7 +89,8 @@ def execute(shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, m
     facts = shards.facts()
     plan, shard_vars = _plan(text, statement.vars, facts, cursors[0], shards)
     targets = bind_targets(plan, shard_vars, len(cursors))
-    if plan.checked and (len(targets) > 1 or not plan.pins or plan.views):
+    held = plan.split is not None and shards.holds(facts, plan.split.table)
+    if plan.checked and (len(targets) > 1 or not plan.pins or plan.views) and not held:
         fresh = shards.check_facts(facts, targets)
         if fresh is not facts:
             plan, shard_vars = _plan(text, statement.vars, fresh, cursors[0], shards)
@@ -325,6 +326,8 @@ def run_split(
     unbuffered = replace(statement, streaming=False)
     with _write_scope(shards, True, targets):
         returned = shards.run_statement(lambda i: _runner(cursors, sql[i], vars, unbuffered)(i), targets)
+    if len(targets) == len(cursors):
+        shards.hold(shards.facts(), split.table)
     outcome = _counted(shards, cursors, targets)
     if outcome.description is not None:
         pending = {i: iter(batch or ()) for i, batch in zip(targets, returned, strict=True)}

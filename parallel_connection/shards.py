@@ -81,6 +81,7 @@ class ShardSet:
         self._facts: ShardFacts | None = None
         self._moment: datetime.datetime | None = None
         self._failed: str | None = None
+        self._held: tuple[ShardFacts, set[str]] | None = None
         self._stamps = [StampReader() for _ in self.connections]
         self._shard_stamps: list[tuple[int, ...]] = [() for _ in self.connections]
         self._written: set[int] = set()
@@ -253,10 +254,32 @@ class ShardSet:
         """The transaction ended (commit, rollback): the next statement takes a new moment."""
         self._moment = None
         self._failed = None
+        self._held = None
 
     def clear_failure(self) -> None:
-        """A ROLLBACK TO SAVEPOINT undid the error: the transaction (and its moment) goes on."""
+        """A ROLLBACK TO SAVEPOINT undid the error: the transaction (and its moment) goes on, and the
+        locks taken since the savepoint are gone."""
         self._failed = None
+        self._held = None
+
+    # -- tables this transaction holds --------------------------------------------------
+
+    def hold(self, facts: ShardFacts, table: str) -> None:
+        """The transaction wrote ``table`` on every shard: until it ends, it holds a lock that keeps
+        any other session from changing the table's definition, so ``facts`` stay true of it."""
+        if self.connections[0].autocommit:
+            return
+        if self._held is None or self._held[0] is not facts:
+            self._held = (facts, set())
+        self._held[1].add(table)
+
+    def holds(self, facts: ShardFacts, table: str) -> bool:
+        """``table`` is held on every shard since ``facts`` were checked (see :meth:`hold`)."""
+        held = self._held
+        if held is None or held[0] is not facts or table not in held[1]:
+            return False
+        open_ = psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+        return all(c.get_transaction_status() == open_ and not c.autocommit for c in self.connections)
 
     # -- writes and commit -------------------------------------------------------------
 

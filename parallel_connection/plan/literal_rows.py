@@ -12,6 +12,7 @@ import functools
 import re
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import cast
 
 from .model import Const, Param, Value
 
@@ -29,15 +30,17 @@ _TYPE = r"[A-Za-z_][A-Za-z0-9_]*(?:\s+(?:with|without|time|zone|precision|varyin
 _LITERAL = rf"(?:-\s*)?(?:{_NUMBER}|{_STRING}|\$\d+|NULL|TRUE|FALSE)(?:\s*::\s*{_TYPE})*"
 _BARE = re.compile(rf"(-\s*)?({_NUMBER}|{_STRING}|\$\d+|NULL|TRUE|FALSE)", re.IGNORECASE)
 _VALUE = re.compile(rf"\s*({_LITERAL})\s*(,|\))", re.IGNORECASE)
-_NEXT_ROW = re.compile(r"\s*,\s*(?=\()")
 
 
 @functools.lru_cache(maxsize=64)
-def _row_pattern(width: int, position: int) -> re.Pattern[str]:
-    """One row of ``width`` literals, capturing the one at ``position``."""
+def _row_patterns(width: int, position: int) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """One row of ``width`` literals, capturing the one at ``position``; and a run of such rows."""
     before = rf"{_LITERAL}\s*,\s*" * position
     after = rf"\s*,\s*{_LITERAL}" * (width - position - 1)
-    return re.compile(rf"\s*\(\s*{before}({_LITERAL}){after}\s*\)", re.IGNORECASE)
+    row = rf"\(\s*{before}({_LITERAL}){after}\s*\)"
+    bare = rf"\(\s*{before}{_LITERAL}{after}\s*\)"
+    run = rf"\s*{bare}(?:\s*,\s*{bare})*"
+    return re.compile(row, re.IGNORECASE), re.compile(run, re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -72,24 +75,16 @@ def cut_literal_rows(text: str) -> LiteralRows | None:
 def split_rows(rows: LiteralRows, position: int) -> tuple[list[str], tuple[Value, ...], str] | None:
     """Each row's text and key (its value at ``position``), and the text after the rows; None when a
     row is not literals alone or a key is unclear."""
-    pattern = _row_pattern(rows.width, position)
-    text, pos = rows.text, len(rows.head)
-    texts: list[str] = []
-    keys: list[Value] = []
-    while True:
-        row = pattern.match(text, pos)
-        if row is None:
-            return None
-        key = _value(row.group(1))
-        if key is None:
-            return None
-        texts.append(text[pos : row.end()].strip())
-        keys.append(key)
-        pos = row.end()
-        following = _NEXT_ROW.match(text, pos)
-        if following is None:
-            return texts, tuple(keys), text[pos:]
-        pos = following.end()
+    row, run = _row_patterns(rows.width, position)
+    text, start = rows.text, len(rows.head)
+    span = run.match(text, start)
+    if span is None:
+        return None
+    found = list(row.finditer(text, start, span.end()))
+    keys = [_value(match.group(1)) for match in found]
+    if None in keys:
+        return None
+    return [match.group(0) for match in found], cast("tuple[Value, ...]", tuple(keys)), text[span.end() :]
 
 
 def _value(written: str) -> Value | None:
