@@ -236,6 +236,12 @@ def test_updates_and_deletes_match_one_database(db, sql: str) -> None:
             "WHEN NOT MATCHED THEN INSERT",
         ),
         (
+            "MERGE INTO wr_a USING wr_b ON wr_a.k = wr_b.k "
+            "WHEN NOT MATCHED THEN INSERT VALUES (wr_b.w, 1, 'x')",
+            "WHEN NOT MATCHED THEN INSERT",
+        ),
+        ("MERGE INTO wr_a USING wr_b ON wr_a.k = wr_b.w WHEN MATCHED THEN DELETE", "co-located|shard key"),
+        (
             "WITH x AS (DELETE FROM wr_b RETURNING k) DELETE FROM wr_a WHERE k IN (SELECT k FROM x)",
             "data-modifying",
         ),
@@ -259,6 +265,32 @@ def test_writes_that_cannot_be_exact_are_refused_before_anything_is_written(
     pdb.rollback()
     assert [on_each_shard(shards, t) for t in ("wr_a", "wr_b", "wr_c")] == before
     run_on_all([c.dsn for c in shards], "DROP SEQUENCE IF EXISTS wr_seq")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "MERGE INTO wr_a USING (SELECT k, min(w) AS w FROM wr_b GROUP BY k) b ON wr_a.k = b.k "
+        "WHEN MATCHED AND b.w > 5 THEN UPDATE SET v = b.w "
+        "WHEN NOT MATCHED THEN INSERT (k, v, note) VALUES (b.k, b.w, 'merged')",
+        "MERGE INTO wr_a USING (SELECT k, max(w) AS w FROM wr_b WHERE k > 15 GROUP BY k) b ON wr_a.k = b.k "
+        "WHEN MATCHED THEN DELETE",
+        "MERGE INTO wr_a USING wr_c ON wr_a.v = wr_c.id WHEN MATCHED THEN UPDATE SET note = wr_c.name",
+        "WITH s AS (SELECT k, max(w) AS w FROM wr_b GROUP BY k) MERGE INTO wr_a USING s ON wr_a.k = s.k "
+        "WHEN NOT MATCHED THEN INSERT VALUES (s.k, s.w, 'n')",
+        "MERGE INTO wr_c USING (SELECT id + 10 AS id FROM wr_c) s ON wr_c.id = s.id "
+        "WHEN NOT MATCHED THEN INSERT VALUES (s.id, 'copy')",
+    ],
+)
+def test_merge_from_a_co_located_or_copied_source_matches_one_database(db, sql: str) -> None:
+    pdb, ref, shards = db
+    load(pdb, ref)
+    cur, rcur = both(pdb, ref, sql)
+    assert (cur.rowcount, cur.statusmessage) == (rcur.rowcount, rcur.statusmessage)
+    for table in ("wr_a", "wr_c"):
+        same_contents(pdb, ref, table)
+    for index, rows in enumerate(on_each_shard(shards, "wr_a")):
+        assert all(Modulo().shard_of(row[0], 3) == index for row in rows)
 
 
 def test_upserts_on_the_shard_key_match_one_database(db) -> None:

@@ -393,16 +393,44 @@ def _plan_merge(stmt: ast.MergeStmt, template: Template, facts: ShardFacts, info
         _check_copy_source(analysis, info, "MERGE into")
         _check_volatile(stmt, facts, copies=True)
         return _plan_everywhere(stmt, template, copies=True)
-    inserts = any(clause.commandType == enums.CmdType.CMD_INSERT for clause in stmt.mergeWhenClauses or ())
-    if inserts:
-        raise refuse_write(
-            f"MERGE ... WHEN NOT MATCHED THEN INSERT into the sharded table {info.name} (each shard "
-            "would insert the source rows it cannot match): insert with execute_values(), then MERGE "
-            "the updates"
-        )
     for clause in stmt.mergeWhenClauses or ():
-        _check_no_key_change(clause.targetList, info)
+        if clause.commandType == enums.CmdType.CMD_INSERT:
+            _check_merge_insert(stmt, clause, facts, info, sharded_source=analysis.sharded)
+        else:
+            _check_no_key_change(clause.targetList, info)
     return _plan_spread(stmt, template, analysis, _volatile_refusal(stmt, facts))
+
+
+def _check_merge_insert(
+    stmt: ast.MergeStmt,
+    clause: ast.MergeWhenClause,
+    facts: ShardFacts,
+    info: TableInfo,
+    *,
+    sharded_source: bool,
+) -> None:
+    """WHEN NOT MATCHED THEN INSERT into a sharded table: the new row's key must be the key of the
+    (co-located) source row, whose shard is then the new row's."""
+    refusal = refuse_write(
+        f"MERGE ... WHEN NOT MATCHED THEN INSERT into the sharded table {info.name} whose key is not "
+        "the shard key of a source sharded alike (each shard would insert the source rows it cannot "
+        f"match): insert with execute_values(), or MERGE from a source sharded on {info.key}"
+    )
+    names = [t.name for t in clause.targetList] if clause.targetList else list(info.order or ())
+    if not sharded_source or info.key not in names or not clause.values:
+        raise refusal
+    position = names.index(cast(str, info.key))
+    if position >= len(clause.values):
+        raise refusal
+    probe = ast.SelectStmt(
+        targetList=(ast.ResTarget(val=clause.values[position]),),
+        fromClause=(stmt.sourceRelation,),
+        limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
+        op=enums.SetOperation.SETOP_NONE,
+    )
+    analysis = _analyzed(_with_ctes(probe, stmt.withClause), facts)
+    if analysis.output_keys[:1] != (info.function,):
+        raise refusal
 
 
 # -- CREATE TABLE AS, SELECT INTO ---------------------------------------------------
