@@ -36,7 +36,6 @@ from psycopg2 import sql
 from .cancel import sever
 from .copy_format import CopySpec, KeyField, parse_copy, python_codec, split_batches
 from .errors import NotSupportedError
-from .executor import bind_targets
 from .keys import as_key
 from .plan import ShardFacts, plan_statement
 from .plan.copies import check_copy
@@ -45,6 +44,7 @@ from .plan.names import bind_names
 from .plan.query import layout_of
 from .plan.syntax import deparse
 from .shards import ShardSet
+from .targets import bind_targets
 
 __all__ = ["BLOCK", "DEPTH", "CopyResult", "copy_expert", "copy_from_sql", "copy_to_sql"]
 

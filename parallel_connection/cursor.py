@@ -17,7 +17,8 @@ import psycopg2.sql
 
 from . import copy_run
 from .errors import NotSupportedError
-from .executor import Outcome, Statement, execute, execute_many, run_finished
+from .executor import execute, execute_many, run_finished
+from .outcome import Outcome, Statement
 from .rows import RowMaker, row_maker
 from .shards import Connected
 from .streams import ShardStream, tagged_interleave
