@@ -115,7 +115,8 @@ def execute_many(
     shards.check_transaction()
     if any(plan.batch or plan.mode != "union" for plan, _ in planned):
         raise refuse("executemany() of a statement whose rows are merged or that holds several statements")
-    if not all(_as_written(plan) for plan, _ in planned):
+    if shards.connections[0].autocommit or not all(_as_written(plan) for plan, _ in planned):
+        # In autocommit each execution commits on its own, in order, as psycopg2 runs them.
         return _one_by_one(shards, cursors, query, params, planned)
     targeted = [placed(plan, vars, len(cursors)) for plan, vars in planned]
     writes = any(plan.writes for plan, _ in planned)

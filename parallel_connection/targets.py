@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg2
 
+from .errors import NotSupportedError
 from .keys import as_key
 from .plan import Plan
 from .plan.model import Const, Pin, RowSplit, Targets
@@ -99,10 +100,10 @@ def shards_of(split: RowSplit, values: Sequence[Any], n: int) -> list[int]:
             continue
         key = as_key(bound, split.key_type)
         if key is None:
-            raise psycopg2.DataError(
+            raise NotSupportedError(
                 f"row {number} of the INSERT into {split.table}: its shard key {split.key} = "
-                f"{_short.repr(bound)} cannot be read as the key column's type here; pass it as a "
-                "value of that type"
+                f"{_short.repr(bound)} is not read here as the key column's type would read it, so its "
+                "shard is not known (nothing was written); pass the key as a value of that type"
             )
         try:
             placed.append(split.function.shard_of(key, n))

@@ -90,7 +90,10 @@ def run_batch(shards: ShardSet, cursors: Sequence[Any], plan: Plan, vars: Any) -
     finally:
         if plan.refresh:
             shards.forget_facts()
-    # psycopg2 reports the last statement: its count is the sum over the shards that ran it.
+    # psycopg2 reports the last statement: its count is the sum over the shards that ran it (one
+    # copy's, for a copied table).
+    if plan.batch[-1].copies:
+        last = last[:1]
     return counted(shards, cursors, last) if last else Outcome(rowcount=-1, targets=targets)
 
 

@@ -4,7 +4,9 @@ write that cannot be exact refused before anything is written."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import psycopg2
@@ -14,7 +16,7 @@ from conftest import run_on_all
 
 import parallel_connection
 from parallel_connection import NotSupportedError, ParallelConnection
-from parallel_connection.placement import Modulo, Placement, ShardedTable
+from parallel_connection.placement import Hash, Modulo, Placement, ShardedTable
 
 PLACEMENT = Placement(
     sharded={
@@ -414,3 +416,125 @@ def test_a_commit_of_writes_on_several_shards_is_all_or_nothing(db, commit: str)
         cur.execute(commit) if commit != "method" else conn.commit()
         assert cur.statusmessage == "COMMIT" or commit == "method"
     assert [len(rows) for rows in on_each_shard(shards, "wr_new")] == [1, 1, 1]
+
+
+UUIDS = Placement(sharded={"wr_u": ("id", Hash()), "wr_t": ("k", Hash())}, copied=["wr_c"])
+
+
+@pytest.fixture
+def typed(db):
+    _pdb, ref, shards = db
+    every = [*[c.dsn for c in shards], ref.dsn]
+    run_on_all(
+        every, "CREATE TABLE wr_u (id uuid PRIMARY KEY, v int); CREATE TABLE wr_t (k text PRIMARY KEY, v int)"
+    )
+    conn = parallel_connection.connect([c.dsn for c in shards], placement=UUIDS)
+    try:
+        yield conn, ref, shards
+    finally:
+        conn.close()
+        ref.rollback()
+        run_on_all(every, "DROP TABLE IF EXISTS wr_u, wr_t")
+
+
+def test_uuid_keys_in_any_spelling_land_on_their_shard_and_are_found_again(typed) -> None:
+    pdb, ref, shards = typed
+    spellings = [
+        "00000000-0000-0000-0000-000000000005",
+        "{00000000-0000-0000-0000-000000000006}",
+        "00000000000000000000000000000007",
+        "00000000-0000-0000-0000-00000000000A",
+    ]
+    for conn in (pdb, ref):
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO wr_u VALUES (%s, 1), ('" + spellings[1] + "', 2)", (spellings[0],))
+            psycopg2.extras.execute_values(cur, "INSERT INTO wr_u VALUES %s", [(s, 3) for s in spellings[2:]])
+            cur.execute("UPDATE wr_u SET v = v + 100 WHERE id = %s", (spellings[0].upper(),))
+            assert cur.rowcount == 1
+            cur.execute("DELETE FROM wr_u WHERE id IN (%s, %s)", (spellings[2], spellings[3].lower()))
+            assert cur.rowcount == 2
+    same_contents(pdb, ref, "wr_u")
+    for index, rows in enumerate(on_each_shard(shards, "wr_u")):
+        assert all(Hash().shard_of(uuid.UUID(r[0]), 3) == index for r in rows)
+
+
+def test_a_key_cast_that_would_change_it_is_refused(typed) -> None:
+    pdb, _, shards = typed
+    cur = pdb.cursor()
+    for sql in (
+        "INSERT INTO wr_t VALUES ('abcdef'::varchar(2), 1)",
+        "INSERT INTO wr_t VALUES ('abc'::char, 1), ('zz', 2), ('qq', 3)",
+    ):
+        with pytest.raises(NotSupportedError, match="cast"):
+            cur.execute(sql)
+    pdb.rollback()
+    assert on_each_shard(shards, "wr_t") == [[], [], []]
+
+
+def test_a_numeric_key_for_an_integer_column_is_placed_as_postgresql_rounds_it(db) -> None:
+    pdb, ref, shards = db
+    for conn in (pdb, ref):
+        conn.cursor().execute(
+            "INSERT INTO wr_a (k, v) VALUES (24.5, 1), (%s, 2), (%s, 3)", (Decimal("7.5"), 2.5)
+        )
+    same_contents(pdb, ref, "wr_a")
+    for index, rows in enumerate(on_each_shard(shards, "wr_a")):
+        assert all(Modulo().shard_of(r[0], 3) == index for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("sql", "match"),
+    [
+        ("DO $$ BEGIN INSERT INTO wr_a VALUES (3, 1, 'x'); END $$", "DO on several shards"),
+        ("CALL wr_p(4)", "CALL on several shards"),
+        ("INSERT INTO wr_a VALUES (3, 1, 'x'); COMMIT", "COMMIT or ROLLBACK among several"),
+        ("BEGIN; INSERT INTO wr_a VALUES (3, 1, 'x')", "COMMIT or ROLLBACK among several"),
+        ("INSERT INTO wr_a (k, v) VALUES (11, 1) RETURNING (SELECT count(*) FROM wr_b)", "subquery reading"),
+    ],
+)
+def test_code_and_transaction_ends_that_each_shard_would_run_are_refused(db, sql: str, match: str) -> None:
+    pdb, _, shards = db
+    run_on_all(
+        [c.dsn for c in shards],
+        "CREATE PROCEDURE wr_p(n int) LANGUAGE sql AS $$ INSERT INTO wr_a VALUES (n, 0, 'p') $$",
+    )
+    try:
+        with pytest.raises(NotSupportedError, match=match):
+            pdb.cursor().execute(sql)
+        pdb.rollback()
+        assert on_each_shard(shards, "wr_a") == [[], [], []]
+    finally:
+        run_on_all([c.dsn for c in shards], "DROP PROCEDURE wr_p")
+
+
+def test_several_statements_count_the_last_one_as_one_database(db) -> None:
+    pdb, ref, _ = db
+    load(pdb, ref)
+    sql = "INSERT INTO wr_a (k, v) VALUES (100, 1), (101, 2); UPDATE wr_c SET name = 'z' WHERE id < 3"
+    cur, rcur = both(pdb, ref, sql)
+    assert (cur.rowcount, cur.statusmessage) == (rcur.rowcount, rcur.statusmessage) == (2, "UPDATE 2")
+
+
+def test_executemany_in_autocommit_keeps_what_ran_before_an_error(db) -> None:
+    pdb, ref, _shards = db
+    for conn in (pdb, ref):
+        conn.autocommit = True
+        with pytest.raises(psycopg2.IntegrityError):
+            conn.cursor().executemany(
+                "INSERT INTO wr_a (k, v) VALUES (%s, %s)", [(3, 1), (4, 1), (3, 2), (5, 1)]
+            )
+    assert contents(pdb, "wr_a") == contents(ref, "wr_a") == [(3, 1, None), (4, 1, None)]
+
+
+def test_without_a_placement_a_write_reading_other_sharded_rows_is_refused(db, sample) -> None:
+    _, _, _shards = db
+    with parallel_connection.connect(sample.shard_dsns) as pdb:
+        for sql in (
+            "UPDATE wr_a SET v = wr_b.w FROM wr_b WHERE wr_b.w = wr_a.k",
+            "DELETE FROM wr_a WHERE k IN (SELECT w FROM wr_b)",
+            "DELETE FROM wr_a USING wr_b WHERE wr_b.w = wr_a.k",
+        ):
+            with pytest.raises(NotSupportedError, match="no declared shard key"):
+                pdb.cursor().execute(sql)
+    with parallel_connection.connect(sample.shard_dsns, replicated_tables=["wr_c"]) as pdb:
+        pdb.cursor().execute("UPDATE wr_a SET v = 1 WHERE v IN (SELECT id FROM wr_c)")  # a copy: fine

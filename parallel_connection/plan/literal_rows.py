@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import cast
 
 from .model import Const, Param, Value
+from .writes import KEEPING_CASTS
 
 __all__ = ["LiteralRows", "cut_literal_rows", "split_rows"]
 
@@ -93,6 +94,9 @@ def _value(written: str) -> Value | None:
     match = _BARE.match(written)
     if match is None:
         return None
+    casts = written[match.end() :].split("::")[1:]
+    if any(c.strip().lower() not in KEEPING_CASTS for c in casts):
+        return None  # the full parse names the cast
     negative, body = match.group(1) is not None, match.group(2)
     upper = body.upper()
     if upper == "NULL":

@@ -10,7 +10,7 @@ from typing import Any, cast
 import pglast
 from pglast import ast
 
-from ..errors import NotSupportedError
+from ..errors import NotSupportedError, refuse_write
 from .copies import check_copy
 from .literal_rows import cut_literal_rows, split_rows
 from .model import ALL, ONE, Plan, RowSplit, ShardFacts, Task
@@ -210,6 +210,11 @@ def _plan_several(statements: Any, template: Template, facts: ShardFacts) -> Pla
         stmt = cast(ast.Node, raw.stmt)
         end = raw.stmt_location + raw.stmt_len if raw.stmt_len else len(text_all)
         text = text_all[raw.stmt_location : end]
+        if isinstance(stmt, ast.TransactionStmt):
+            raise refuse(
+                "BEGIN, COMMIT or ROLLBACK among several statements in one execute() (each shard would "
+                "end its own transaction): send them in execute() calls of their own"
+            )
         plan = _plan_one(stmt, Template(text, template.names, template.positional), facts)
         task = plan.tasks[0] if plan.tasks else Task()
         special = plan.pins or plan.moments or plan.split or plan.copies or plan.refusal is not None
@@ -250,6 +255,12 @@ def _plan_one(stmt: ast.Node, template: Template, facts: ShardFacts) -> Plan:
         raise refuse("EXECUTE of a prepared statement (what it returns is not known here)")
     if isinstance(stmt, ast.FetchStmt) and not stmt.ismove:
         raise refuse("FETCH from a cursor (what it returns is not known here)")
+    if isinstance(stmt, (ast.DoStmt, ast.CallStmt)):
+        word = "DO" if isinstance(stmt, ast.DoStmt) else "CALL"
+        raise refuse_write(
+            f"{word} on several shards (what its code writes is not known here, and every shard would "
+            f'run it): run it on one shard\'s connection, or on every shard with cursor(merge="union")'
+        )
     if isinstance(stmt, ast.ExplainStmt):
         raise refuse("EXPLAIN (every shard has its own plan)")
     if isinstance(stmt, ast.SelectStmt):

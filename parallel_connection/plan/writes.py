@@ -27,7 +27,13 @@ from .select import plan_select
 from .sources import check_negated
 from .syntax import copy_node, deparse, func_name, walk
 
-__all__ = ["READ_ONLY_VOLATILE", "plan_create_as", "plan_write"]
+__all__ = ["KEEPING_CASTS", "READ_ONLY_VOLATILE", "plan_create_as", "plan_write"]
+
+KEEPING_CASTS = frozenset(
+    {"int2", "int4", "int8", "smallint", "integer", "int", "bigint", "numeric", "text", "varchar", "uuid"}
+)
+"""Types a key may be cast to: the value the shard stores is the value placed (no length, no rounding
+beyond the column's own)."""
 
 PER_ROW = frozenset({"random", "random_normal", "gen_random_uuid", "uuid_generate_v4", "clock_timestamp"})
 """Volatile functions one database also evaluates anew for every row: each shard's values are as good."""
@@ -81,6 +87,7 @@ def _plan_insert(stmt: ast.InsertStmt, template: Template, facts: ShardFacts, in
     source = stmt.selectStmt
     select = cast(ast.SelectStmt, source) if source is not None else ast.SelectStmt()
     analysis = _analyzed(_with_ctes(select, stmt.withClause), facts)
+    _check_returning(stmt, facts, info)
     if info.kind == "whole":
         if analysis.sharded and source is not None and not select.valuesLists:
             return _plan_reroute(stmt, select, template, info, None)
@@ -151,6 +158,23 @@ def _plan_reroute(
         key=info.key,
     )
     return Plan(reroute=reroute, names=template.names, writes=True, checked=True)
+
+
+def _check_returning(stmt: ast.InsertStmt, facts: ShardFacts, info: TableInfo) -> None:
+    """RETURNING is evaluated on each row's shard: what it reads must be there (tied by the key, or
+    copied)."""
+    returning = stmt.returningClause.exprs if stmt.returningClause is not None else None
+    if not returning or not any(isinstance(n, ast.SubLink) for n in walk(returning, into_selects=True)):
+        return
+    probe = ast.SelectStmt(
+        targetList=tuple(copy_node(t) for t in returning),
+        fromClause=(stmt.relation,),
+        limitOption=enums.LimitOption.LIMIT_OPTION_DEFAULT,
+        op=enums.SetOperation.SETOP_NONE,
+    )
+    analysis = _analyzed(_with_ctes(probe, stmt.withClause), facts)
+    if info.kind == "whole" and analysis.sharded:
+        _check_copy_source(analysis, info, "INSERT into")
 
 
 def _key_position(stmt: ast.InsertStmt, info: TableInfo) -> int:
@@ -229,8 +253,12 @@ def _quote(name: str) -> str:
 
 
 def _key_value(expr: Any, info: TableInfo, row: int) -> Value:
-    """The key of one VALUES row: a constant or a parameter, maybe cast."""
+    """The key of one VALUES row: a constant or a parameter, maybe cast to a type that keeps it."""
     while isinstance(expr, ast.TypeCast):
+        type_name = cast(ast.TypeName, expr.typeName)
+        name = cast(str, type_name.names[-1].sval) if type_name.names else ""
+        if type_name.typmods or type_name.arrayBounds or name not in KEEPING_CASTS:
+            raise _no_key(info, f"a key cast to {name or 'a type'} in row {row} (the shards would change it)")
         expr = expr.arg
     if isinstance(expr, ast.ParamRef):
         return Param(cast(int, expr.number))
@@ -319,6 +347,7 @@ def _plan_change(
         return _plan_everywhere(stmt, template, copies=True)
     if isinstance(stmt, ast.UpdateStmt):
         _check_no_key_change(stmt.targetList, info)
+    _check_declared(select, facts, word)
     try:
         analysis = _analyzed(select, facts)
         check_per_shard_values(select, cast(ast.SelectStmt, bind_names(select, facts.catalog)))
@@ -329,6 +358,25 @@ def _plan_change(
             raise
         analysis, refusal = Analysis(sharded=True, local=True, routes=routes), as_write_refusal(exc)
     return _plan_spread(stmt, template, analysis, refusal)
+
+
+def _check_declared(select: ast.SelectStmt, facts: ShardFacts, word: str) -> None:
+    """Refuse a write that reads a sharded table with no declared key together with other sharded
+    rows: where their rows meet is not known, so each shard could change rows by what it lacks."""
+    layout = layout_of(facts)
+    tables = [
+        info
+        for node in walk(_bound(select, facts), into_selects=True)
+        if isinstance(node, ast.RangeVar) and (info := layout.table(node)) is not None
+    ]
+    sharded = [info for info in tables if info.kind == "sharded"]
+    unkeyed = [info.name for info in sharded if info.key is None]
+    if unkeyed and len(sharded) > 1:
+        raise refuse_write(
+            f"{word} reading {unkeyed[0]}, a sharded table with no declared shard key, with other "
+            "sharded rows (which shard holds the rows it meets is not known): declare the tables' keys "
+            "in a Placement"
+        )
 
 
 def _as_select(stmt: ast.UpdateStmt | ast.DeleteStmt) -> ast.SelectStmt:
@@ -389,6 +437,7 @@ def _plan_merge(stmt: ast.MergeStmt, template: Template, facts: ShardFacts, info
         op=enums.SetOperation.SETOP_NONE,
     )
     analysis = _analyzed(_with_ctes(source, stmt.withClause), facts)
+    _check_declared(_with_ctes(source, stmt.withClause), facts, "MERGE")
     if info.kind == "whole":
         _check_copy_source(analysis, info, "MERGE into")
         _check_volatile(stmt, facts, copies=True)
