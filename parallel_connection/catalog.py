@@ -88,6 +88,8 @@ class Column:
     """The column's collation whatever it is (None: the database default, or a type without one)."""
     not_null: bool = False
     """Declared NOT NULL (a primary key's columns are)."""
+    default: str | None = None
+    """The default's SQL text, ``"identity"`` for an identity column, None without one."""
 
 
 @dataclass(frozen=True)
@@ -343,8 +345,11 @@ SELECT json_build_object(
         SELECT json_build_array(
                    array_agg(a.attrelid::int8), array_agg(a.attnum), array_agg(a.attname),
                    array_agg(a.atttypid::int8), array_agg(format_type(a.atttypid, a.atttypmod)),
-                   array_agg(a.attcollation::int8), array_agg(a.attnotnull))
+                   array_agg(a.attcollation::int8), array_agg(a.attnotnull),
+                   array_agg(CASE WHEN a.attidentity <> '' THEN 'identity'
+                                  WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END))
           FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+          LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
          WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S', 'c')
            AND c.relnamespace IN (SELECT oid FROM usr)),
     'types', (
@@ -444,9 +449,11 @@ def _build(doc: dict[str, Any]) -> Catalog:
         return (None if fact.is_c else fact.name), fact.name, fact.deterministic
 
     columns: dict[int, list[tuple[int, Column]]] = {}
-    for relid, attnum, name, type_oid, type_name, coll, not_null in _rows(doc["columns"]):
+    for relid, attnum, name, type_oid, type_name, coll, not_null, default in _rows(doc["columns"]):
         collation, declared, deterministic = collated(coll)
-        column = Column(name, type_oid, type_name, collation, deterministic, declared, bool(not_null))
+        column = Column(
+            name, type_oid, type_name, collation, deterministic, declared, bool(not_null), default
+        )
         columns.setdefault(relid, []).append((attnum, column))
     relations: dict[tuple[str, str], Relation] = {}
     for oid, schema, name, relkind, view_sql in _rows(doc["relations"]):
@@ -573,6 +580,7 @@ def _combine_relation(relation: Relation, others: Sequence[Relation | None]) -> 
                     (c.declared_collation for c in same if c.declared_collation is not None), None
                 ),
                 not_null=all(c.not_null for c in same),
+                default=next((c.default for c in same if c.default is not None), None),
             )
         )
     return replace(relation, columns=tuple(columns))

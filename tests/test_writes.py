@@ -538,3 +538,39 @@ def test_without_a_placement_a_write_reading_other_sharded_rows_is_refused(db, s
                 pdb.cursor().execute(sql)
     with parallel_connection.connect(sample.shard_dsns, replicated_tables=["wr_c"]) as pdb:
         pdb.cursor().execute("UPDATE wr_a SET v = 1 WHERE v IN (SELECT id FROM wr_c)")  # a copy: fine
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO wr_d (id, name) VALUES (1, 'a')",
+        "INSERT INTO wr_d VALUES (1, 'a')",
+        "INSERT INTO wr_d VALUES (1, 'a', DEFAULT, now())",
+        "INSERT INTO wr_d (id, name) SELECT id, name FROM wr_c",
+        "UPDATE wr_d SET u = DEFAULT",
+        "UPDATE wr_d SET n = DEFAULT",
+    ],
+)
+def test_a_copied_tables_default_each_copy_would_compute_is_refused(sample, sql: str) -> None:
+    run_on_all(
+        sample.shard_dsns,
+        "DROP TABLE IF EXISTS wr_d; CREATE TABLE wr_d (id int PRIMARY KEY, name text, "
+        "u uuid DEFAULT gen_random_uuid(), at timestamptz DEFAULT now(), n int GENERATED ALWAYS AS IDENTITY, "
+        "plain int DEFAULT 7); CREATE TABLE IF NOT EXISTS wr_c (id int PRIMARY KEY, name text)",
+    )
+    placement = Placement(copied=["wr_d", "wr_c"])
+    try:
+        with parallel_connection.connect(sample.shard_dsns, placement=placement) as pdb:
+            with pytest.raises(NotSupportedError, match="default, which each copy"):
+                pdb.cursor().execute(sql)
+            pdb.rollback()
+            # Every value each copy would compute given in the statement: the copies agree.
+            pdb.cursor().execute(
+                "INSERT INTO wr_d (id, name, u, at, n) OVERRIDING SYSTEM VALUE VALUES (2, 'b', %s, %s, 5)",
+                (str(uuid.UUID(int=9)), "2026-01-01 00:00:00+00"),
+            )
+            pdb.commit()
+        copies = [contents(psycopg2.connect(dsn), "wr_d") for dsn in sample.shard_dsns]
+        assert copies[0] == copies[1] == copies[2] and len(copies[0]) == 1
+    finally:
+        run_on_all(sample.shard_dsns, "DROP TABLE IF EXISTS wr_d, wr_c")

@@ -14,6 +14,7 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any, cast
 
+import pglast
 from pglast import ast, enums, parser
 
 from ..errors import NotSupportedError, as_write_refusal, refuse_write
@@ -89,6 +90,7 @@ def _plan_insert(stmt: ast.InsertStmt, template: Template, facts: ShardFacts, in
     analysis = _analyzed(_with_ctes(select, stmt.withClause), facts)
     _check_returning(stmt, facts, info)
     if info.kind == "whole":
+        _check_copy_defaults(stmt, facts, info)
         if analysis.sharded and source is not None and not select.valuesLists:
             return _plan_reroute(stmt, select, template, info, None)
         _check_copy_source(analysis, info, "INSERT into")
@@ -175,6 +177,63 @@ def _check_returning(stmt: ast.InsertStmt, facts: ShardFacts, info: TableInfo) -
     analysis = _analyzed(_with_ctes(probe, stmt.withClause), facts)
     if info.kind == "whole" and analysis.sharded:
         _check_copy_source(analysis, info, "INSERT into")
+
+
+_MOMENT_CALLS = frozenset({"now", "transaction_timestamp", "statement_timestamp", "clock_timestamp"})
+
+
+def _check_copy_defaults(stmt: ast.InsertStmt | ast.UpdateStmt, facts: ShardFacts, info: TableInfo) -> None:
+    """A copied table's column the write leaves to a default each copy computes on its own (a
+    serial, an identity, ``now()``, ``gen_random_uuid()``): the copies would differ."""
+    target = cast(ast.RangeVar, stmt.relation)
+    relation = facts.catalog.resolve(target.schemaname, target.relname) if facts.catalog is not None else None
+    if relation is None:
+        return
+    drifting = {c.name for c in relation.columns if c.default is not None and _drifts(c.default, facts)}
+    if not drifting:
+        return
+    if isinstance(stmt, ast.UpdateStmt):
+        left = {t.name for t in stmt.targetList or () if isinstance(t.val, ast.SetToDefault)}
+    else:
+        every = [c.name for c in relation.columns]
+        source = cast("ast.SelectStmt | None", stmt.selectStmt)
+        rows = (source.valuesLists if source is not None else None) or ()
+        if stmt.cols:
+            named = [c.name for c in stmt.cols]
+        elif rows:
+            named = every[: len(rows[0])]
+        elif (
+            source is not None
+            and source.targetList
+            and not any(isinstance(n, ast.A_Star) for n in walk(source.targetList))
+        ):
+            named = every[: len(source.targetList)]
+        else:
+            named = every
+        left = set(every) - set(named) if source is not None else set(every)
+        left |= {named[i] for row in rows for i, v in enumerate(row) if isinstance(v, ast.SetToDefault)}
+    if left & drifting:
+        column = sorted(left & drifting)[0]
+        raise refuse_write(
+            f"a write to the copied table {info.name} leaving {column} to its default, which each copy "
+            "computes on its own (the copies would differ): give its value in the statement"
+        )
+
+
+def _drifts(default: str, facts: ShardFacts) -> bool:
+    """The default gives each shard its own value: an identity, or a volatile or moment function."""
+    if default == "identity":
+        return True
+    try:
+        parsed = pglast.parse_sql("SELECT " + default)
+    except pglast.parser.ParseError:
+        return True
+    for node in walk(parsed[0].stmt, into_selects=True):
+        if isinstance(node, ast.SQLValueFunction):
+            return True
+        if isinstance(node, ast.FuncCall) and func_name(node)[1] in facts.volatile | _MOMENT_CALLS:
+            return True
+    return False
 
 
 def _key_position(stmt: ast.InsertStmt, info: TableInfo) -> int:
@@ -341,6 +400,8 @@ def _plan_change(
     select = _as_select(stmt)
     word = "UPDATE" if isinstance(stmt, ast.UpdateStmt) else "DELETE FROM"
     if info.kind == "whole":
+        if isinstance(stmt, ast.UpdateStmt):
+            _check_copy_defaults(stmt, facts, info)
         analysis = _analyzed(select, facts)
         _check_copy_source(analysis, info, word)
         _check_volatile(stmt, facts, copies=True)
