@@ -138,19 +138,27 @@ def test_executemany_and_execute_batch_route_each_row(db) -> None:
     assert sum(len(rows) for rows in on_each_shard(shards, "wr_a")) == 30
 
 
+def refused_writing_nothing(
+    pdb: ParallelConnection, shards: list[Any], table: str, sqls: Any, match: str
+) -> None:
+    """Each statement is refused (``match`` in the error) and nothing is on any shard after."""
+    cur = pdb.cursor()
+    for sql in sqls:
+        with pytest.raises(NotSupportedError, match=match):
+            cur.execute(sql)
+    pdb.rollback()
+    assert on_each_shard(shards, table) == [[], [], []]
+
+
 def test_a_row_without_its_key_is_refused_before_anything_is_written(db) -> None:
     pdb, _, shards = db
-    cur = pdb.cursor()
-    for sql in (
+    sqls = (
         "INSERT INTO wr_a (v) VALUES (1)",
         "INSERT INTO wr_a VALUES (DEFAULT, 1, 'x')",
         "INSERT INTO wr_a VALUES (1, 1, 'x'), (1 + 1, 2, 'y')",
         "INSERT INTO wr_a DEFAULT VALUES",
-    ):
-        with pytest.raises(NotSupportedError, match="shard key k"):
-            cur.execute(sql)
-    pdb.rollback()
-    assert on_each_shard(shards, "wr_a") == [[], [], []]
+    )
+    refused_writing_nothing(pdb, shards, "wr_a", sqls, "shard key k")
 
 
 def test_a_null_key_is_refused_by_the_server_as_one_database_refuses_it(db) -> None:
@@ -460,15 +468,11 @@ def test_uuid_keys_in_any_spelling_land_on_their_shard_and_are_found_again(typed
 
 def test_a_key_cast_that_would_change_it_is_refused(typed) -> None:
     pdb, _, shards = typed
-    cur = pdb.cursor()
-    for sql in (
+    sqls = (
         "INSERT INTO wr_t VALUES ('abcdef'::varchar(2), 1)",
         "INSERT INTO wr_t VALUES ('abc'::char, 1), ('zz', 2), ('qq', 3)",
-    ):
-        with pytest.raises(NotSupportedError, match="cast"):
-            cur.execute(sql)
-    pdb.rollback()
-    assert on_each_shard(shards, "wr_t") == [[], [], []]
+    )
+    refused_writing_nothing(pdb, shards, "wr_t", sqls, "cast")
 
 
 def test_a_numeric_key_for_an_integer_column_is_placed_as_postgresql_rounds_it(db) -> None:
