@@ -584,8 +584,9 @@ def _stream_keys(
                 if value is None:
                     nulls += 1
                     continue
-                try:
-                    targets[function.shard_of(uuid.UUID(value) if is_uuid else value, n)] += 1
+                try:  # a uuid is a str unless the application called register_uuid()
+                    stored = uuid.UUID(value) if is_uuid and isinstance(value, str) else value
+                    targets[function.shard_of(stored, n)] += 1
                 except psycopg2.DataError as exc:
                     unmappable += 1
                     example = example or str(exc)

@@ -578,3 +578,15 @@ def test_a_copied_tables_default_each_copy_would_compute_is_refused(sample, sql:
         assert copies[0] == copies[1] == copies[2] and len(copies[0]) == 1
     finally:
         run_on_all(sample.shard_dsns, "DROP TABLE IF EXISTS wr_d, wr_c")
+
+
+def test_placement_check_reads_uuid_keys_also_when_the_application_registered_uuids(typed) -> None:
+    pdb, _, _shards = typed
+    psycopg2.extras.execute_values(
+        pdb.cursor(), "INSERT INTO wr_u VALUES %s", [(str(uuid.UUID(int=i)), i) for i in range(30)]
+    )
+    pdb.commit()
+    for conn in pdb.connections:
+        psycopg2.extras.register_uuid(conn_or_curs=conn)
+    report = pdb.check_placement(progress=False)
+    assert report.ok, report.problems()
