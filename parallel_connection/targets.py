@@ -13,7 +13,7 @@ from .keys import as_key
 from .plan import Plan
 from .plan.model import Const, Pin, RowSplit, Targets
 
-__all__ = ["bind_targets", "placed", "row_shards", "shards_of"]
+__all__ = ["bind_targets", "placed", "row_keys", "row_shards", "shards_of"]
 
 _short = reprlib.Repr()
 _short.maxstring = 40
@@ -85,10 +85,14 @@ def row_shards(split: RowSplit, vars: Any, names: tuple[str, ...], n: int) -> li
     A NULL key goes to the first shard, where the row is kept (or refused by a NOT NULL), as one
     database would.
     """
-    bound = [
+    return shards_of(split, row_keys(split, vars, names), n)
+
+
+def row_keys(split: RowSplit, vars: Any, names: tuple[str, ...]) -> list[Any]:
+    """Each row's key value, as given (a constant, or this execution's parameter)."""
+    return [
         value.value if isinstance(value, Const) else vars[names[value.number - 1]] for value in split.keys
     ]
-    return shards_of(split, bound, n)
 
 
 def shards_of(split: RowSplit, values: Sequence[Any], n: int) -> list[int]:

@@ -13,12 +13,13 @@ from typing import Any, cast
 import psycopg2
 import psycopg2.extras
 
+from .keys import as_key
 from .outcome import Outcome, Row, Statement, check_copies, counted, runner, with_moments, write_scope
 from .plan import Plan
 from .plan.model import Const, Reroute, RowSplit
 from .shards import ShardSet
 from .streams import ShardStream
-from .targets import placed, row_shards, shards_of
+from .targets import placed, row_keys, row_shards, shards_of
 
 __all__ = ["run_batch", "run_rerouted", "run_split"]
 
@@ -45,19 +46,42 @@ def run_split(
     if plan.refusal is not None and len(targets) > 1:
         raise plan.refusal
     vars = with_moments(plan, vars, shards, targets[0])
-    sql = {i: split.head + ", ".join(split.rows[r] for r in rows[i]) + split.tail for i in targets}
+    keyed = split.keyed_tail is not None and len(targets) > 1 and statement.tuples
+    tail = split.keyed_tail if keyed and split.keyed_tail is not None else split.tail
+    sql = {i: split.head + ", ".join(split.rows[r] for r in rows[i]) + tail for i in targets}
     unbuffered = replace(statement, streaming=False)
     with write_scope(shards, True, targets):
         returned = shards.run_statement(lambda i: runner(cursors, sql[i], vars, unbuffered)(i), targets)
     if len(targets) == len(cursors):
         shards.hold(shards.facts(), split.table)
     outcome = counted(shards, cursors, targets)
-    if outcome.description is not None:
+    if outcome.description is None:
+        return outcome
+    if keyed:
+        outcome.description = outcome.description[:-1]
+        ordered = _by_input_order(split, row_keys(split, vars, plan.names), returned)
+    else:
         pending = {i: iter(batch or ()) for i, batch in zip(targets, returned, strict=True)}
         ordered = [row for shard in homes for row in itertools.islice(pending[shard], 1)]
         ordered += [row for i in targets for row in pending[i]]
-        outcome.batches = iter([ordered])
+    outcome.batches = iter([ordered])
     return outcome
+
+
+def _by_input_order(split: RowSplit, keys: list[Any], returned: Sequence[list[Row] | None]) -> list[Row]:
+    """An upsert's returned rows (each with its key last, then dropped) in the order of its input rows.
+
+    Each returned row is the first input row of its key not yet matched: a key returns at most once
+    per statement (a second row with it conflicts, or is refused by DO UPDATE).
+    """
+    positions: dict[Any, list[int]] = {}
+    for number, key in enumerate(keys):
+        positions.setdefault(as_key(key, split.key_type), []).append(number)
+    placed_rows: list[tuple[int, int, Row]] = []
+    for serial, row in enumerate(row for batch in returned for row in batch or ()):
+        waiting = positions.get(as_key(row[-1], split.key_type))
+        placed_rows.append((waiting.pop(0) if waiting else len(keys) + serial, serial, row[:-1]))
+    return [row for _, _, row in sorted(placed_rows, key=lambda item: item[:2])]
 
 
 def run_batch(shards: ShardSet, cursors: Sequence[Any], plan: Plan, vars: Any) -> Outcome:

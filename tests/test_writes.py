@@ -590,3 +590,23 @@ def test_placement_check_reads_uuid_keys_also_when_the_application_registered_uu
         psycopg2.extras.register_uuid(conn_or_curs=conn)
     report = pdb.check_placement(progress=False)
     assert report.ok, report.problems()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO wr_a VALUES (1, 9, 'dup'), (2, 9, 'x'), (107, 9, 'y'), (4, 9, 'z'), (105, 9, 'w') "
+        "ON CONFLICT (k) DO NOTHING RETURNING k, note",
+        "INSERT INTO wr_a AS a VALUES (3, 9, 'u'), (106, 9, 'v'), (5, 9, 'w') "
+        "ON CONFLICT (k) DO UPDATE SET note = excluded.note WHERE a.v > 4 RETURNING *",
+        "INSERT INTO wr_a VALUES (%s, 1, 'p'), (108, 1, 'q'), (%s, 1, 'r') "
+        "ON CONFLICT (k) DO NOTHING RETURNING k",
+    ],
+)
+def test_an_upsert_returns_its_rows_in_the_input_order(db, sql: str) -> None:
+    pdb, ref, _ = db
+    load(pdb, ref)
+    cur, rcur = both(pdb, ref, sql, (6, 109) if "%s" in sql else None)
+    assert cur.fetchall() == rcur.fetchall()
+    assert [c.name for c in cur.description] == [c.name for c in rcur.description]
+    same_contents(pdb, ref, "wr_a")

@@ -209,6 +209,9 @@ class RowSplit:
     """Where the key is in each row (-1: rows without a key, given by ``sequence``)."""
     sequence: str | None = None
     """The sequence on the first shard whose next values are the keys of rows inserted without one."""
+    keyed_tail: str | None = None
+    """``tail`` returning each row's key last (an upsert's skipped rows return nothing, so the rows
+    of several shards are put in the input's order by their keys)."""
 
 
 @dataclass(frozen=True)

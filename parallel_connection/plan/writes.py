@@ -28,7 +28,10 @@ from .select import plan_select
 from .sources import check_negated
 from .syntax import copy_node, deparse, func_name, walk
 
-__all__ = ["KEEPING_CASTS", "READ_ONLY_VOLATILE", "plan_create_as", "plan_write"]
+__all__ = ["KEEPING_CASTS", "KEY_COLUMN", "READ_ONLY_VOLATILE", "plan_create_as", "plan_write"]
+
+KEY_COLUMN = "_pc_key"
+"""The name of the key an upsert returns last, for the client to order its rows (then dropped)."""
 
 KEEPING_CASTS = frozenset(
     {"int2", "int4", "int8", "smallint", "integer", "int", "bigint", "numeric", "text", "varchar", "uuid"}
@@ -290,10 +293,12 @@ def _plan_split(
         close = head.rindex(")")
         head = head[:close] + ", " + _quote(cast(str, info.key)) + head[close:]
     py = tuple(names)
+    keyed = _keyed_tail(local, info, len(rows)) if position >= 0 else None
     split = RowSplit(
         head=to_pyformat(head, py),
         rows=tuple(to_pyformat(row, py) for row in spans),
         tail=to_pyformat(tail, py),
+        keyed_tail=to_pyformat(keyed, py) if keyed is not None else None,
         keys=keys,
         function=info.function,
         key_type=info.key_type,
@@ -305,6 +310,20 @@ def _plan_split(
     # With its columns named, where each row goes depends on no catalog fact that could go stale
     # unnoticed (a moved or retyped key column is refused by the shards), so no stamp is checked.
     return Plan(split=split, names=py, moments=moments, refusal=refusal, writes=True, checked=not stmt.cols)
+
+
+def _keyed_tail(stmt: ast.InsertStmt, info: TableInfo, count: int) -> str | None:
+    """For an upsert with RETURNING, whose skipped rows return nothing: the text after the rows with
+    the key returned last, so that the rows can be put back in the input's order."""
+    if stmt.onConflictClause is None or stmt.returningClause is None:
+        return None
+    keyed = copy_node(stmt)
+    relation = cast(ast.RangeVar, keyed.relation)
+    qualifier = relation.alias.aliasname if relation.alias is not None else relation.relname
+    column = ast.ColumnRef(fields=(ast.String(sval=qualifier), ast.String(sval=info.key)))
+    returning = cast(ast.ReturningClause, keyed.returningClause)
+    returning.exprs = (*(returning.exprs or ()), ast.ResTarget(name=KEY_COLUMN, val=column))
+    return _row_spans(deparse(keyed), count)[2]
 
 
 def _quote(name: str) -> str:
