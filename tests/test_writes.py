@@ -293,6 +293,12 @@ def test_writes_that_cannot_be_exact_are_refused_before_anything_is_written(
     ],
 )
 def test_merge_from_a_co_located_or_copied_source_matches_one_database(db, sql: str) -> None:
+    writes_as_one_database(db, sql)
+
+
+def writes_as_one_database(db: Any, sql: str) -> None:
+    """``sql`` on loaded tables: the reference's count, status and rows, each row on its key's shard,
+    every copy alike."""
     pdb, ref, shards = db
     load(pdb, ref)
     cur, rcur = both(pdb, ref, sql)
@@ -301,6 +307,8 @@ def test_merge_from_a_co_located_or_copied_source_matches_one_database(db, sql: 
         same_contents(pdb, ref, table)
     for index, rows in enumerate(on_each_shard(shards, "wr_a")):
         assert all(Modulo().shard_of(row[0], 3) == index for row in rows)
+    copies = on_each_shard(shards, "wr_c")
+    assert copies[0] == copies[1] == copies[2]
 
 
 def test_upserts_on_the_shard_key_match_one_database(db) -> None:
@@ -341,16 +349,7 @@ def test_insert_select_of_co_located_rows_runs_on_each_shard(db) -> None:
     ],
 )
 def test_insert_select_of_rows_on_other_shards_goes_through_the_client(db, sql: str) -> None:
-    pdb, ref, shards = db
-    load(pdb, ref)
-    cur, rcur = both(pdb, ref, sql)
-    assert (cur.rowcount, cur.statusmessage) == (rcur.rowcount, rcur.statusmessage)
-    for table in ("wr_a", "wr_c"):
-        same_contents(pdb, ref, table)
-    for index, rows in enumerate(on_each_shard(shards, "wr_a")):
-        assert all(Modulo().shard_of(row[0], 3) == index for row in rows)
-    copies = on_each_shard(shards, "wr_c")
-    assert copies[0] == copies[1] == copies[2]
+    writes_as_one_database(db, sql)
 
 
 def test_insert_select_through_the_client_streams_in_batches(db) -> None:
