@@ -16,7 +16,6 @@ import collections
 import contextlib
 import io
 import os
-import reprlib
 import select
 import socket
 import threading
@@ -35,7 +34,7 @@ from psycopg2 import sql
 
 from .cancel import sever
 from .copy_format import CopySpec, KeyField, parse_copy, python_codec, split_batches
-from .errors import NotSupportedError
+from .errors import NotSupportedError, shown
 from .keys import as_key
 from .plan import ShardFacts, plan_statement
 from .plan.copies import check_copy
@@ -59,9 +58,6 @@ GRACE = 1.0
 
 _TEXT_KEYS = frozenset({25, 1043, 1042})
 _UUID = 2950
-_short = reprlib.Repr()
-_short.maxstring = 40
-_short.maxother = 40
 
 
 @dataclass(frozen=True)
@@ -218,7 +214,7 @@ def _router(
         value = read_key(text_key)
         if value is None:
             raise psycopg2.DataError(
-                f"line {line} of the COPY into {name}: its shard key {key} = {_short.repr(text_key)} "
+                f"line {line} of the COPY into {name}: its shard key {key} = {shown(text_key)} "
                 "can't be read as the key column's type (nothing was copied)"
             )
         try:

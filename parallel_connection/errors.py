@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import reprlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,18 @@ __all__ = [
     "redact",
     "refuse",
     "shard_error",
+    "shown",
 ]
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 40
+_SHORT.maxother = 40
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut short, for a value quoted in an error message."""
+    return _SHORT.repr(value)
 
 
 class NotSupportedError(psycopg2.NotSupportedError):

@@ -12,7 +12,6 @@ import itertools
 import operator
 import os
 import re
-import reprlib
 import struct
 import sys
 import types
@@ -24,6 +23,8 @@ from typing import Any, ClassVar, Literal, NoReturn, TypeAlias, Union, cast
 from uuid import UUID
 
 import psycopg2
+
+from .errors import shown
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,15 +48,11 @@ ShardSpec: TypeAlias = Union[str, tuple[str], tuple[str, FunctionLike], "Sharded
 Kind: TypeAlias = Literal["sharded", "copied"]
 UNKNOWN_CHOICES = ("refuse", "sharded")
 
-_short = reprlib.Repr()
-_short.maxstring = 40
-_short.maxother = 40
-
 
 def _describe(key: Any) -> str:
     if isinstance(key, int) and not isinstance(key, bool) and key.bit_length() > 64:
         return f"an int of {key.bit_length()} bits"
-    return f"{_short.repr(key)} (type {type(key).__name__})"
+    return f"{shown(key)} (type {type(key).__name__})"
 
 
 def _unmappable(function: str, key: Any, need: str) -> NoReturn:
@@ -729,7 +726,7 @@ def _from_dict(data: Mapping[str, Any], where: str) -> Placement:
             raise ValueError(f"{where}: unknown setting {name!r}; expected unknown, copied or sharded")
     unknown = data.get("unknown", "refuse")
     if unknown not in UNKNOWN_CHOICES:
-        raise ValueError(f'{where}: unknown must be "refuse" or "sharded"; got {_short.repr(unknown)}')
+        raise ValueError(f'{where}: unknown must be "refuse" or "sharded"; got {shown(unknown)}')
     copied = data.get("copied", [])
     if not isinstance(copied, list) or not all(isinstance(name, str) for name in copied):
         raise ValueError(f'{where}: copied must be a list of table names, e.g. copied = ["customers"]')
@@ -778,7 +775,7 @@ def _table_from_dict(where: str, name: str, entry: Any) -> ShardedTable:
                     raise ValueError(f'{setting} is only for function = "ranges", not {kind!r}')
             function = _function_from(kind)
         else:
-            raise ValueError(f'unknown function {_short.repr(kind)}; expected "modulo", "hash" or "ranges"')
+            raise ValueError(f'unknown function {shown(kind)}; expected "modulo", "hash" or "ranges"')
         sequence = entry.get("sequence")
         if sequence is not None and not isinstance(sequence, str):
             raise ValueError(f"sequence must be a sequence's name (a string); got {_describe(sequence)}")

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import reprlib
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg2
 
-from .errors import NotSupportedError
+from .errors import NotSupportedError, shown
 from .keys import as_key
 from .plan import Plan
 from .plan.model import Const, Pin, RowSplit, Targets
 
 __all__ = ["bind_targets", "placed", "row_keys", "row_shards", "shards_of"]
-
-_short = reprlib.Repr()
-_short.maxstring = 40
-_short.maxother = 40
 
 
 def bind_targets(plan: Plan, vars: Any, n: int) -> list[int]:
@@ -106,7 +101,7 @@ def shards_of(split: RowSplit, values: Sequence[Any], n: int) -> list[int]:
         if key is None:
             raise NotSupportedError(
                 f"row {number} of the INSERT into {split.table}: its shard key {split.key} = "
-                f"{_short.repr(bound)} is not read here as the key column's type would read it, so its "
+                f"{shown(bound)} is not read here as the key column's type would read it, so its "
                 "shard is not known (nothing was written); pass the key as a value of that type"
             )
         try:

@@ -6,10 +6,12 @@ last DSN is the reference server) to use servers of your own instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg2
 import pytest
@@ -79,6 +81,26 @@ def run_on_all(dsns: list[str], sql: str, params: object = None) -> None:
             with conn.cursor() as cur:
                 cur.execute(sql, params)
         finally:
+            conn.close()
+
+
+@contextlib.contextmanager
+def connected(
+    servers: Servers, placement: object
+) -> Iterator[tuple[parallel_connection.ParallelConnection, Any, list[Any]]]:
+    """A ParallelConnection with ``placement``, the reference database, and each shard's own
+    (autocommit) connection; all closed at the end."""
+    pdb = parallel_connection.connect(servers.shard_dsns, placement=placement)
+    ref = psycopg2.connect(servers.reference_dsn)
+    shards = [psycopg2.connect(dsn) for dsn in servers.shard_dsns]
+    for conn in shards:
+        conn.autocommit = True
+    try:
+        yield pdb, ref, shards
+    finally:
+        pdb.close()
+        ref.close()
+        for conn in shards:
             conn.close()
 
 

@@ -16,7 +16,7 @@ import pglast
 import psycopg2
 import psycopg2.errors
 import pytest
-from conftest import run_on_all
+from conftest import connected, run_on_all
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -65,18 +65,8 @@ def db(servers_with_tables: Any) -> Iterator[tuple[ParallelConnection, Any, list
     """A ParallelConnection with the placement, the reference database, and each shard's own connection."""
     sample = servers_with_tables
     run_on_all([*sample.shard_dsns, sample.reference_dsn], "TRUNCATE cp_t, cp_h, cp_c, cp_chk, cp_g, cp_gen")
-    pdb = parallel_connection.connect(sample.shard_dsns, placement=PLACEMENT)
-    ref = psycopg2.connect(sample.reference_dsn)
-    shards = [psycopg2.connect(dsn) for dsn in sample.shard_dsns]
-    for conn in shards:
-        conn.autocommit = True
-    try:
-        yield pdb, ref, shards
-    finally:
-        pdb.close()
-        ref.close()
-        for conn in shards:
-            conn.close()
+    with connected(sample, PLACEMENT) as opened:
+        yield opened
 
 
 def contents(conn: Any, table: str) -> list[tuple[Any, ...]]:

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extras
 import pytest
-from conftest import run_on_all
+from conftest import connected, run_on_all
 
 import parallel_connection
 from parallel_connection import NotSupportedError, ParallelConnection
@@ -42,18 +42,10 @@ def db(sample: Any) -> Iterator[tuple[ParallelConnection, Any, list[Any]]]:
     """A ParallelConnection over empty tables, the reference database, and one connection per shard."""
     every = [*sample.shard_dsns, sample.reference_dsn]
     run_on_all(every, SCHEMA)
-    pdb = parallel_connection.connect(sample.shard_dsns, placement=PLACEMENT)
-    ref = psycopg2.connect(sample.reference_dsn)
-    shards = [psycopg2.connect(dsn) for dsn in sample.shard_dsns]
-    for conn in shards:
-        conn.autocommit = True
     try:
-        yield pdb, ref, shards
+        with connected(sample, PLACEMENT) as opened:
+            yield opened
     finally:
-        pdb.close()
-        ref.close()
-        for conn in shards:
-            conn.close()
         run_on_all(every, "DROP TABLE IF EXISTS wr_a, wr_b, wr_c, wr_h, wr_s, wr_new, wr_new2 CASCADE")
 
 

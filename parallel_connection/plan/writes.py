@@ -20,7 +20,7 @@ from pglast import ast, enums, parser
 from ..errors import NotSupportedError, as_write_refusal, refuse_write
 from .layout import TableInfo
 from .locality import Analysis, analyze
-from .model import ALL, Const, Param, Plan, Reroute, RowSplit, ShardFacts, Targets, Task, Value
+from .model import ALL, Const, Moment, Param, Plan, Reroute, RowSplit, ShardFacts, Targets, Task, Value
 from .names import bind_names
 from .params import Template, to_pyformat
 from .query import PER_SHARD, check_per_shard_values, layout_of, replace_moments
@@ -672,25 +672,30 @@ def _check_volatile(stmt: ast.Node, facts: ShardFacts, *, copies: bool) -> None:
 
 def _plan_everywhere(stmt: ast.Node, template: Template, *, copies: bool) -> Plan:
     """A write every shard runs alike (a copied table): ``now()`` taken once for all."""
+    names, moments, sql = _with_moments(stmt, template)
+    return Plan(
+        tasks=(Task(ALL, sql),), names=names, moments=moments, copies=copies, writes=True, checked=True
+    )
+
+
+def _with_moments(
+    stmt: ast.Node, template: Template
+) -> tuple[tuple[str, ...], tuple[Moment, ...], str | None]:
+    """The parameter names, the moments and the SQL with ``now()``-like calls as parameters (None: the
+    statement has none, and runs as written)."""
     local = copy_node(stmt)
     names = list(template.names)
     moments = replace_moments(local, names)
-    sql = to_pyformat(deparse(local), tuple(names)) if moments else None
-    return Plan(
-        tasks=(Task(ALL, sql),), names=tuple(names), moments=moments, copies=copies, writes=True, checked=True
-    )
+    return tuple(names), moments, to_pyformat(deparse(local), tuple(names)) if moments else None
 
 
 def _plan_spread(stmt: ast.Node, template: Template, analysis: Analysis, refusal: Exception | None) -> Plan:
     """A write each shard decides for its own rows; only to the shards its key pins name, if any."""
-    local = copy_node(stmt)
-    names = list(template.names)
-    moments = replace_moments(local, names)
-    sql = to_pyformat(deparse(local), tuple(names)) if moments else None
+    names, moments, sql = _with_moments(stmt, template)
     targets = Targets("pinned", pins=analysis.routes) if analysis.routes else ALL
     return Plan(
         tasks=(Task(targets, sql),),
-        names=tuple(names),
+        names=names,
         pins=analysis.routes,
         local=Task(targets, sql) if analysis.routes else None,
         moments=moments,
