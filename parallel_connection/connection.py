@@ -17,7 +17,7 @@ from .cursor import ParallelCursor
 from .errors import NotSupportedError, ShardInfo, dsn_secrets, shard_error
 from .placement import Placement
 from .rows import rebuildable
-from .shards import ShardSet
+from .shards import DEFAULT_MOVED_ROWS, ShardSet
 
 if TYPE_CHECKING:
     from .placement_check import PlacementReport
@@ -69,6 +69,7 @@ class ParallelConnection:
         placement: Placement | None = None,
         two_phase: bool = True,
         decision_schema: str = "public",
+        moved_rows: int = DEFAULT_MOVED_ROWS,
     ) -> None:
         if isinstance(connections, (str, bytes)) or not connections:
             raise psycopg2.InterfaceError(
@@ -95,6 +96,7 @@ class ParallelConnection:
             decision_schema=decision_schema,
         )
         """The shards behind this connection (for the library's own machinery)."""
+        self.moved_rows = moved_rows
         self._shards = self.shard_set.infos
         self._statement_timeout = statement_timeout
         if statement_timeout is not None:
@@ -161,6 +163,18 @@ class ParallelConnection:
                 cur.close()
             raise self.shard_set.error(exc, len(shard_cursors)) from None
         return ParallelCursor(self, shard_cursors, name=name, merge=merge, row_factory=factory, tuples=tuples)
+
+    @property
+    def moved_rows(self) -> int:
+        """The most rows one statement may move to the coordinator (the parts the shards cannot
+        finish alone); past it the statement is refused, naming this bound."""
+        return self.shard_set.moved_rows
+
+    @moved_rows.setter
+    def moved_rows(self, value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise psycopg2.ProgrammingError(f"moved_rows must be a non-negative int, not {value!r}")
+        self.shard_set.moved_rows = value
 
     @property
     def placement(self) -> Placement | None:
@@ -450,6 +464,7 @@ def connect(
     placement: Placement | None = None,
     two_phase: bool = True,
     decision_schema: str = "public",
+    moved_rows: int = DEFAULT_MOVED_ROWS,
     **connect_kwargs: Any,
 ) -> ParallelConnection:
     """Open one ThreadedConnectionPool per DSN and a ParallelConnection over them.
@@ -462,6 +477,7 @@ def connect(
     to every shard. A transaction that wrote on several shards commits with
     two-phase commit (``two_phase=False``: each shard on its own), its
     decision kept in ``decision_schema``.parallel_connection_commits.
+    ``moved_rows`` bounds the rows one statement may move to the coordinator.
     """
     if isinstance(dsns, (str, bytes)):
         lines = [line for line in str(dsns).splitlines() if line.strip()]
@@ -523,6 +539,7 @@ def connect(
             placement=placement,
             two_phase=two_phase,
             decision_schema=decision_schema,
+            moved_rows=moved_rows,
         )
     except BaseException:
         for pool in pools:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from .coordinator import run_staged
 from .errors import NotSupportedError, refuse
 from .merge.pipeline import MergeInputs, build_merge
 from .outcome import (
@@ -217,6 +218,8 @@ def _run(
     if plan.reroute is not None:
         return run_rerouted(shards, cursors, plan.reroute, shard_vars, statement.batch_size, _merged)
     targets = bind_targets(plan, shard_vars, n) if targets is None else targets
+    if plan.staged is not None and (not plan.pins or len(targets) > 1):
+        return run_staged(shards, cursors, statement, plan, shard_vars, _merged)
     shards.check_transaction()
     if plan.refusal is not None and len(targets) > 1 and not (plan.pins and len(targets) <= 1):
         raise plan.refusal

@@ -31,7 +31,10 @@ from .fanout import FanOut
 from .placement import Placement
 from .plan import ShardFacts
 
-__all__ = ["Connected", "ShardSet"]
+DEFAULT_MOVED_ROWS = 1_000_000
+"""The default bound on the rows one statement's steps may move to the coordinator."""
+
+__all__ = ["DEFAULT_MOVED_ROWS", "Connected", "ShardSet"]
 
 T = TypeVar("T")
 
@@ -88,6 +91,8 @@ class ShardSet:
         self._scope: set[int] | None = None
         self._prepared_slots: list[int | None] = [None for _ in self.connections]
         self.placement: Placement | None = None
+        self.moved_rows = DEFAULT_MOVED_ROWS
+        """The most rows one statement may move to the coordinator."""
         try:
             self.set_placement(placement)
             self._start()

@@ -23,6 +23,7 @@ __all__ = [
     "RowSplit",
     "ShardFacts",
     "SortKey",
+    "Staged",
     "Targets",
     "Task",
     "Value",
@@ -231,6 +232,19 @@ class Reroute:
 
 
 @dataclass(frozen=True)
+class Staged:
+    """A statement answered in stages: ``steps`` run first, in order, each as a statement of its own
+    (planned, spread and merged like any other); their rows become relations that later steps and
+    ``final`` read. The final statement then runs like any other, on the coordinator when it reads
+    no sharded table. SQL has ``%(name)s`` parameters and ``_pc_relation(n)`` for step n's rows."""
+
+    steps: tuple[str, ...]
+    final: str
+    pulls: frozenset[int] = frozenset()
+    """Steps that read a table's rows as they are (so the bound on moved rows can cut them short)."""
+
+
+@dataclass(frozen=True)
 class Plan:
     """How to run one statement on the shards and merge the answers.
 
@@ -272,6 +286,8 @@ class Plan:
     """An INSERT ... SELECT whose rows pass through the client, routed by key."""
     batch: tuple[Plan, ...] = ()
     """Several statements in one execute(), each with its own plan, run in order on their shards."""
+    staged: Staged | None = None
+    """What the shards cannot finish alone: steps first, then the rest over their rows."""
 
     @property
     def mode(self) -> str:

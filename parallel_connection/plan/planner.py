@@ -15,8 +15,9 @@ from .copies import check_copy
 from .literal_rows import cut_literal_rows, split_rows
 from .model import ALL, ONE, Plan, RowSplit, ShardFacts, Task
 from .params import Template, shard_vars, to_pyformat, to_template
-from .query import plan_query
+from .query import layout_of, plan_query
 from .refusals import refuse
+from .stages import plan_staged
 from .syntax import copy_node, func_name, walk
 from .writes import READ_ONLY_VOLATILE, plan_create_as, plan_write
 
@@ -268,7 +269,7 @@ def _plan_one(stmt: ast.Node, template: Template, facts: ShardFacts) -> Plan:
             query = replace_into(stmt)
             plan_create_as(query, stmt.intoClause, facts)
             return Plan(refresh=True, writes=not _temporary(stmt.intoClause.rel), checked=True)
-        plan = plan_query(stmt, template, facts)
+        plan = answer_select(stmt, template, facts, 0)
         return replace(plan, checked=True, writes=_writes_by_calls(stmt, facts))
     if isinstance(stmt, ast.CreateTableAsStmt):
         if not isinstance(stmt.query, ast.SelectStmt):
@@ -290,6 +291,33 @@ def _plan_one(stmt: ast.Node, template: Template, facts: ShardFacts) -> Plan:
     # DDL: the catalog may have changed
     temporary = isinstance(stmt, ast.CreateStmt) and _temporary(stmt.relation)
     return Plan(refresh=True, writes=not (temporary or _OUTSIDE_TRANSACTIONS.search(template.text)))
+
+
+def answer_select(stmt: ast.SelectStmt, template: Template, facts: ShardFacts, depth: int) -> Plan:
+    """The plan of a SELECT: in one pass when the shards can finish it, else in stages.
+
+    A statement whose pins may put it on one shard keeps its one-pass plan for
+    that case and gets the staged plan for when it spreads.
+    """
+    try:
+        plan = plan_query(stmt, template, facts)
+    except NotSupportedError as exc:
+        staged = _staged(stmt, template, facts, depth)
+        if staged is None:
+            raise exc from None
+        return staged
+    if plan.refusal is not None:
+        staged = _staged(stmt, template, facts, depth)
+        if staged is not None:
+            return replace(plan, staged=staged.staged)
+    return plan
+
+
+def _staged(stmt: ast.SelectStmt, template: Template, facts: ShardFacts, depth: int) -> Plan | None:
+    def answer(sub: ast.SelectStmt, level: int) -> Plan:
+        return answer_select(sub, template, facts, level)
+
+    return plan_staged(stmt, template, facts, answer, depth, layout_of(facts))
 
 
 def _temporary(relation: Any) -> bool:

@@ -1,0 +1,134 @@
+"""The coordinator stage: a staged plan's steps run in order, their rows handed on as typed arrays.
+
+Each step is a statement of its own (spread, merged, perhaps staged again).
+Its rows reach the statements after it as ``unnest`` of one array parameter
+per column, cast to the column's type: that works in read-only
+transactions and on standbys, where a temporary table cannot be made. The
+final statement then runs like any other; reading no sharded table, it
+runs on the first shard, whose PostgreSQL evaluates the rest exactly. A
+bound on the rows moved keeps a statement from pulling a whole table
+unseen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import psycopg2
+
+from .errors import NotSupportedError
+from .outcome import Outcome, Statement
+from .plan import Plan
+from .shards import ShardSet
+
+__all__ = ["run_staged"]
+
+Read = Callable[[ShardSet, Sequence[Any], Statement], Outcome]
+_MARKER = re.compile(r"_pc_relation\((\d+)\)")
+_JSON_TYPES = frozenset({114, 3802})
+_TYPE_NAMES: dict[int, tuple[str, str]] = {}
+"""Built-in type OID -> (name for a cast, typcategory): the same on every server."""
+_FIRST_USER_OID = 16384
+
+
+def run_staged(
+    shards: ShardSet, cursors: Sequence[Any], statement: Statement, plan: Plan, shard_vars: Any, read: Read
+) -> Outcome:
+    """Run ``plan``'s steps, then its final statement over their rows, with the user's cursors."""
+    staged = plan.staged
+    assert staged is not None
+    vars: dict[str, Any] = dict(shard_vars) if isinstance(shard_vars, Mapping) else {}
+    relations: dict[int, str] = {}
+    limit = shards.moved_rows
+    moved = 0
+    for number, sql in enumerate(staged.steps, 1):
+        text = _filled(sql, relations)
+        if number in staged.pulls:
+            text += f" LIMIT {limit - moved + 1}"
+        description, rows = _step_rows(shards, read, text, vars, limit - moved)
+        moved += len(rows)
+        relations[number] = _relation(shards, number, description, rows, vars)
+    final = _filled(staged.final, relations)
+    return read(shards, cursors, replace(statement, query=final, vars=vars))
+
+
+def _step_rows(
+    shards: ShardSet, read: Read, text: str, vars: dict[str, Any], room: int
+) -> tuple[tuple[Any, ...], list[Any]]:
+    """One step's description and rows; an error past ``room`` rows."""
+    readers = [conn.cursor() for conn in shards.connections]
+    outcome: Outcome | None = None
+    try:
+        step = Statement(text, vars, streaming=False, batch_size=0, tuples=True)
+        outcome = read(shards, readers, step)
+        rows: list[Any] = []
+        for batch in outcome.batches or iter(()):
+            rows.extend(batch)
+            if len(rows) > room:
+                raise NotSupportedError(
+                    f"the statement moves more than {shards.moved_rows} rows to the coordinator (a part "
+                    "the shards cannot finish alone reads that many); narrow it, or raise the bound with "
+                    "connect(..., moved_rows=N) or pdb.moved_rows = N"
+                )
+        assert outcome.description is not None
+        return outcome.description, rows
+    finally:
+        for stream in outcome.streams if outcome is not None else ():
+            stream.close()
+        for reader in readers:
+            with contextlib.suppress(psycopg2.Error):
+                reader.close()
+
+
+def _filled(sql: str, relations: Mapping[int, str]) -> str:
+    return _MARKER.sub(lambda m: relations[int(m.group(1))], sql)
+
+
+def _relation(
+    shards: ShardSet, number: int, description: Sequence[Any], rows: list[Any], vars: dict[str, Any]
+) -> str:
+    """``unnest(...) AS _pc_rN(columns)`` reading ``rows``; their arrays are put in ``vars``."""
+    types = _type_names(shards, [column.type_code for column in description])
+    arrays: list[str] = []
+    for index, column in enumerate(description):
+        name, category = types[column.type_code]
+        if category == "A":
+            raise NotSupportedError(
+                f"moving array values ({column.name} {name}) to the coordinator; unnest or aggregate "
+                "them where the shards can finish"
+            )
+        values = [row[index] for row in rows]
+        if column.type_code in _JSON_TYPES:
+            values = [None if v is None else json.dumps(v) for v in values]
+        key = f"_pc_r{number}_{index}"
+        vars[key] = values
+        arrays.append(f"%({key})s::{name}[]")
+    names = ", ".join(_quoted(column.name) for column in description)
+    return f"unnest({', '.join(arrays)}) AS _pc_r{number}({names})"
+
+
+def _type_names(shards: ShardSet, oids: list[int]) -> dict[int, tuple[str, str]]:
+    """Each type's name as a cast spells it, and its category, as the first shard knows them."""
+    found = {oid: _TYPE_NAMES[oid] for oid in oids if oid in _TYPE_NAMES}
+    missing = sorted(set(oids) - set(found))
+    if missing:
+        with shards.connections[0].cursor() as cur:
+            cur.execute(
+                "SELECT oid::int8, format_type(oid, NULL), typcategory FROM pg_catalog.pg_type "
+                "WHERE oid = ANY(%s::oid[])",
+                (missing,),
+            )
+            for oid, name, category in cur.fetchall():
+                found[oid] = (name, category)
+                if oid < _FIRST_USER_OID:
+                    _TYPE_NAMES[oid] = (name, category)
+    return found
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

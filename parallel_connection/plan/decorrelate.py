@@ -1,0 +1,285 @@
+"""Correlated subqueries over sharded rows, as grouped steps joined back to the outer rows.
+
+The standard shapes: an aggregate subquery (``x < (SELECT 0.2 * avg(q) FROM
+t WHERE t.k = outer.k)``) and ``[NOT] EXISTS (SELECT ... WHERE t.k =
+outer.k AND ...)``, correlated only by equalities in their WHERE. The step
+groups the subquery by its side of those equalities; the outer query
+LEFT JOINs that step's rows on them (one row per key, so no outer row is
+repeated) and reads the value, or tests that a row matched. A key with no
+rows gets the aggregate's value over no rows, as the subquery would.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from pglast import ast, enums
+
+from .scopes import level_scope, relation_select
+from .stager import Stager
+from .syntax import copy_node, func_name, is_aggregate, walk
+
+__all__ = ["decorrelate"]
+
+_NULL_ON_EMPTY = frozenset(
+    {
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "bool_and",
+        "bool_or",
+        "every",
+        "stddev",
+        "stddev_samp",
+        "stddev_pop",
+        "variance",
+        "var_samp",
+        "var_pop",
+        "string_agg",
+        "array_agg",
+    }
+)
+"""Built-in aggregates whose value over no rows is NULL."""
+_STRICT_FUNCTIONS = frozenset({"round", "trunc", "abs", "floor", "ceil", "ceiling", "sqrt", "ln", "exp"})
+
+
+def decorrelate(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
+    """``stmt`` with its decorrelatable subqueries over sharded rows joined back; None: none found."""
+    current = copy_node(stmt)
+    changed = False
+    counter = [0]
+    for level in [n for n in walk(current, into_selects=True) if isinstance(n, ast.SelectStmt)]:
+        if (level.op and level.larg is not None) or not level.fromClause:
+            continue
+        roots: list[ast.Node] = []
+        if level.whereClause is not None:
+            roots.append(level.whereClause)
+        if not level.groupClause and not _aggregated(level, stager):
+            roots.extend(level.targetList or ())
+        for root in roots:
+            for sub in [n for n in walk(root) if isinstance(n, ast.SubLink)]:
+                changed |= _one(stager, level, sub, counter)
+    return current if changed else None
+
+
+def _aggregated(level: ast.SelectStmt, stager: Stager) -> bool:
+    return any(is_aggregate(n, stager.facts.aggregates) for n in walk(level.targetList or ()))
+
+
+def _one(stager: Stager, level: ast.SelectStmt, sub: ast.SubLink, counter: list[int]) -> bool:
+    inner = sub.subselect
+    kind = sub.subLinkType
+    if not isinstance(inner, ast.SelectStmt) or (inner.op and inner.larg is not None):
+        return False
+    if kind not in (enums.SubLinkType.EXPR_SUBLINK, enums.SubLinkType.EXISTS_SUBLINK):
+        return False
+    if not stager.sharded(inner) or inner.limitCount is not None or inner.limitOffset is not None:
+        return False
+    if inner.groupClause or inner.havingClause is not None or inner.windowClause or inner.withClause:
+        return False
+    refs = stager.outer(inner)
+    if not refs:
+        return False
+    pairs, rest = _correlation(stager, inner, refs)
+    if pairs is None:
+        return False
+    owner = _owner(stager, level, [outer for _, outer in pairs])
+    if owner is None:
+        return False
+    aggregate = kind == enums.SubLinkType.EXPR_SUBLINK
+    if aggregate:
+        if len(inner.targetList or ()) != 1:
+            return False
+        value = cast(ast.Node, cast(ast.ResTarget, inner.targetList[0]).val)  # type: ignore[index]
+        if not any(is_aggregate(n, stager.facts.aggregates) for n in walk(value)):
+            return False
+        if inner.distinctClause is not None:
+            return False
+    counter[0] += 1
+    alias = f"_pc_d{counter[0]}"
+    keys = [ast.ResTarget(name=f"k{i + 1}", val=copy_node(e)) for i, (e, _) in enumerate(pairs)]
+    marker = ast.ResTarget(name="m", val=ast.A_Const(isnull=False, val=ast.Boolean(boolval=True)))
+    step = ast.SelectStmt(
+        targetList=(*keys, marker),
+        fromClause=inner.fromClause,
+        whereClause=_and(rest),
+        groupClause=tuple(copy_node(e) for e, _ in pairs),
+        op=enums.SetOperation.SETOP_NONE,
+    )
+    empty: ast.Node | None = None
+    if aggregate:
+        step.targetList = (*keys, marker, ast.ResTarget(name="v", val=copy_node(value)))
+        if not _null_on_empty(value, stager):
+            empty_step = ast.SelectStmt(
+                targetList=(ast.ResTarget(name="v", val=copy_node(value)),),
+                fromClause=inner.fromClause,
+                whereClause=ast.A_Const(isnull=False, val=ast.Boolean(boolval=False)),
+                op=enums.SetOperation.SETOP_NONE,
+            )
+            empty_number = stager.step(empty_step)
+            if empty_number is None:
+                return False
+            empty = ast.SubLink(
+                subLinkType=enums.SubLinkType.EXPR_SUBLINK, subselect=relation_select(empty_number)
+            )
+    number = stager.step(step)
+    if number is None:
+        return False
+    on = _and(
+        [
+            ast.A_Expr(
+                kind=enums.A_Expr_Kind.AEXPR_OP,
+                name=(ast.String(sval="="),),
+                lexpr=_col(alias, f"k{i + 1}"),
+                rexpr=copy_node(o),
+            )
+            for i, (_, o) in enumerate(pairs)
+        ]
+    )
+    joined = ast.JoinExpr(
+        jointype=enums.JoinType.JOIN_LEFT,
+        isNatural=False,
+        larg=owner[1],
+        rarg=ast.RangeSubselect(
+            lateral=False, subquery=relation_select(number), alias=ast.Alias(aliasname=alias)
+        ),
+        quals=on,
+    )
+    items = list(level.fromClause or ())
+    items[owner[0]] = joined
+    level.fromClause = tuple(items)
+    replacement: ast.Node
+    if aggregate:
+        replacement = _col(alias, "v")
+        if empty is not None:
+            replacement = ast.CaseExpr(
+                args=(ast.CaseWhen(expr=_col(alias, "m"), result=_col(alias, "v")),), defresult=empty
+            )
+    else:
+        replacement = ast.NullTest(arg=_col(alias, "m"), nulltesttype=enums.NullTestType.IS_NOT_NULL)
+    _replace(level, sub, replacement)
+    return True
+
+
+def _correlation(
+    stager: Stager, inner: ast.SelectStmt, refs: list[ast.ColumnRef]
+) -> tuple[list[tuple[ast.Node, ast.Node]] | None, list[ast.Node]]:
+    """(inner side, outer side) of each correlating equality, and the other WHERE tests."""
+    outer_ids = {id(r) for r in refs}
+    pairs: list[tuple[ast.Node, ast.Node]] = []
+    rest: list[ast.Node] = []
+    for conjunct in _conjuncts(inner.whereClause):
+        inside = {id(n) for n in walk(conjunct) if isinstance(n, ast.ColumnRef)} & outer_ids
+        if not inside:
+            rest.append(conjunct)
+            continue
+        if not (isinstance(conjunct, ast.A_Expr) and conjunct.kind == enums.A_Expr_Kind.AEXPR_OP):
+            return None, []
+        if [getattr(n, "sval", None) for n in conjunct.name or ()] != ["="]:
+            return None, []
+        left, right = cast(ast.Node, conjunct.lexpr), cast(ast.Node, conjunct.rexpr)
+        left_outer = _all_outer(left, outer_ids)
+        right_outer = _all_outer(right, outer_ids)
+        if left_outer is True and right_outer is False:
+            pairs.append((right, left))
+        elif right_outer is True and left_outer is False:
+            pairs.append((left, right))
+        else:
+            return None, []
+    mentioned = {id(n) for c in rest for n in walk(c)}
+    others = [n for n in walk(inner) if isinstance(n, ast.ColumnRef) and id(n) in outer_ids]
+    if any(id(n) in mentioned for n in others) or not pairs:
+        return None, []
+    used = {id(n) for _, o in pairs for n in walk(o)}
+    if any(id(r) not in used for r in refs):
+        return None, []
+    return pairs, rest
+
+
+def _all_outer(node: ast.Node, outer_ids: set[int]) -> bool | None:
+    """True: only outer columns; False: only inner ones; None: both (or a subquery)."""
+    refs = [n for n in walk(node) if isinstance(n, ast.ColumnRef)]
+    if any(isinstance(n, ast.SubLink) for n in walk(node)) or not refs:
+        return None if refs else False
+    outer = [id(r) in outer_ids for r in refs]
+    if all(outer):
+        return True
+    return False if not any(outer) else None
+
+
+def _owner(stager: Stager, level: ast.SelectStmt, outers: list[ast.Node]) -> tuple[int, ast.Node] | None:
+    """The one FROM item of ``level`` holding every outer column the equalities read."""
+    items = list(level.fromClause or ())
+    found: set[int] = set()
+    for expr in outers:
+        for ref in [n for n in walk(expr) if isinstance(n, ast.ColumnRef)]:
+            owners = [i for i, item in enumerate(items) if _holds(stager, item, ref)]
+            if len(owners) != 1:
+                return None
+            found.add(owners[0])
+    if len(found) != 1:
+        return None
+    index = found.pop()
+    return index, items[index]
+
+
+def _holds(stager: Stager, item: ast.Node, ref: ast.ColumnRef) -> bool:
+    scope = level_scope(ast.SelectStmt(fromClause=(item,)), stager.layout, stager.ctes, None)
+    return scope.owns(ref) is True
+
+
+def _null_on_empty(node: Any, stager: Stager) -> bool:
+    """The expression is NULL when its aggregates see no rows (NULL-valued aggregates, strict around)."""
+    if is_aggregate(node, stager.facts.aggregates):
+        schema, name = func_name(node)
+        return schema in (None, "pg_catalog") and name in _NULL_ON_EMPTY
+    if isinstance(node, ast.A_Const):
+        return False
+    if isinstance(node, ast.TypeCast):
+        return _null_on_empty(node.arg, stager)
+    if isinstance(node, ast.A_Expr) and node.kind == enums.A_Expr_Kind.AEXPR_OP:
+        return any(_null_on_empty(n, stager) for n in (node.lexpr, node.rexpr) if n is not None)
+    if isinstance(node, ast.FuncCall) and func_name(node)[1] in _STRICT_FUNCTIONS and node.args:
+        return _null_on_empty(node.args[0], stager)
+    return False
+
+
+def _replace(level: ast.SelectStmt, old: ast.Node, new: ast.Node) -> None:
+    def visit(node: Any) -> Any:
+        if node is old:
+            return new
+        if isinstance(node, tuple):
+            return tuple(visit(n) for n in node)
+        if isinstance(node, ast.Node) and not isinstance(node, ast.SelectStmt):
+            node_type: Any = type(node)
+            for name in node_type.__slots__:
+                value = getattr(node, name, None)
+                if isinstance(value, (ast.Node, tuple)):
+                    setattr(node, name, visit(value))
+        return node
+
+    for slot in ("whereClause", "targetList"):
+        value = getattr(level, slot)
+        if value is not None:
+            setattr(level, slot, visit(value))
+
+
+def _conjuncts(node: ast.Node | None) -> list[ast.Node]:
+    if node is None:
+        return []
+    if isinstance(node, ast.BoolExpr) and node.boolop == enums.BoolExprType.AND_EXPR:
+        return [c for arg in node.args or () for c in _conjuncts(arg)]
+    return [node]
+
+
+def _and(nodes: list[ast.Node]) -> ast.Node | None:
+    if not nodes:
+        return None
+    if len(nodes) == 1:
+        return nodes[0]
+    return ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=tuple(nodes))
+
+
+def _col(alias: str, name: str) -> ast.ColumnRef:
+    return ast.ColumnRef(fields=(ast.String(sval=alias), ast.String(sval=name)))

@@ -1,0 +1,182 @@
+"""The last strategy: read each sharded table's rows (filtered, projected) and let PostgreSQL do the rest.
+
+Every sharded table the statement still reads, at any depth, becomes a step
+reading only the columns the statement names and the rows its own WHERE
+tests let through (tests of that table alone, when no outer join can
+NULL-extend it). The tests stay in the statement too, so moving them is
+only a saving. What is left reads no sharded table: the coordinator
+answers it whole, correlated subqueries and all.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from pglast import ast, enums
+
+from .names import is_cte_name
+from .scopes import level_scope, relation_select
+from .stager import Stager
+from .syntax import copy_node, func_name, walk
+
+__all__ = ["pull_tables"]
+
+
+def pull_tables(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
+    """``stmt`` with every sharded table read through a step; None when one cannot be."""
+    current = copy_node(stmt)
+    named = _named_columns(current)
+    before = len(stager.steps)
+    for level in [n for n in walk(current, into_selects=True) if isinstance(n, ast.SelectStmt)]:
+        if not level.fromClause:
+            continue
+        conjuncts = _conjuncts(level.whereClause)
+        items = list(level.fromClause)
+        for index, item in enumerate(items):
+            replaced = _item(stager, item, level, conjuncts, named, nullable=False)
+            if replaced is None:
+                return None
+            items[index] = replaced
+        level.fromClause = tuple(items)
+    return current if len(stager.steps) > before else None
+
+
+def _item(
+    stager: Stager,
+    item: ast.Node,
+    level: ast.SelectStmt,
+    conjuncts: list[ast.Node],
+    named: set[str] | None,
+    *,
+    nullable: bool,
+) -> ast.Node | None:
+    """The FROM item with its sharded tables pulled (itself when none), or None when one cannot be."""
+    if isinstance(item, ast.JoinExpr):
+        kind = item.jointype
+        left_null = nullable or kind in (enums.JoinType.JOIN_RIGHT, enums.JoinType.JOIN_FULL)
+        right_null = nullable or kind in (enums.JoinType.JOIN_LEFT, enums.JoinType.JOIN_FULL)
+        larg = _item(stager, cast(ast.Node, item.larg), level, conjuncts, named, nullable=left_null)
+        rarg = _item(stager, cast(ast.Node, item.rarg), level, conjuncts, named, nullable=right_null)
+        if larg is None or rarg is None:
+            return None
+        item.larg, item.rarg = larg, rarg
+        return item
+    if not isinstance(item, ast.RangeVar):
+        return item
+    if is_cte_name(item.relname) and not item.schemaname:
+        return item
+    info = stager.layout.table(item)
+    if info is None or info.kind != "sharded":
+        return item
+    if info.order is None:
+        return None
+    alias = cast(str, item.alias.aliasname if item.alias is not None else item.relname)
+    renamed = item.alias is not None and bool(item.alias.colnames)
+    columns = list(info.order) if named is None or renamed else [c for c in info.order if c in named]
+    if not columns:
+        columns = list(info.order[:1])
+    read = copy_node(item)
+    step = ast.SelectStmt(
+        targetList=tuple(ast.ResTarget(val=_ref(alias, c)) for c in columns),
+        fromClause=(read,),
+        whereClause=None if nullable else _and(_own_tests(stager, level, conjuncts, alias, info.columns)),
+    )
+    number = stager.step(step, pull=True)
+    if number is None:
+        return None
+    colnames = item.alias.colnames if renamed and item.alias is not None else None
+    return ast.RangeSubselect(
+        lateral=False, subquery=relation_select(number), alias=ast.Alias(aliasname=alias, colnames=colnames)
+    )
+
+
+def _named_columns(stmt: ast.SelectStmt) -> set[str] | None:
+    """Every column name the statement writes (None: a ``*`` or a whole-row reference may need all)."""
+    names: set[str] = set()
+    aliases = {
+        n.alias.aliasname if n.alias is not None else n.relname
+        for n in walk(stmt, into_selects=True)
+        if isinstance(n, ast.RangeVar)
+    }
+    for node in walk(stmt, into_selects=True):
+        if isinstance(node, ast.ColumnRef):
+            fields = cast("tuple[Any, ...]", node.fields)
+            last = fields[-1]
+            if isinstance(last, ast.A_Star):
+                return None
+            name = last.sval
+            if len(fields) == 1 and name in aliases:
+                return None
+            names.add(name)
+    return names
+
+
+def _own_tests(
+    stager: Stager,
+    level: ast.SelectStmt,
+    conjuncts: list[ast.Node],
+    alias: str,
+    columns: frozenset[str] | None,
+) -> list[ast.Node]:
+    """The WHERE tests that read only this table's columns, with no subquery or volatile call."""
+    scope = level_scope(level, stager.layout, stager.ctes, None)
+    others = [cols for name, cols in scope.items.items() if name != alias]
+    own: list[ast.Node] = []
+    for conjunct in conjuncts:
+        if _movable(conjunct, stager, alias, columns, others):
+            own.append(copy_node(conjunct))
+    return own
+
+
+def _movable(
+    conjunct: ast.Node,
+    stager: Stager,
+    alias: str,
+    columns: frozenset[str] | None,
+    others: list[frozenset[str] | None],
+) -> bool:
+    refs = 0
+    for node in walk(conjunct):
+        if isinstance(node, (ast.SubLink, ast.SelectStmt)):
+            return False
+        if isinstance(node, ast.FuncCall):
+            name = func_name(node)[1]
+            if node.over is not None or name in stager.facts.volatile or name in stager.facts.aggregates:
+                return False
+        if isinstance(node, ast.ColumnRef):
+            fields = cast("tuple[Any, ...]", node.fields)
+            names = [f.sval for f in fields if isinstance(f, ast.String)]
+            if len(names) != len(fields):
+                return False
+            if len(names) == 2:
+                if names[0] != alias:
+                    return False
+            elif len(names) == 1:
+                if columns is None or names[0] not in columns:
+                    return False
+                if any(o is None or names[0] in o for o in others):
+                    return False
+            else:
+                return False
+            refs += 1
+    return refs > 0
+
+
+def _conjuncts(node: ast.Node | None) -> list[ast.Node]:
+    if node is None:
+        return []
+    if isinstance(node, ast.BoolExpr) and node.boolop == enums.BoolExprType.AND_EXPR:
+        return [c for arg in node.args or () for c in _conjuncts(arg)]
+    return [node]
+
+
+def _and(nodes: list[ast.Node]) -> ast.Node | None:
+    if not nodes:
+        return None
+    if len(nodes) == 1:
+        return nodes[0]
+    return ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=tuple(nodes))
+
+
+def _ref(alias: str, column: str) -> ast.ColumnRef:
+    return ast.ColumnRef(fields=(ast.String(sval=alias), ast.String(sval=column)))

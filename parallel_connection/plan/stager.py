@@ -1,0 +1,88 @@
+"""The steps of one staged statement, as the strategies make them (see ``stages``)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from pglast import ast
+
+from ..errors import NotSupportedError
+from .layout import Layout
+from .model import Plan, ShardFacts
+from .names import is_cte_name
+from .scopes import ctes_of, outer_refs, reads_sharded
+from .syntax import copy_node, deparse, walk
+
+__all__ = ["Answer", "Stager"]
+
+_DOLLAR_NUMBER = re.compile(r"\$(\d+)")
+
+Answer = Callable[[ast.SelectStmt, int], Plan]
+"""Plan a SELECT (staging it when needed) at a depth; raises NotSupportedError."""
+
+
+@dataclass
+class Stager:
+    """The steps of one staged statement, and what the strategies need to make more."""
+
+    layout: Layout
+    facts: ShardFacts
+    names: tuple[str, ...]
+    answer: Answer
+    depth: int
+    steps: list[str] = field(default_factory=list)
+    pulls: set[int] = field(default_factory=set)
+    ctes: dict[str, ast.CommonTableExpr] = field(default_factory=dict)
+
+    def sharded(self, node: ast.Node) -> bool:
+        return reads_sharded(node, self.layout, self.ctes)
+
+    def outer(self, unit: ast.SelectStmt) -> list[ast.ColumnRef] | None:
+        return outer_refs(unit, self.layout, self.ctes)
+
+    def plans(self, stmt: ast.SelectStmt) -> Plan | None:
+        """The plan of ``stmt`` as a statement of its own, or None when it is refused."""
+        try:
+            return self.answer(self.with_ctes(stmt), self.depth + 1)
+        except NotSupportedError:
+            return None
+
+    def step(self, stmt: ast.SelectStmt, *, pull: bool = False, checked: bool = False) -> int | None:
+        """Make ``stmt`` a step; its number (for ``relation_select``), or None when it is refused."""
+        whole = self.with_ctes(stmt)
+        if not checked and self.plans(stmt) is None:
+            return None
+        self.steps.append(self.text(whole))
+        if pull:
+            self.pulls.add(len(self.steps))
+        return len(self.steps)
+
+    def with_ctes(self, stmt: ast.SelectStmt) -> ast.SelectStmt:
+        """``stmt`` with the definitions of the outer CTEs it reads (bound names are unique)."""
+        own = ctes_of(stmt)
+        needed: list[str] = []
+        stack: list[ast.Node] = [stmt]
+        while stack:
+            for node in walk(stack.pop(), into_selects=True):
+                if isinstance(node, ast.RangeVar) and not node.schemaname:
+                    name = cast(str, node.relname)
+                    if is_cte_name(name) and name in self.ctes and name not in own and name not in needed:
+                        needed.append(name)
+                        stack.append(cast(ast.Node, self.ctes[name].ctequery))
+        if not needed:
+            return stmt
+        order = list(self.ctes)
+        definitions = [copy_node(self.ctes[n]) for n in sorted(needed, key=order.index)]
+        whole = copy_node(stmt)
+        inner = list(whole.withClause.ctes or ()) if whole.withClause is not None else []
+        whole.withClause = ast.WithClause(ctes=tuple(definitions + inner), recursive=False)
+        return whole
+
+    def text(self, stmt: ast.Node) -> str:
+        """SQL with ``%(name)s`` parameters, every other ``%`` doubled."""
+        names = self.names
+        sql = deparse(stmt).replace("%", "%%")
+        return _DOLLAR_NUMBER.sub(lambda m: f"%({names[int(m.group(1)) - 1]})s", sql)

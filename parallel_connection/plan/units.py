@@ -1,0 +1,148 @@
+"""Recursive planning: uncorrelated subqueries, CTEs and set operation arms run first, as steps.
+
+A unit (a CTE body, a subquery in FROM, a subquery in an expression, an arm
+of a set operation) that reads sharded rows and is not correlated with the
+query around it is a statement of its own. When it needs a merge (or stages
+of its own), it runs first and the statement reads its rows instead: a CTE
+read several times runs once.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from pglast import ast, enums
+
+from .scopes import relation_select
+from .stager import Stager
+from .syntax import copy_node, walk
+
+__all__ = ["replace_set_arms", "replace_units"]
+
+
+def replace_units(stager: Stager, stmt: ast.SelectStmt, *, everything: bool) -> ast.SelectStmt | None:
+    """``stmt`` with its units that need a merge replaced by steps (``everything``: also the
+    subqueries in expressions that are plain unions); None when nothing changed."""
+    current = copy_node(stmt)
+    changed = _visit(stager, current, everything, top=True)
+    return current if changed else None
+
+
+def _visit(stager: Stager, stmt: ast.SelectStmt, everything: bool, *, top: bool = False) -> bool:
+    changed = False
+    if stmt.withClause is not None:
+        for cte in stmt.withClause.ctes or ():
+            body = cast(ast.SelectStmt, cte.ctequery)
+            if not isinstance(body, ast.SelectStmt):
+                continue
+            number = _unit(stager, body, False)
+            if number is not None:
+                cte.ctequery = relation_select(number)
+                changed = True
+            else:
+                changed |= _visit(stager, body, everything)
+    if stmt.op and stmt.larg is not None and stmt.rarg is not None:
+        changed |= _visit(stager, stmt.larg, everything)
+        changed |= _visit(stager, stmt.rarg, everything)
+        return changed
+    for item in stmt.fromClause or ():
+        changed |= _from_item(stager, item, everything)
+    for node in _expression_roots(stmt):
+        for sub in walk(node):
+            if isinstance(sub, ast.SubLink) and isinstance(sub.subselect, ast.SelectStmt):
+                inner = sub.subselect
+                number = _unit(stager, _sublink_step(sub), everything, original=inner)
+                if number is not None:
+                    sub.subselect = relation_select(number)
+                    changed = True
+                elif inner is not None:
+                    changed |= _visit(stager, inner, everything)
+    return changed
+
+
+def _from_item(stager: Stager, item: ast.Node, everything: bool) -> bool:
+    if isinstance(item, ast.JoinExpr):
+        changed = _from_item(stager, cast(ast.Node, item.larg), everything)
+        changed |= _from_item(stager, cast(ast.Node, item.rarg), everything)
+        if item.quals is not None:
+            for sub in walk(item.quals):
+                if isinstance(sub, ast.SubLink) and isinstance(sub.subselect, ast.SelectStmt):
+                    changed |= _visit(stager, sub.subselect, everything)
+        return changed
+    if isinstance(item, ast.RangeSubselect) and isinstance(item.subquery, ast.SelectStmt):
+        if not item.lateral:
+            number = _unit(stager, item.subquery, False)
+            if number is not None:
+                item.subquery = relation_select(number)
+                return True
+        return _visit(stager, item.subquery, everything)
+    return False
+
+
+def _expression_roots(stmt: ast.SelectStmt) -> list[ast.Node]:
+    roots: list[ast.Node] = [*(stmt.targetList or ())]
+    for clause in (stmt.whereClause, stmt.havingClause):
+        if clause is not None:
+            roots.append(clause)
+    return roots
+
+
+def _unit(
+    stager: Stager, unit: ast.SelectStmt, everything: bool, original: ast.SelectStmt | None = None
+) -> int | None:
+    """The step that replaces ``unit``, or None to leave it where it is."""
+    original = original if original is not None else unit
+    if not stager.sharded(original) or stager.outer(original) != []:
+        return None
+    plan = stager.plans(unit)
+    if plan is None:
+        return None
+    if not (everything or plan.merge or plan.staged is not None):
+        return None
+    return stager.step(unit, checked=True)
+
+
+def _sublink_step(sub: ast.SubLink) -> ast.SelectStmt:
+    """The statement whose rows stand for a subquery in an expression (EXISTS needs one row)."""
+    inner = cast(ast.SelectStmt, sub.subselect)
+    simple = not inner.op or inner.larg is None
+    if (
+        sub.subLinkType == enums.SubLinkType.EXISTS_SUBLINK
+        and simple
+        and inner.limitCount is None
+        and inner.limitOffset is None
+    ):
+        step = copy_node(inner)
+        step.limitCount = ast.A_Const(isnull=False, val=ast.Integer(ival=1))
+        return step
+    return inner
+
+
+def replace_set_arms(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
+    """A set operation whose arms that read sharded rows run first: PostgreSQL combines their rows."""
+    if not stmt.op or stmt.larg is None or stmt.rarg is None:
+        return None
+    current = copy_node(stmt)
+    changed = False
+
+    def arms(node: ast.SelectStmt, distinct: bool) -> ast.SelectStmt:
+        nonlocal changed
+        if node.op and node.larg is not None and node.rarg is not None:
+            except_all = node.all and node.op == enums.SetOperation.SETOP_EXCEPT
+            inner_distinct = (distinct or not node.all) and not except_all
+            node.larg = arms(node.larg, inner_distinct)
+            node.rarg = arms(node.rarg, inner_distinct)
+            return node
+        if not stager.sharded(node):
+            return node
+        step = copy_node(node)
+        if distinct and step.distinctClause is None and step.limitCount is None and step.limitOffset is None:
+            step.distinctClause = (None,)  # the set operation removes duplicates anyway
+        number = stager.step(step)
+        if number is None:
+            return node
+        changed = True
+        return relation_select(number)
+
+    arms(current, False)
+    return current if changed else None
