@@ -119,8 +119,10 @@ def _type_names(shards: ShardSet, oids: list[int]) -> dict[int, tuple[str, str]]
     if missing:
         with shards.connections[0].cursor() as cur:
             cur.execute(
-                "SELECT oid::int8, format_type(oid, NULL), typcategory FROM pg_catalog.pg_type "
-                "WHERE oid = ANY(%s::oid[])",
+                # The quoted internal name: "bpchar" and "bit" take any length, character and bit one.
+                "SELECT t.oid::int8, quote_ident(n.nspname) || '.' || quote_ident(t.typname), t.typcategory "
+                "FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace "
+                "WHERE t.oid = ANY(%s::oid[])",
                 (missing,),
             )
             for oid, name, category in cur.fetchall():

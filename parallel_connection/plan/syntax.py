@@ -6,7 +6,7 @@ import copy
 from collections.abc import Iterator
 from typing import Any, TypeVar, cast
 
-from pglast import ast
+from pglast import ast, enums
 from pglast.stream import RawStream
 
 __all__ = [
@@ -112,30 +112,75 @@ def output_name(target: ast.ResTarget) -> str | None:
 
 
 def _figure(node: Any) -> str | None:
+    return _figure_strength(node)[0]
+
+
+_VALUE_FUNCTION_NAMES = {
+    "SVFOP_CURRENT_DATE": "current_date",
+    "SVFOP_CURRENT_TIME": "current_time",
+    "SVFOP_CURRENT_TIME_N": "current_time",
+    "SVFOP_CURRENT_TIMESTAMP": "current_timestamp",
+    "SVFOP_CURRENT_TIMESTAMP_N": "current_timestamp",
+    "SVFOP_LOCALTIME": "localtime",
+    "SVFOP_LOCALTIME_N": "localtime",
+    "SVFOP_LOCALTIMESTAMP": "localtimestamp",
+    "SVFOP_LOCALTIMESTAMP_N": "localtimestamp",
+    "SVFOP_CURRENT_ROLE": "current_role",
+    "SVFOP_CURRENT_USER": "current_user",
+    "SVFOP_USER": "user",
+    "SVFOP_SESSION_USER": "session_user",
+    "SVFOP_CURRENT_CATALOG": "current_catalog",
+    "SVFOP_CURRENT_SCHEMA": "current_schema",
+}
+
+
+def _figure_strength(node: Any) -> tuple[str | None, int]:
+    """PostgreSQL's FigureColnameInternal: a name and how sure it is (2 strong, 1 weak, 0 none)."""
     if isinstance(node, ast.ColumnRef):
         last = cast("tuple[Any, ...]", node.fields)[-1]
-        return last.sval if isinstance(last, ast.String) else None
-    if isinstance(node, ast.FuncCall):
-        return func_name(node)[1]
-    if isinstance(node, ast.TypeCast):
-        inner = _figure(node.arg)
-        if inner is not None:
-            return inner
-        names = node.typeName.names if node.typeName is not None else ()
-        return names[-1].sval if names else None
-    if isinstance(node, ast.CollateClause):
-        return _figure(node.arg)
+        return (last.sval, 2) if isinstance(last, ast.String) else (None, 0)
     if isinstance(node, ast.A_Indirection):
-        for item in reversed(node.indirection or ()):
-            if isinstance(item, ast.String):
-                return item.sval
-        return _figure(node.arg)
+        names = [i.sval for i in node.indirection or () if isinstance(i, ast.String)]
+        return (names[-1], 2) if names else _figure_strength(node.arg)
+    if isinstance(node, ast.FuncCall):
+        return func_name(node)[1], 2
+    if isinstance(node, ast.A_Expr):
+        return ("nullif", 2) if node.kind == enums.A_Expr_Kind.AEXPR_NULLIF else (None, 0)
+    if isinstance(node, ast.TypeCast):
+        name, strength = _figure_strength(node.arg)
+        if strength <= 1 and node.typeName is not None and node.typeName.names:
+            return node.typeName.names[-1].sval, 1
+        return name, strength
+    if isinstance(node, ast.CollateClause):
+        return _figure_strength(node.arg)
+    if isinstance(node, ast.GroupingFunc):
+        return "grouping", 2
+    if isinstance(node, ast.SubLink):
+        if node.subLinkType == enums.SubLinkType.EXISTS_SUBLINK:
+            return "exists", 2
+        if node.subLinkType == enums.SubLinkType.ARRAY_SUBLINK:
+            return "array", 2
+        if node.subLinkType in (enums.SubLinkType.EXPR_SUBLINK, enums.SubLinkType.MULTIEXPR_SUBLINK):
+            inner = node.subselect
+            targets = inner.targetList if isinstance(inner, ast.SelectStmt) else None
+            if targets:
+                first = targets[0]
+                name = first.name or _figure(first.val)
+                return (name, 2) if name else (None, 0)
+        return None, 0
     if isinstance(node, ast.CaseExpr):
-        return "case"
+        name, strength = _figure_strength(node.defresult)
+        return ("case", 1) if strength <= 1 else (name, strength)
     if isinstance(node, ast.A_ArrayExpr):
-        return "array"
+        return "array", 2
     if isinstance(node, ast.RowExpr):
-        return "row"
+        return "row", 2
     if isinstance(node, ast.CoalesceExpr):
-        return "coalesce"
-    return None
+        return "coalesce", 2
+    if isinstance(node, ast.MinMaxExpr):
+        return ("greatest" if node.op == enums.MinMaxOp.IS_GREATEST else "least"), 2
+    if isinstance(node, ast.SQLValueFunction):
+        op = getattr(node.op, "name", str(node.op))
+        name = _VALUE_FUNCTION_NAMES.get(op)
+        return (name, 2) if name else (None, 0)
+    return None, 0
