@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg2
 
@@ -28,16 +29,30 @@ from .shards import ShardSet
 
 __all__ = ["run_staged"]
 
-Read = Callable[[ShardSet, Sequence[Any], Statement], Outcome]
+
+class Execute(Protocol):
+    def __call__(
+        self, shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, merge: bool
+    ) -> Outcome: ...
+
+
 _MARKER = re.compile(r"_pc_relation\((\d+)\)")
 _JSON_TYPES = frozenset({114, 3802})
 _TYPE_NAMES: dict[int, tuple[str, str]] = {}
 """Built-in type OID -> (name for a cast, typcategory): the same on every server."""
 _FIRST_USER_OID = 16384
+_MAX_NESTING = 12
+_nesting = threading.local()
+"""How deep this thread is in staged statements (a step may be staged again)."""
 
 
 def run_staged(
-    shards: ShardSet, cursors: Sequence[Any], statement: Statement, plan: Plan, shard_vars: Any, read: Read
+    shards: ShardSet,
+    cursors: Sequence[Any],
+    statement: Statement,
+    plan: Plan,
+    shard_vars: Any,
+    execute: Execute,
 ) -> Outcome:
     """Run ``plan``'s steps, then its final statement over their rows, with the user's cursors."""
     staged = plan.staged
@@ -50,22 +65,23 @@ def run_staged(
         text = _filled(sql, relations)
         if number in staged.pulls:
             text += f" LIMIT {limit - moved + 1}"
-        description, rows = _step_rows(shards, read, text, vars, limit - moved)
+        merge = number not in staged.unions
+        description, rows = _step_rows(shards, execute, text, vars, limit - moved, merge)
         moved += len(rows)
         relations[number] = _relation(shards, number, description, rows, vars)
     final = _filled(staged.final, relations)
-    return read(shards, cursors, replace(statement, query=final, vars=vars))
+    return execute(shards, cursors, replace(statement, query=final, vars=vars), merge=True)
 
 
 def _step_rows(
-    shards: ShardSet, read: Read, text: str, vars: dict[str, Any], room: int
+    shards: ShardSet, execute: Execute, text: str, vars: dict[str, Any], room: int, merge: bool
 ) -> tuple[tuple[Any, ...], list[Any]]:
     """One step's description and rows; an error past ``room`` rows."""
     readers = [conn.cursor() for conn in shards.connections]
     outcome: Outcome | None = None
     try:
         step = Statement(text, vars, streaming=False, batch_size=0, tuples=True)
-        outcome = read(shards, readers, step)
+        outcome = execute(shards, readers, step, merge=merge)
         rows: list[Any] = []
         for batch in outcome.batches or iter(()):
             rows.extend(batch)

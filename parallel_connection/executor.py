@@ -219,7 +219,7 @@ def _run(
         return run_rerouted(shards, cursors, plan.reroute, shard_vars, statement.batch_size, _merged)
     targets = bind_targets(plan, shard_vars, n) if targets is None else targets
     if plan.staged is not None and (not plan.pins or len(targets) > 1):
-        return run_staged(shards, cursors, statement, plan, shard_vars, _merged)
+        return run_staged(shards, cursors, statement, plan, shard_vars, execute)
     shards.check_transaction()
     if plan.refusal is not None and len(targets) > 1 and not (plan.pins and len(targets) <= 1):
         raise plan.refusal

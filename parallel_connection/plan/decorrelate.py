@@ -17,7 +17,7 @@ from pglast import ast, enums
 
 from .scopes import level_scope, relation_select
 from .stager import Stager
-from .syntax import copy_node, func_name, is_aggregate, walk
+from .syntax import copy_node, func_name, is_aggregate, output_name, walk
 
 __all__ = ["decorrelate"]
 
@@ -158,6 +158,9 @@ def _one(stager: Stager, level: ast.SelectStmt, sub: ast.SubLink, counter: list[
             )
     else:
         replacement = ast.NullTest(arg=_col(alias, "m"), nulltesttype=enums.NullTestType.IS_NOT_NULL)
+    for target in level.targetList or ():
+        if target.val is sub and target.name is None:
+            target.name = output_name(target) or "?column?"  # the name the subquery gave the column
     _replace(level, sub, replacement)
     return True
 

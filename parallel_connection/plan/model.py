@@ -242,6 +242,8 @@ class Staged:
     final: str
     pulls: frozenset[int] = frozenset()
     """Steps that read a table's rows as they are (so the bound on moved rows can cut them short)."""
+    unions: frozenset[int] = frozenset()
+    """Steps whose rows are every shard's own answer, unmerged: partials the next statement combines."""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ def pull_tables(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
         conjuncts = _conjuncts(level.whereClause)
         items = list(level.fromClause)
         for index, item in enumerate(items):
-            replaced = _item(stager, item, level, conjuncts, named, nullable=False)
+            replaced = _item(stager, item, level, conjuncts, named)
             if replaced is None:
                 return None
             items[index] = replaced
@@ -42,21 +42,26 @@ def pull_tables(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
 
 
 def _item(
-    stager: Stager,
-    item: ast.Node,
-    level: ast.SelectStmt,
-    conjuncts: list[ast.Node],
-    named: set[str] | None,
-    *,
-    nullable: bool,
+    stager: Stager, item: ast.Node, level: ast.SelectStmt, tests: list[ast.Node], named: set[str] | None
 ) -> ast.Node | None:
-    """The FROM item with its sharded tables pulled (itself when none), or None when one cannot be."""
+    """The FROM item with its sharded tables pulled (itself when none), or None when one cannot be.
+
+    ``tests`` filter this item's rows: the WHERE tests, and the join conditions that apply to
+    this side (an outer join's condition to its nullable side only, WHERE tests never to it).
+    """
     if isinstance(item, ast.JoinExpr):
         kind = item.jointype
-        left_null = nullable or kind in (enums.JoinType.JOIN_RIGHT, enums.JoinType.JOIN_FULL)
-        right_null = nullable or kind in (enums.JoinType.JOIN_LEFT, enums.JoinType.JOIN_FULL)
-        larg = _item(stager, cast(ast.Node, item.larg), level, conjuncts, named, nullable=left_null)
-        rarg = _item(stager, cast(ast.Node, item.rarg), level, conjuncts, named, nullable=right_null)
+        on = _conjuncts(item.quals)
+        left: list[ast.Node] = []
+        right: list[ast.Node] = []
+        if kind == enums.JoinType.JOIN_INNER:
+            left = right = tests + on
+        elif kind == enums.JoinType.JOIN_LEFT:
+            left, right = tests, on
+        elif kind == enums.JoinType.JOIN_RIGHT:
+            left, right = on, tests
+        larg = _item(stager, cast(ast.Node, item.larg), level, left, named)
+        rarg = _item(stager, cast(ast.Node, item.rarg), level, right, named)
         if larg is None or rarg is None:
             return None
         item.larg, item.rarg = larg, rarg
@@ -76,10 +81,12 @@ def _item(
     if not columns:
         columns = list(info.order[:1])
     read = copy_node(item)
+    if renamed and read.alias is not None:
+        read.alias.colnames = None  # the step reads the table's own names, in order; the alias renames
     step = ast.SelectStmt(
         targetList=tuple(ast.ResTarget(val=_ref(alias, c)) for c in columns),
         fromClause=(read,),
-        whereClause=None if nullable else _and(_own_tests(stager, level, conjuncts, alias, info.columns)),
+        whereClause=None if renamed else _and(_own_tests(stager, level, tests, alias, info.columns)),
     )
     number = stager.step(step, pull=True)
     if number is None:

@@ -29,6 +29,7 @@ __all__ = [
     "PER_SHARD",
     "STATEMENT_PARAM",
     "check_per_shard_values",
+    "check_spread_values",
     "layout_of",
     "plan_query",
     "replace_moments",
@@ -109,7 +110,7 @@ def plan_query(stmt: ast.SelectStmt, template: Template, facts: ShardFacts) -> P
         return Plan(tasks=(Task(ONE),), views=views)
     refusal: NotSupportedError | None = None
     try:
-        spread = _spread(stmt, bound, analysis, template, facts, calls)
+        spread = _spread(stmt, bound, analysis, template, facts)
     except NotSupportedError as exc:
         if not analysis.routes:
             raise
@@ -156,16 +157,9 @@ def _spread(
     analysis: Analysis,
     template: Template,
     facts: ShardFacts,
-    calls: set[str],
 ) -> Plan:
     """The plan for a SELECT that runs on several shards (raises what cannot be answered exactly)."""
-    volatile = sorted((calls & (facts.volatile | PER_SHARD)) - _HARMLESS_VOLATILE)
-    if volatile:
-        raise refuse(
-            f"the volatile function {volatile[0]}() on several shards (each shard has its own "
-            "value: one database would give one)"
-        )
-    check_per_shard_values(stmt, bound)
+    check_spread_values(stmt, bound, facts)
     check_negated(bound, analysis.key_local)
     planned = plan_select(stmt, bound, analysis, facts)
     shard = copy_node(planned[0]) if planned is not None else copy_node(stmt)
@@ -177,6 +171,19 @@ def _spread(
     if planned is None:
         return Plan(tasks=(task,), moments=moments, names=tuple(names))
     return Plan(tasks=(task,), merge=True, client=planned[1], names=tuple(names), moments=moments)
+
+
+def check_spread_values(stmt: ast.SelectStmt, bound: ast.SelectStmt, facts: ShardFacts) -> None:
+    """Refuse what each shard would compute its own way: volatile and per-server functions, system
+    columns, samples, moments read by each shard (see :func:`check_per_shard_values`)."""
+    calls = {func_name(n)[1] for n in walk(bound, into_selects=True) if isinstance(n, ast.FuncCall)}
+    volatile = sorted((calls & (facts.volatile | PER_SHARD)) - _HARMLESS_VOLATILE)
+    if volatile:
+        raise refuse(
+            f"the volatile function {volatile[0]}() on several shards (each shard has its own "
+            "value: one database would give one)"
+        )
+    check_per_shard_values(stmt, bound)
 
 
 def _string(value: Any) -> str | None:

@@ -11,6 +11,7 @@ windows need.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any, cast
 
 from pglast import ast, enums
@@ -19,9 +20,13 @@ from .scopes import relation_select
 from .stager import Stager
 from .syntax import copy_node, deparse, integer_const, is_aggregate, output_name, walk
 
-__all__ = ["split_top"]
+__all__ = ["Source", "aggregate_calls", "split_top", "split_with"]
 
 _GROUPS = "_pc_g"
+
+
+Source = Callable[[Stager, ast.SelectStmt, list[ast.Node]], ast.SelectStmt | None]
+"""Makes the groups' rows from the step computing them (and its aggregates); None: refused."""
 
 
 class _Unsplittable(Exception):
@@ -50,6 +55,24 @@ def split_top(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
         return _split_rows(stager, stmt)
     except _Unsplittable:
         return None
+
+
+def split_with(stager: Stager, stmt: ast.SelectStmt, source: Source) -> ast.SelectStmt | None:
+    """The split with the groups' rows made by ``source`` (no grouping sets, no GROUPING())."""
+    try:
+        return _split_groups(stager, stmt, source)
+    except _Unsplittable:
+        return None
+
+
+def aggregate_calls(stmt: ast.SelectStmt, aggregates: frozenset[str]) -> list[ast.FuncCall]:
+    """The aggregate calls the top level evaluates after grouping."""
+    return [
+        cast(ast.FuncCall, n)
+        for root in _above_where(stmt)
+        for n in walk(root)
+        if is_aggregate(n, aggregates)
+    ]
 
 
 def _above_where(stmt: ast.SelectStmt) -> list[ast.Node]:
@@ -135,12 +158,17 @@ def _key(node: ast.Node) -> tuple[Any, ...]:
     return ("expr", deparse(node))
 
 
-def _split_groups(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
+def _split_groups(
+    stager: Stager, stmt: ast.SelectStmt, source: Source | None = None
+) -> ast.SelectStmt | None:
     targets = list(stmt.targetList or ())
     sets = _grouping_sets(stmt, targets)
     plain = [g for g in stmt.groupClause or () if not isinstance(g, ast.GroupingSet)]
-    if sets is None and not any(_is_final(t.val, stager) for t in targets) and _only_plain(stmt, stager):
+    finished = not any(_is_final(t.val, stager) for t in targets) and _only_plain(stmt, stager)
+    if source is None and sets is None and finished:
         return None  # already keys and aggregates: nothing is left to finish
+    if source is not None and sets is not None:
+        return None
     groups: list[ast.Node] = []
     for expr in [*plain, *(e for s in sets or () for e in s)]:
         if _key(expr) not in [_key(g) for g in groups]:
@@ -152,19 +180,29 @@ def _split_groups(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None
         for grouping_set in sets:
             distinct.setdefault(frozenset(_key(e) for e in grouping_set), grouping_set)
         sets = list(distinct.values())
+    if source is not None:
+        if rewriter.grouping:
+            return None
+        made = source(stager, _group_step(stmt, rewriter, groups), rewriter.aggregates)
+        if made is None:
+            return None
+        final.fromClause = (
+            ast.RangeSubselect(lateral=False, subquery=made, alias=ast.Alias(aliasname=_GROUPS)),
+        )
+        return final
     arms: list[ast.SelectStmt] = []
     for grouping_set in sets if sets is not None else [groups]:
         step = _group_step(stmt, rewriter, grouping_set)
+        if not stager.sharded(step):
+            return None
         number = stager.step(step)
         if number is None:
             return None
         arms.append(_arm(number, rewriter, grouping_set))
-    source = arms[0]
+    rows = arms[0]
     for arm in arms[1:]:
-        source = ast.SelectStmt(op=enums.SetOperation.SETOP_UNION, all=True, larg=source, rarg=arm)
-    final.fromClause = (
-        ast.RangeSubselect(lateral=False, subquery=source, alias=ast.Alias(aliasname=_GROUPS)),
-    )
+        rows = ast.SelectStmt(op=enums.SetOperation.SETOP_UNION, all=True, larg=rows, rarg=arm)
+    final.fromClause = (ast.RangeSubselect(lateral=False, subquery=rows, alias=ast.Alias(aliasname=_GROUPS)),)
     return final
 
 
@@ -346,6 +384,8 @@ def _split_rows(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
         withClause=stmt.withClause,
         op=enums.SetOperation.SETOP_NONE,
     )
+    if not stager.sharded(step):
+        return None  # the rows are no sharded table's: nothing would be gained
     number = stager.step(step, pull=True)
     if number is None:
         return None

@@ -35,6 +35,7 @@ class Stager:
     depth: int
     steps: list[str] = field(default_factory=list)
     pulls: set[int] = field(default_factory=set)
+    unions: set[int] = field(default_factory=set)
     ctes: dict[str, ast.CommonTableExpr] = field(default_factory=dict)
 
     def sharded(self, node: ast.Node) -> bool:
@@ -50,14 +51,21 @@ class Stager:
         except NotSupportedError:
             return None
 
-    def step(self, stmt: ast.SelectStmt, *, pull: bool = False, checked: bool = False) -> int | None:
-        """Make ``stmt`` a step; its number (for ``relation_select``), or None when it is refused."""
+    def step(
+        self, stmt: ast.SelectStmt, *, pull: bool = False, checked: bool = False, union: bool = False
+    ) -> int | None:
+        """Make ``stmt`` a step; its number (for ``relation_select``), or None when it is refused.
+
+        ``union``: its rows are every shard's own answer, unmerged (partials to combine).
+        """
         whole = self.with_ctes(stmt)
-        if not checked and self.plans(stmt) is None:
+        if not (checked or union) and self.plans(stmt) is None:
             return None
         self.steps.append(self.text(whole))
         if pull:
             self.pulls.add(len(self.steps))
+        if union:
+            self.unions.add(len(self.steps))
         return len(self.steps)
 
     def with_ctes(self, stmt: ast.SelectStmt) -> ast.SelectStmt:

@@ -20,12 +20,14 @@ from typing import cast
 
 from pglast import ast
 
+from .combine import combine_partials
 from .decorrelate import decorrelate
 from .layout import Layout
 from .model import Plan, ShardFacts, Staged
 from .names import bind_names
 from .params import Template
 from .pulls import pull_tables
+from .query import check_spread_values
 from .scopes import ctes_of
 from .split import split_top
 from .stager import Answer, Stager
@@ -50,6 +52,11 @@ def plan_staged(
     ):
         return None
     current = cast(ast.SelectStmt, bind_names(stmt, facts.catalog))
+    check_spread_values(stmt, current, facts)
+    for node in walk(current, into_selects=True):
+        info = layout.table(node) if isinstance(node, ast.RangeVar) else None
+        if info is not None and info.system:
+            return None  # each server's own catalog: no one database's answer
     stager = Stager(layout, facts, template.names, answer, depth)
     strategies: list[Strategy] = [
         lambda s, q: replace_units(s, q, everything=False),
@@ -57,6 +64,7 @@ def plan_staged(
         lambda s, q: replace_units(s, q, everything=True),
         replace_set_arms,
         split_top,
+        combine_partials,
         pull_tables,
     ]
     for strategy in strategies:
@@ -68,6 +76,11 @@ def plan_staged(
         stager.ctes = ctes_of(current)
         final = stager.plans(current)
         if final is not None:
-            staged = Staged(tuple(stager.steps), stager.text(current), frozenset(stager.pulls))
+            staged = Staged(
+                tuple(stager.steps),
+                stager.text(current),
+                frozenset(stager.pulls),
+                frozenset(stager.unions),
+            )
             return Plan(staged=staged, names=template.names, checked=True)
     return None

@@ -9,7 +9,7 @@ read several times runs once.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from pglast import ast, enums
 
@@ -79,12 +79,15 @@ def _from_item(stager: Stager, item: ast.Node, everything: bool) -> bool:
     return False
 
 
-def _expression_roots(stmt: ast.SelectStmt) -> list[ast.Node]:
-    roots: list[ast.Node] = [*(stmt.targetList or ())]
-    for clause in (stmt.whereClause, stmt.havingClause):
-        if clause is not None:
-            roots.append(clause)
-    return roots
+def _expression_roots(stmt: ast.SelectStmt) -> list[Any]:
+    """Every clause of one level that holds expressions (FROM and WITH are visited apart)."""
+    skip = {"fromClause", "withClause", "larg", "rarg"}
+    node_type: Any = type(stmt)
+    return [
+        getattr(stmt, name, None)
+        for name in node_type.__slots__
+        if name not in skip and isinstance(getattr(stmt, name, None), (ast.Node, tuple))
+    ]
 
 
 def _unit(
@@ -114,6 +117,7 @@ def _sublink_step(sub: ast.SubLink) -> ast.SelectStmt:
     ):
         step = copy_node(inner)
         step.limitCount = ast.A_Const(isnull=False, val=ast.Integer(ival=1))
+        step.limitOption = enums.LimitOption.LIMIT_OPTION_COUNT
         return step
     return inner
 
