@@ -22,6 +22,7 @@ __all__ = [
     "Scope",
     "column_names",
     "ctes_of",
+    "level_scope",
     "outer_refs",
     "reads_sharded",
     "relation_select",

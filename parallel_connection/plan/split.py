@@ -16,9 +16,9 @@ from typing import Any, cast
 
 from pglast import ast, enums
 
-from .scopes import relation_select
+from .scopes import Scope, level_scope, relation_select
 from .stager import Stager
-from .syntax import copy_node, deparse, integer_const, is_aggregate, output_name, walk
+from .syntax import bare_name, copy_node, deparse, integer_const, is_aggregate, output_name, walk
 
 __all__ = ["Source", "aggregate_calls", "split_top", "split_with"]
 
@@ -162,8 +162,10 @@ def _split_groups(
     stager: Stager, stmt: ast.SelectStmt, source: Source | None = None
 ) -> ast.SelectStmt | None:
     targets = list(stmt.targetList or ())
-    sets = _grouping_sets(stmt, targets)
-    plain = [g for g in stmt.groupClause or () if not isinstance(g, ast.GroupingSet)]
+    scope = level_scope(stmt, stager.layout, stager.ctes, None)
+    items = [_resolved(g, targets, scope) for g in stmt.groupClause or ()]
+    sets = _grouping_sets(items)
+    plain = [g for g in items if not isinstance(g, ast.GroupingSet)]
     finished = not any(_is_final(t.val, stager) for t in targets) and _only_plain(stmt, stager)
     if source is None and sets is None and finished:
         return None  # already keys and aggregates: nothing is left to finish
@@ -272,9 +274,8 @@ def _order_expr(
     return cast(ast.Node, rewriter.visit(node))
 
 
-def _grouping_sets(stmt: ast.SelectStmt, targets: list[ast.ResTarget]) -> list[list[ast.Node]] | None:
+def _grouping_sets(items: list[ast.Node]) -> list[list[ast.Node]] | None:
     """Every grouping set (GROUP BY's items crossed), or None when GROUP BY has none."""
-    items = [_resolved(g, targets) for g in stmt.groupClause or ()]
     if not any(isinstance(g, ast.GroupingSet) for g in items):
         return None
     product: list[list[list[ast.Node]]] = [_sets_of(g) for g in items]
@@ -306,15 +307,29 @@ def _elements(node: ast.Node) -> list[ast.Node]:
     return [node]
 
 
-def _resolved(node: ast.Node, targets: list[ast.ResTarget]) -> ast.Node:
-    """A GROUP BY position as the select-list expression it names."""
+def _resolved(node: ast.Node, targets: list[ast.ResTarget], scope: Scope) -> ast.Node:
+    """A GROUP BY item as PostgreSQL reads it: a position or an output name (that no input column
+    has) as the select-list expression it names."""
     position = integer_const(node)
     if position is not None and 1 <= position <= len(targets):
         return cast(ast.Node, targets[position - 1].val)
+    name = bare_name(node)
+    if name is not None and isinstance(node, ast.ColumnRef):
+        named = [t for t in targets if t.name == name]
+        if named:
+            owned = scope.owns(node)
+            if owned is None:
+                raise _Unsplittable  # a table column or the output name: not known here
+            if not owned:
+                return cast(ast.Node, named[0].val)
     if isinstance(node, ast.GroupingSet):
         resolved = copy_node(node)
-        resolved.content = tuple(_resolved(c, targets) for c in node.content or ()) or None
+        resolved.content = tuple(_resolved(c, targets, scope) for c in node.content or ()) or None
         return resolved
+    if isinstance(node, ast.RowExpr) and node.row_format == enums.CoercionForm.COERCE_IMPLICIT_CAST:
+        row = copy_node(node)
+        row.args = tuple(_resolved(c, targets, scope) for c in node.args or ()) or None
+        return row
     return node
 
 

@@ -1,0 +1,199 @@
+"""The coordinator stage on real servers: what the shards cannot finish, PostgreSQL finishes.
+
+Statements run through the library and on the reference database holding
+every row; the answers (names, types, values, order) must be the same. Also
+the stage's own promises: a bound on the rows moved, read-only sessions,
+streaming cursors, parameters, the transaction's own writes, and no staging
+for what the client merges as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import psycopg2
+import pytest
+
+import parallel_connection
+from parallel_connection import NotSupportedError
+from parallel_connection.placement import Placement
+from parallel_connection.plan import plan_statement
+
+PLACEMENT = Placement(sharded={"orders": ("customer_id", "modulo")}, copied=["customers"])
+
+
+@pytest.fixture
+def placed(sample: Any) -> Iterator[parallel_connection.ParallelConnection]:
+    conn = parallel_connection.connect(sample.shard_dsns, placement=PLACEMENT)
+    yield conn
+    conn.close()
+
+
+def _answer(conn: Any, sql: str, params: Any = None) -> tuple[list[tuple[str, int]], list[tuple[Any, ...]]]:
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        columns = [(d.name, d.type_code) for d in cur.description]
+        return columns, [tuple(r) for r in cur.fetchall()]
+
+
+def _typed(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows with each value's type and, for Decimals, its scale: equal only when exactly alike."""
+    return [
+        tuple((type(v).__name__, str(v) if isinstance(v, Decimal) else v) for v in row) for row in rows
+    ]
+
+
+def assert_as_one_database(placed: Any, ref: Any, sql: str, params: Any = None) -> None:
+    got = _answer(placed, sql, params)
+    want = _answer(ref, sql, params)
+    ref.rollback()
+    assert got[0] == want[0], sql
+    assert _typed(got[1]) == _typed(want[1]), sql
+
+
+# Every statement orders its rows completely, so the lists must be equal as they are.
+FINISHED_BY_THE_COORDINATOR = [
+    "SELECT round(avg(amount), 2), coalesce(sum(quantity), 0), sum(amount) / count(*) FROM orders",
+    "SELECT count(*)::float, 100.0 * sum(CASE WHEN paid THEN 1 ELSE 0 END) / sum(1) FROM orders",
+    "SELECT status, round(avg(weight)::numeric, 3) AS w FROM orders GROUP BY status "
+    "HAVING sum(amount) / count(*) > 10 ORDER BY w DESC NULLS LAST, status",
+    "SELECT id, rank() OVER (ORDER BY amount DESC NULLS LAST, id) FROM orders ORDER BY 2 LIMIT 7",
+    "SELECT status, sum(sum(amount)) OVER (ORDER BY status NULLS FIRST) FROM orders GROUP BY status "
+    "ORDER BY status NULLS FIRST",
+    "SELECT status, paid, count(*), GROUPING(status, paid) FROM orders GROUP BY ROLLUP (status, paid) "
+    "ORDER BY 1 NULLS FIRST, 2 NULLS FIRST, 4",
+    "SELECT status, count(*) FROM orders GROUP BY CUBE (status) ORDER BY 1 NULLS FIRST, 2",
+    "SELECT count(*) FROM orders WHERE amount > (SELECT avg(amount) FROM orders)",
+    "WITH big AS (SELECT customer_id, sum(amount) AS s FROM orders GROUP BY customer_id) "
+    "SELECT count(*), max(s) FROM big WHERE s > (SELECT avg(s) FROM big)",
+    "SELECT customer_id FROM orders WHERE quantity > 3 UNION SELECT id FROM customers WHERE id < 5 ORDER BY 1",
+    "SELECT customer_id FROM orders INTERSECT SELECT id FROM customers WHERE country = 'NL' ORDER BY 1",
+    "SELECT id FROM customers EXCEPT SELECT customer_id FROM orders WHERE paid ORDER BY 1",
+    "SELECT status FROM orders UNION ALL SELECT country FROM customers ORDER BY 1 NULLS FIRST LIMIT 5",
+    "SELECT c.id, count(o.id) FROM customers c LEFT JOIN orders o ON o.customer_id = c.id "
+    "GROUP BY c.id ORDER BY 2 DESC, 1 LIMIT 10",
+    "SELECT count(*) FROM customers c WHERE NOT EXISTS "
+    "(SELECT 1 FROM orders o WHERE o.quantity = c.id AND o.paid)",
+    "SELECT id, amount FROM orders o WHERE amount > "
+    "(SELECT 1.5 * avg(amount) FROM orders p WHERE p.status = o.status) ORDER BY amount DESC, id LIMIT 5",
+    "SELECT id FROM (SELECT id, amount FROM orders ORDER BY amount DESC NULLS LAST, id LIMIT 20) t "
+    "WHERE id % 2 = 0 ORDER BY id",
+    "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders",
+]
+
+
+@pytest.mark.parametrize("sql", FINISHED_BY_THE_COORDINATOR)
+def test_what_the_shards_cannot_finish_is_answered_as_one_database(placed, ref, sql):
+    assert_as_one_database(placed, ref, sql)
+
+
+def test_parameters_reach_every_stage(placed, ref):
+    sql = (
+        "SELECT status, round(avg(amount), %s) FROM orders WHERE quantity > %s "
+        "AND amount > (SELECT avg(amount) - %s FROM orders WHERE quantity > %s) GROUP BY status ORDER BY 1"
+    )
+    assert_as_one_database(placed, ref, sql, (2, 1, 5, 1))
+    named = "SELECT count(*) FROM orders WHERE amount > (SELECT avg(amount) FROM orders WHERE status = %(s)s)"
+    assert_as_one_database(placed, ref, named, {"s": "shipped"})
+
+
+def test_a_staged_statement_sees_the_transactions_own_writes(placed, ref):
+    try:
+        with placed.cursor() as cur:
+            cur.execute("SELECT round(avg(amount), 2) FROM orders")
+            (before,) = cur.fetchone()
+            cur.execute(
+                "INSERT INTO orders (id, customer_id, status, amount, quantity) "
+                "VALUES (900001, 1, 'x', 1000000, 1)"
+            )
+            cur.execute("SELECT round(avg(amount), 2) FROM orders")
+            (after,) = cur.fetchone()
+        assert after > before
+    finally:
+        placed.rollback()
+
+
+def test_it_runs_in_read_only_sessions_and_transactions(placed, ref):
+    sql = "SELECT status, round(avg(amount), 2) FROM orders GROUP BY status ORDER BY 1"
+    placed.set_session(readonly=True)
+    assert_as_one_database(placed, ref, sql)
+    placed.rollback()
+    placed.set_session(readonly=False)
+    placed.autocommit = True
+    with placed.cursor() as cur:
+        cur.execute("BEGIN READ ONLY")
+        cur.execute(sql)
+        rows = cur.fetchall()
+        cur.execute("COMMIT")
+    assert _typed(rows) == _typed(_answer(ref, sql)[1])
+
+
+def test_a_named_cursor_streams_the_final_rows(placed, ref):
+    sql = "SELECT id, rank() OVER (ORDER BY amount, id) FROM orders ORDER BY 2"
+    want = _answer(ref, sql)[1]
+    with placed.cursor(name="staged") as cur:
+        cur.itersize = 100
+        cur.execute(sql)
+        first = cur.fetchmany(10)
+        rest = cur.fetchall()
+    placed.rollback()
+    assert first + rest == want
+
+
+def test_the_rows_moved_to_the_coordinator_are_bounded(placed, ref):
+    sql = "SELECT id, rank() OVER (ORDER BY amount, id) FROM orders ORDER BY 2 LIMIT 3"
+    placed.moved_rows = 100
+    with pytest.raises(NotSupportedError, match="moved_rows"):
+        _answer(placed, sql)
+    placed.rollback()
+    placed.moved_rows = 1_000_000
+    assert_as_one_database(placed, ref, sql)
+    with pytest.raises(psycopg2.ProgrammingError):
+        placed.moved_rows = -1
+
+
+def test_the_bound_can_be_set_at_connect(sample, ref):
+    with parallel_connection.connect(sample.shard_dsns, placement=PLACEMENT, moved_rows=5) as conn:
+        assert conn.moved_rows == 5
+        with pytest.raises(NotSupportedError, match="more than 5 rows"):
+            _answer(conn, "SELECT customer_id FROM orders UNION SELECT id FROM customers")
+        # Grouped first, the groups are few: within the bound.
+        assert _answer(conn, "SELECT round(avg(amount), 2) FROM orders")[1] == _answer(
+            ref, "SELECT round(avg(amount), 2) FROM orders"
+        )[1]
+
+
+def test_a_failing_step_fails_the_statement_naming_the_shard(placed):
+    with pytest.raises(psycopg2.errors.DivisionByZero, match="shard"):
+        _answer(placed, "SELECT round(avg(amount / (quantity - quantity)), 2) FROM orders")
+    placed.rollback()
+
+
+def test_what_still_cannot_be_one_databases_answer_is_refused(placed):
+    for sql in (
+        "SELECT round(avg(amount), 2), random() FROM orders",
+        "SELECT id, rank() OVER (ORDER BY pg_backend_pid()) FROM orders",
+        "SELECT count(DISTINCT ctid::text) + 0 FROM orders",
+    ):
+        with pytest.raises(NotSupportedError):
+            _answer(placed, sql)
+        placed.rollback()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM orders ORDER BY amount, id",
+        "SELECT status, count(*), avg(amount) FROM orders GROUP BY status",
+        "SELECT DISTINCT status FROM orders",
+        "SELECT id FROM orders ORDER BY id LIMIT 5",
+    ],
+)
+def test_what_the_client_merges_is_not_staged(placed, sql):
+    facts = placed.shard_set.facts()
+    planned = plan_statement(sql, None, facts)
+    assert planned is not None
+    assert planned[0].staged is None
+    assert planned[0].merge
