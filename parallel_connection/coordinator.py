@@ -13,9 +13,13 @@ unseen.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import decimal
 import json
+import math
 import re
 import threading
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
@@ -118,14 +122,50 @@ def _relation(
                 f"moving array values ({column.name} {name}) to the coordinator; unnest or aggregate "
                 "them where the shards can finish"
             )
-        values = [row[index] for row in rows]
-        if column.type_code in _JSON_TYPES:
-            values = [None if v is None else json.dumps(v) for v in values]
         key = f"_pc_r{number}_{index}"
-        vars[key] = values
+        vars[key] = _array_text([row[index] for row in rows], column.type_code in _JSON_TYPES)
         arrays.append(f"%({key})s::{name}[]")
     names = ", ".join(_quoted(column.name) for column in description)
     return f"unnest({', '.join(arrays)}) AS _pc_r{number}({names})"
+
+
+def _array_text(values: list[Any], json_values: bool) -> str:
+    """The values as one array literal (``{"1","2",NULL}``): PostgreSQL reads each element with its
+    type's own input function, much faster than an ARRAY[...] expression of as many parameters."""
+    parts = []
+    for value in values:
+        if value is None:
+            parts.append("NULL")
+            continue
+        text = json.dumps(value) if json_values else _element(value)
+        parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(parts) + "}"
+
+
+def _element(value: Any) -> str:
+    """A value as its type's input function reads it (what psycopg2 parsed it from, or the same)."""
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return repr(value)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return f"{value.days} days {value.seconds} seconds {value.microseconds} microseconds"
+    if isinstance(value, (bytes, memoryview)):
+        return "\\x" + bytes(value).hex()
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, (str, int, decimal.Decimal, uuid.UUID)):
+        return str(value)
+    raise NotSupportedError(
+        f"moving a {type(value).__name__} value to the coordinator (its text is not known here): "
+        "cast the column to text in the statement"
+    )
 
 
 def _type_names(shards: ShardSet, oids: list[int]) -> dict[int, tuple[str, str]]:

@@ -87,6 +87,9 @@ def _one(stager: Stager, level: ast.SelectStmt, sub: ast.SubLink, counter: list[
     owner = _owner(stager, level, [outer for _, outer in pairs])
     if owner is None:
         return False
+    restriction = _restriction(stager, level, owner[1], pairs)
+    if restriction is not None:
+        rest = [*rest, restriction]
     aggregate = kind == enums.SubLinkType.EXPR_SUBLINK
     if aggregate:
         if len(inner.targetList or ()) != 1:
@@ -198,6 +201,52 @@ def _correlation(
     if any(id(r) not in used for r in refs):
         return None, []
     return pairs, rest
+
+
+def _restriction(
+    stager: Stager, level: ast.SelectStmt, owner: ast.Node, pairs: list[tuple[ast.Node, ast.Node]]
+) -> ast.Node | None:
+    """``inner keys IN (SELECT outer keys FROM owner WHERE its own tests)``: only the groups an outer
+    row can look up, when the owner reads no sharded table (each shard can then test it alone)."""
+    if stager.sharded(owner):
+        return None
+    others = [item for item in level.fromClause or () if item is not owner]
+    tests: list[ast.Node] = []
+    for conjunct in _conjuncts(level.whereClause):
+        if _owners_own(stager, conjunct, owner, others):
+            tests.append(copy_node(conjunct))
+    if not tests:
+        return None
+    select = ast.SelectStmt(
+        targetList=tuple(ast.ResTarget(val=copy_node(o)) for _, o in pairs),
+        fromClause=(copy_node(owner),),
+        whereClause=_and(tests),
+        op=enums.SetOperation.SETOP_NONE,
+    )
+    inner = [copy_node(i) for i, _ in pairs]
+    test: ast.Node = (
+        inner[0]
+        if len(inner) == 1
+        else ast.RowExpr(args=tuple(inner), row_format=enums.CoercionForm.COERCE_IMPLICIT_CAST)
+    )
+    return ast.SubLink(subLinkType=enums.SubLinkType.ANY_SUBLINK, testexpr=test, subselect=select)
+
+
+def _owners_own(stager: Stager, conjunct: ast.Node, owner: ast.Node, others: list[ast.Node]) -> bool:
+    """A WHERE test of the owner's columns alone: no other item's, no sharded or correlated subquery,
+    no volatile call."""
+    refs = 0
+    for node in walk(conjunct):
+        if isinstance(node, ast.SelectStmt):
+            if stager.sharded(node) or stager.outer(node) != []:
+                return False
+        elif isinstance(node, ast.FuncCall) and func_name(node)[1] in stager.facts.volatile:
+            return False
+        elif isinstance(node, ast.ColumnRef):
+            if not _holds(stager, owner, node) or any(_holds(stager, o, node) for o in others):
+                return False
+            refs += 1
+    return refs > 0
 
 
 def _all_outer(node: ast.Node, outer_ids: set[int]) -> bool | None:
