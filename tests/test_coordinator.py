@@ -9,6 +9,7 @@ for what the client merges as before.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -40,9 +41,7 @@ def _answer(conn: Any, sql: str, params: Any = None) -> tuple[list[tuple[str, in
 
 def _typed(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Rows with each value's type and, for Decimals, its scale: equal only when exactly alike."""
-    return [
-        tuple((type(v).__name__, str(v) if isinstance(v, Decimal) else v) for v in row) for row in rows
-    ]
+    return [tuple((type(v).__name__, str(v) if isinstance(v, Decimal) else v) for v in row) for row in rows]
 
 
 def assert_as_one_database(placed: Any, ref: Any, sql: str, params: Any = None) -> None:
@@ -68,7 +67,8 @@ FINISHED_BY_THE_COORDINATOR = [
     "SELECT count(*) FROM orders WHERE amount > (SELECT avg(amount) FROM orders)",
     "WITH big AS (SELECT customer_id, sum(amount) AS s FROM orders GROUP BY customer_id) "
     "SELECT count(*), max(s) FROM big WHERE s > (SELECT avg(s) FROM big)",
-    "SELECT customer_id FROM orders WHERE quantity > 3 UNION SELECT id FROM customers WHERE id < 5 ORDER BY 1",
+    "SELECT customer_id FROM orders WHERE quantity > 3 UNION SELECT id FROM customers WHERE id < 5 "
+    "ORDER BY 1",
     "SELECT customer_id FROM orders INTERSECT SELECT id FROM customers WHERE country = 'NL' ORDER BY 1",
     "SELECT id FROM customers EXCEPT SELECT customer_id FROM orders WHERE paid ORDER BY 1",
     "SELECT status FROM orders UNION ALL SELECT country FROM customers ORDER BY 1 NULLS FIRST LIMIT 5",
@@ -160,9 +160,10 @@ def test_the_bound_can_be_set_at_connect(sample, ref):
         with pytest.raises(NotSupportedError, match="more than 5 rows"):
             _answer(conn, "SELECT customer_id FROM orders UNION SELECT id FROM customers")
         # Grouped first, the groups are few: within the bound.
-        assert _answer(conn, "SELECT round(avg(amount), 2) FROM orders")[1] == _answer(
-            ref, "SELECT round(avg(amount), 2) FROM orders"
-        )[1]
+        assert (
+            _answer(conn, "SELECT round(avg(amount), 2) FROM orders")[1]
+            == _answer(ref, "SELECT round(avg(amount), 2) FROM orders")[1]
+        )
 
 
 def test_a_failing_step_fails_the_statement_naming_the_shard(placed):
@@ -232,7 +233,7 @@ def _typed_rows() -> list[tuple[Any, ...]]:
                 f"{k} days {k} hours",
                 f"00000000-0000-0000-0000-{k:012d}",
                 '{"a": [1, "x"], "b": null}' if k % 2 else "[]",
-                '{"k": %d}' % k,
+                json.dumps({"k": k}),
                 None if k % 7 == 0 else k % 2 == 0,
             )
         )
