@@ -214,10 +214,17 @@ class ShardSet:
             for column in relation.columns
             if column.collation is not None or not column.deterministic
         )
+        declared = frozenset(
+            column.name
+            for relation in catalog.relations.values()
+            for column in relation.columns
+            if column.declared_collation is not None
+        )
         return ShardFacts(
             text_order_c=catalog.text_order_c,
             aggregates=frozenset(catalog.aggregates),
             collated_columns=collated,
+            declared_collations=declared,
             catalog=catalog,
             placement=bound,
             shards=len(self.connections),

@@ -1,11 +1,14 @@
-"""A copied table outer-joined to sharded rows, aggregated: per-key partials on each shard, combined.
+"""Groups the client cannot combine, as each shard's partial groups that PostgreSQL combines.
 
-``customer LEFT JOIN orders ... GROUP BY c_custkey`` keeps every customer on
-every shard, so no shard's groups are final. But when the aggregates read
-only the sharded side and skip NULLs (``count(o_orderkey)``, ``min``,
-``max``), the row an unmatched customer gets on each shard adds nothing:
-each shard's groups are partials of one database's, and PostgreSQL
-combines them (a sum of counts, a min of mins) over the shards' rows.
+Two shapes. Rows each shard can read alone (a co-located FROM) grouped with
+aggregates PostgreSQL must compare (``min`` / ``max`` of text under a
+linguistic collation, say): each shard's groups are partials, and the
+coordinator takes the min of the mins, the sum of the counts. And a copied
+table outer-joined to sharded rows (``customer LEFT JOIN orders ... GROUP
+BY c_custkey``), which keeps every customer on every shard: when the
+aggregates read only the sharded side and skip NULLs (``count(o_orderkey)``,
+``min``, ``max``), the row an unmatched customer gets on each shard adds
+nothing, so each shard's groups are partials too.
 """
 
 from __future__ import annotations
@@ -25,41 +28,63 @@ _COMBINE = {"count": "sum", "min": "min", "max": "max"}
 
 
 def combine_partials(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
-    """The statement over combined per-shard groups; None when its shape is not the one above."""
-    if (stmt.op and stmt.larg is not None) or len(stmt.fromClause or ()) != 1:
+    """The statement over combined per-shard groups; None when its shape is neither above."""
+    if (stmt.op and stmt.larg is not None) or not stmt.fromClause:
         return None
-    join = cast(ast.Node, stmt.fromClause[0])  # type: ignore[index]
+    if any(isinstance(g, ast.GroupingSet) for g in stmt.groupClause or ()):
+        return None
+    if any(isinstance(n, ast.SubLink) for n in walk(stmt)):
+        return None
+    calls = aggregate_calls(stmt, stager.facts.aggregates)
+    if not calls or not all(_combinable(call) for call in calls):
+        return None
+    if _shard_local_rows(stager, stmt):
+        return split_with(stager, stmt, _combined)
+    if len(stmt.fromClause) != 1:
+        return None
+    join = cast(ast.Node, stmt.fromClause[0])
     if not isinstance(join, ast.JoinExpr) or join.jointype != enums.JoinType.JOIN_LEFT:
         return None
     kept, other = cast(ast.Node, join.larg), cast(ast.Node, join.rarg)
     if stager.sharded(kept) or not stager.sharded(other):
         return None
-    if any(isinstance(g, ast.GroupingSet) for g in stmt.groupClause or ()):
-        return None
-    calls = aggregate_calls(stmt, stager.facts.aggregates)
-    if not calls or not all(_combinable(call, stager, other) for call in calls):
+    if not all(_nullable_side_only(call, stager, other) for call in calls):
         return None
     kept_scope = level_scope(ast.SelectStmt(fromClause=(kept,)), stager.layout, stager.ctes, None)
     for clause in (stmt.whereClause, *(stmt.groupClause or ())):
         for ref in [n for n in walk(clause) if isinstance(n, ast.ColumnRef)]:
             if kept_scope.owns(ref) is not True:
                 return None
-    if any(isinstance(n, ast.SubLink) for n in walk(stmt)):
-        return None
     return split_with(stager, stmt, _combined)
 
 
-def _combinable(call: ast.FuncCall, stager: Stager, side: ast.Node) -> bool:
+def _shard_local_rows(stager: Stager, stmt: ast.SelectStmt) -> bool:
+    """Each shard reads its own part of the FROM and WHERE rows (a plain union answers them)."""
+    rows = ast.SelectStmt(
+        targetList=(ast.ResTarget(val=ast.A_Const(isnull=False, val=ast.Integer(ival=1))),),
+        fromClause=stmt.fromClause,
+        whereClause=stmt.whereClause,
+        op=enums.SetOperation.SETOP_NONE,
+    )
+    plan = stager.plans(rows)
+    return plan is not None and not (plan.merge or plan.staged or plan.pins or plan.first)
+
+
+def _combinable(call: ast.FuncCall) -> bool:
     schema, name = func_name(call)
     if schema not in (None, "pg_catalog") or name not in _COMBINE:
         return False
-    if call.agg_star or call.agg_distinct or call.agg_filter is not None or call.agg_order or call.over:
+    return not (call.agg_distinct or call.agg_order or call.over or call.agg_within_group)
+
+
+def _nullable_side_only(call: ast.FuncCall, stager: Stager, side: ast.Node) -> bool:
+    """An aggregate of one column of the outer join's nullable side, NULL-skipping, unfiltered."""
+    if call.agg_star or call.agg_filter is not None:
         return False
-    scope = level_scope(ast.SelectStmt(fromClause=(side,)), stager.layout, stager.ctes, None)
-    refs = [n for n in walk(call.args) if isinstance(n, ast.ColumnRef)]
     if len(call.args or ()) != 1 or not isinstance(call.args[0], ast.ColumnRef):  # type: ignore[index]
         return False
-    return all(scope.owns(ref) is True for ref in refs)
+    scope = level_scope(ast.SelectStmt(fromClause=(side,)), stager.layout, stager.ctes, None)
+    return scope.owns(call.args[0]) is True  # type: ignore[index]
 
 
 def _combined(stager: Stager, step: ast.SelectStmt, aggregates: list[ast.Node]) -> ast.SelectStmt | None:

@@ -46,6 +46,8 @@ class ShardFacts:
     """Tables the user says are copied whole to every shard (``name`` or ``schema.name``)."""
     collated_columns: frozenset[tuple[str, ...]] = frozenset()
     """(table, column, collation) of every table column whose collation is not default, C or POSIX."""
+    declared_collations: frozenset[str] = frozenset()
+    """Names of the table columns declared with a collation of their own (C included)."""
     catalog: Any = None
     """The shards' catalog (a ``catalog.Catalog``), when read."""
     placement: Any = None

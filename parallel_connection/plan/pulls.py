@@ -92,9 +92,20 @@ def _item(
     if number is None:
         return None
     colnames = item.alias.colnames if renamed and item.alias is not None else None
+    declared = {c.name: c.declared_collation for c in _columns(stager, item)}
+    collations = [(c, declared.get(c)) for c in columns]
     return ast.RangeSubselect(
-        lateral=False, subquery=relation_select(number), alias=ast.Alias(aliasname=alias, colnames=colnames)
+        lateral=False,
+        subquery=relation_select(number, collations),
+        alias=ast.Alias(aliasname=alias, colnames=colnames),
     )
+
+
+def _columns(stager: Stager, item: ast.RangeVar) -> tuple[Any, ...]:
+    """The catalog's columns of a table (with their declared collations)."""
+    catalog = stager.facts.catalog
+    relation = catalog.resolve(item.schemaname, item.relname) if catalog is not None else None
+    return tuple(relation.columns) if relation is not None else ()
 
 
 def _named_columns(stmt: ast.SelectStmt) -> set[str] | None:

@@ -33,8 +33,12 @@ RELATION = "_pc_relation"
 """The marker function of a step's rows in FROM: ``_pc_relation(n)`` is replaced by ``unnest(...)``."""
 
 
-def relation_select(number: int) -> ast.SelectStmt:
-    """``SELECT * FROM _pc_relation(number)``: the rows of step ``number``."""
+def relation_select(number: int, collations: list[tuple[str, str | None]] | None = None) -> ast.SelectStmt:
+    """``SELECT * FROM _pc_relation(number)``: the rows of step ``number``.
+
+    ``collations``: each column's name and collation (the moved rows take the database's default
+    collation, so a column declared with another one gets it back).
+    """
     call = ast.FuncCall(
         funcname=(ast.String(sval=RELATION),),
         args=(ast.A_Const(isnull=False, val=ast.Integer(ival=number)),),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from pglast import ast
 
@@ -59,6 +59,8 @@ class Stager:
         ``union``: its rows are every shard's own answer, unmerged (partials to combine).
         """
         whole = self.with_ctes(stmt)
+        if not pull and self.collated(whole):
+            return None  # its rows would lose their collation on the way: pull the tables instead
         if not (checked or union) and self.plans(stmt) is None:
             return None
         self.steps.append(self.text(whole))
@@ -67,6 +69,19 @@ class Stager:
         if union:
             self.unions.add(len(self.steps))
         return len(self.steps)
+
+    def collated(self, stmt: ast.Node) -> bool:
+        """``stmt`` may return text under a collation other than the database's: a COLLATE, or a
+        column declared with one."""
+        names = self.facts.declared_collations
+        for node in walk(stmt, into_selects=True):
+            if isinstance(node, ast.CollateClause):
+                return True
+            if names and isinstance(node, ast.ColumnRef):
+                last = cast("tuple[Any, ...]", node.fields)[-1]
+                if isinstance(last, ast.String) and last.sval in names:
+                    return True
+        return False
 
     def with_ctes(self, stmt: ast.SelectStmt) -> ast.SelectStmt:
         """``stmt`` with the definitions of the outer CTEs it reads (bound names are unique)."""

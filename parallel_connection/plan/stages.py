@@ -32,7 +32,7 @@ from .scopes import ctes_of
 from .split import split_top
 from .stager import Answer, Stager
 from .syntax import walk
-from .units import replace_set_arms, replace_units
+from .units import replace_set_arms, replace_units, union_on_shards
 
 __all__ = ["plan_staged"]
 
@@ -58,6 +58,9 @@ def plan_staged(
         if info is not None and info.system:
             return None  # each server's own catalog: no one database's answer
     stager = Stager(layout, facts, template.names, answer, depth)
+    stager.ctes = ctes_of(current)
+    if union_on_shards(stager, current):
+        return Plan(names=template.names, checked=True)
     strategies: list[Strategy] = [
         lambda s, q: replace_units(s, q, everything=False),
         decorrelate,

@@ -150,3 +150,32 @@ def replace_set_arms(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | N
 
     arms(current, False)
     return current if changed else None
+
+
+def union_on_shards(stager: Stager, stmt: ast.SelectStmt) -> bool:
+    """A UNION ALL whose every arm is each shard's part of its rows: the shards run it whole and
+    the client takes the union, streaming (no ORDER BY or LIMIT over it)."""
+    if not stmt.op or stmt.larg is None or stmt.sortClause or stmt.limitCount or stmt.limitOffset:
+        return False
+    if stmt.withClause is not None:
+        return False
+
+    def arms(node: ast.SelectStmt) -> list[ast.SelectStmt] | None:
+        if node.op and node.larg is not None and node.rarg is not None:
+            if node.op != enums.SetOperation.SETOP_UNION or not node.all:
+                return None
+            left, right = arms(node.larg), arms(node.rarg)
+            return None if left is None or right is None else left + right
+        return [node]
+
+    leaves = arms(stmt)
+    if leaves is None:
+        return False
+    for leaf in leaves:
+        if not stager.sharded(leaf):
+            return False  # a copy's rows would come once per shard
+        plan = stager.plans(leaf)
+        plain = plan is not None and not (plan.merge or plan.staged or plan.pins or plan.first)
+        if not plain or plan is None or plan.moments or any(t.sql is not None for t in plan.tasks):
+            return False
+    return True
