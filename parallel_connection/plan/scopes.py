@@ -51,7 +51,17 @@ def relation_select(number: int, collations: list[tuple[str, str | None]] | None
     function = ast.RangeFunction(
         lateral=False, ordinality=False, is_rowsfrom=False, functions=((call, None),)
     )
-    return ast.SelectStmt(targetList=(star,), fromClause=(function,))
+    targets: tuple[ast.ResTarget, ...] = (star,)
+    if collations is not None and any(c is not None for _, c in collations):
+        targets = tuple(_collated(name, collation) for name, collation in collations)
+    return ast.SelectStmt(targetList=targets, fromClause=(function,))
+
+
+def _collated(name: str, collation: str | None) -> ast.ResTarget:
+    value: ast.Node = ast.ColumnRef(fields=(ast.String(sval=name),))
+    if collation is not None:
+        value = ast.CollateClause(arg=value, collname=(ast.String(sval=collation),))
+    return ast.ResTarget(name=name, val=value)
 
 
 def ctes_of(stmt: ast.Node) -> dict[str, ast.CommonTableExpr]:
