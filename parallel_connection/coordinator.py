@@ -132,6 +132,10 @@ def _relation(
 def _array_text(values: list[Any], json_values: bool) -> str:
     """The values as one array literal (``{"1","2",NULL}``): PostgreSQL reads each element with its
     type's own input function, much faster than an ARRAY[...] expression of as many parameters."""
+    kinds = {type(v) for v in values} - {type(None)}
+    if not json_values and kinds <= _BARE:
+        # Numbers need no quotes: their text holds no comma, brace, quote or space.
+        return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
     parts = []
     for value in values:
         if value is None:
@@ -140,6 +144,9 @@ def _array_text(values: list[Any], json_values: bool) -> str:
         text = json.dumps(value) if json_values else _element(value)
         parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
     return "{" + ",".join(parts) + "}"
+
+
+_BARE = frozenset({int, decimal.Decimal})
 
 
 def _element(value: Any) -> str:

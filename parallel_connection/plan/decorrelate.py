@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from pglast import ast, enums
 
-from .scopes import level_scope, relation_select
+from .scopes import ctes_of, level_scope, relation_select
 from .stager import Stager
 from .syntax import copy_node, func_name, is_aggregate, output_name, walk
 
@@ -47,6 +47,7 @@ _STRICT_FUNCTIONS = frozenset({"round", "trunc", "abs", "floor", "ceil", "ceilin
 def decorrelate(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
     """``stmt`` with its decorrelatable subqueries over sharded rows joined back; None: none found."""
     current = copy_node(stmt)
+    stager.ctes = ctes_of(current)  # the copy's CTEs: a body replaced here is seen by later steps
     changed = False
     counter = [0]
     for level in [n for n in walk(current, into_selects=True) if isinstance(n, ast.SelectStmt)]:

@@ -15,7 +15,7 @@ from typing import Any, cast
 from pglast import ast, enums
 
 from .names import is_cte_name
-from .scopes import level_scope, relation_select
+from .scopes import ctes_of, level_scope, relation_select
 from .stager import Stager
 from .syntax import copy_node, func_name, walk
 
@@ -25,6 +25,7 @@ __all__ = ["pull_tables"]
 def pull_tables(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
     """``stmt`` with every sharded table read through a step; None when one cannot be."""
     current = copy_node(stmt)
+    stager.ctes = ctes_of(current)  # the copy's CTEs: a body replaced here is seen by later steps
     named = _named_columns(current)
     before = len(stager.steps)
     for level in [n for n in walk(current, into_selects=True) if isinstance(n, ast.SelectStmt)]:

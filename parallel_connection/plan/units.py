@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from pglast import ast, enums
 
-from .scopes import relation_select
+from .scopes import ctes_of, relation_select
 from .stager import Stager
 from .syntax import copy_node, walk
 
@@ -24,6 +24,7 @@ def replace_units(stager: Stager, stmt: ast.SelectStmt, *, everything: bool) -> 
     """``stmt`` with its units that need a merge replaced by steps (``everything``: also the
     subqueries in expressions that are plain unions); None when nothing changed."""
     current = copy_node(stmt)
+    stager.ctes = ctes_of(current)  # the copy's CTEs: a body replaced here is seen by later steps
     changed = _visit(stager, current, everything, top=True)
     return current if changed else None
 
@@ -127,6 +128,7 @@ def replace_set_arms(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | N
     if not stmt.op or stmt.larg is None or stmt.rarg is None:
         return None
     current = copy_node(stmt)
+    stager.ctes = ctes_of(current)  # the copy's CTEs: a body replaced here is seen by later steps
     changed = False
 
     def arms(node: ast.SelectStmt, distinct: bool) -> ast.SelectStmt:
