@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import decimal
+import itertools
 import json
 import math
 import re
@@ -46,6 +47,7 @@ _TYPE_NAMES: dict[int, tuple[str, str]] = {}
 """Built-in type OID -> (name for a cast, typcategory): the same on every server."""
 _FIRST_USER_OID = 16384
 _MAX_NESTING = 12
+_labels = itertools.count(1)
 _nesting = threading.local()
 """How deep this thread is in staged statements (a step may be staged again)."""
 
@@ -72,7 +74,7 @@ def run_staged(
         merge = number not in staged.unions
         description, rows = _step_rows(shards, execute, text, vars, limit - moved, merge)
         moved += len(rows)
-        relations[number] = _relation(shards, number, description, rows, vars)
+        relations[number] = _relation(shards, description, rows, vars)
     final = _filled(staged.final, relations)
     return execute(shards, cursors, replace(statement, query=final, vars=vars), merge=True)
 
@@ -109,10 +111,9 @@ def _filled(sql: str, relations: Mapping[int, str]) -> str:
     return _MARKER.sub(lambda m: relations[int(m.group(1))], sql)
 
 
-def _relation(
-    shards: ShardSet, number: int, description: Sequence[Any], rows: list[Any], vars: dict[str, Any]
-) -> str:
+def _relation(shards: ShardSet, description: Sequence[Any], rows: list[Any], vars: dict[str, Any]) -> str:
     """``unnest(...) AS _pc_rN(columns)`` reading ``rows``; their arrays are put in ``vars``."""
+    label = next(_labels)  # unique: a step's statement may be staged again, with steps of its own
     types = _type_names(shards, [column.type_code for column in description])
     arrays: list[str] = []
     for index, column in enumerate(description):
@@ -122,11 +123,11 @@ def _relation(
                 f"moving array values ({column.name} {name}) to the coordinator; unnest or aggregate "
                 "them where the shards can finish"
             )
-        key = f"_pc_r{number}_{index}"
+        key = f"_pc_r{label}_{index}"
         vars[key] = _array_text([row[index] for row in rows], column.type_code in _JSON_TYPES)
         arrays.append(f"%({key})s::{name}[]")
     names = ", ".join(_quoted(column.name) for column in description)
-    return f"unnest({', '.join(arrays)}) AS _pc_r{number}({names})"
+    return f"unnest({', '.join(arrays)}) AS _pc_r{label}({names})"
 
 
 def _array_text(values: list[Any], json_values: bool) -> str:

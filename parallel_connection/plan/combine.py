@@ -36,7 +36,7 @@ def combine_partials(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | N
     if any(isinstance(n, ast.SubLink) for n in walk(stmt)):
         return None
     calls = aggregate_calls(stmt, stager.facts.aggregates)
-    if not calls or not all(_combinable(call) for call in calls):
+    if not calls or not all(_combinable(call, stager.facts.shadowed) for call in calls):
         return None
     if _shard_local_rows(stager, stmt):
         return split_with(stager, stmt, _combined)
@@ -70,9 +70,12 @@ def _shard_local_rows(stager: Stager, stmt: ast.SelectStmt) -> bool:
     return plan is not None and not (plan.merge or plan.staged or plan.pins or plan.first)
 
 
-def _combinable(call: ast.FuncCall) -> bool:
+def _combinable(call: ast.FuncCall, shadowed: frozenset[str]) -> bool:
+    """A built-in count, min or max (not a user aggregate that search_path finds first)."""
     schema, name = func_name(call)
     if schema not in (None, "pg_catalog") or name not in _COMBINE:
+        return False
+    if schema is None and name in shadowed:
         return False
     return not (call.agg_distinct or call.agg_order or call.over or call.agg_within_group)
 

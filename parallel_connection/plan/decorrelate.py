@@ -286,7 +286,8 @@ def _null_on_empty(node: Any, stager: Stager) -> bool:
     """The expression is NULL when its aggregates see no rows (NULL-valued aggregates, strict around)."""
     if is_aggregate(node, stager.facts.aggregates):
         schema, name = func_name(node)
-        return schema in (None, "pg_catalog") and name in _NULL_ON_EMPTY
+        builtin = schema == "pg_catalog" or (schema is None and name not in stager.facts.shadowed)
+        return builtin and name in _NULL_ON_EMPTY
     if isinstance(node, ast.A_Const):
         return False
     if isinstance(node, ast.TypeCast):

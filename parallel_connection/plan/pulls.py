@@ -89,7 +89,7 @@ def _item(
         fromClause=(read,),
         whereClause=None if renamed else _and(_own_tests(stager, level, tests, alias, info.columns)),
     )
-    number = stager.step(step, pull=True)
+    number = stager.step(step, pull=True, keeps_collations=True)
     if number is None:
         return None
     colnames = item.alias.colnames if renamed and item.alias is not None else None

@@ -52,14 +52,23 @@ class Stager:
             return None
 
     def step(
-        self, stmt: ast.SelectStmt, *, pull: bool = False, checked: bool = False, union: bool = False
+        self,
+        stmt: ast.SelectStmt,
+        *,
+        pull: bool = False,
+        checked: bool = False,
+        union: bool = False,
+        keeps_collations: bool = False,
     ) -> int | None:
         """Make ``stmt`` a step; its number (for ``relation_select``), or None when it is refused.
 
+        ``pull``: it reads rows as they are (the bound on moved rows may cut it short).
         ``union``: its rows are every shard's own answer, unmerged (partials to combine).
+        ``keeps_collations``: the statement reading it gives its columns their collations back;
+        otherwise a step whose text may have another collation than the database's is refused.
         """
         whole = self.with_ctes(stmt)
-        if not pull and self.collated(whole):
+        if not (pull and keeps_collations) and self.collated(whole):
             return None  # its rows would lose their collation on the way: pull the tables instead
         if not (checked or union) and self.plans(stmt) is None:
             return None
