@@ -61,6 +61,27 @@ def run_staged(
     execute: Execute,
 ) -> Outcome:
     """Run ``plan``'s steps, then its final statement over their rows, with the user's cursors."""
+    depth = getattr(_nesting, "depth", 0)
+    if depth >= _MAX_NESTING:
+        raise NotSupportedError(
+            f"a statement staged more than {_MAX_NESTING} deep (parts the shards cannot finish inside "
+            "parts the shards cannot finish): split it into simpler statements"
+        )
+    _nesting.depth = depth + 1
+    try:
+        return _run_staged(shards, cursors, statement, plan, shard_vars, execute)
+    finally:
+        _nesting.depth = depth
+
+
+def _run_staged(
+    shards: ShardSet,
+    cursors: Sequence[Any],
+    statement: Statement,
+    plan: Plan,
+    shard_vars: Any,
+    execute: Execute,
+) -> Outcome:
     staged = plan.staged
     assert staged is not None
     vars: dict[str, Any] = dict(shard_vars) if isinstance(shard_vars, Mapping) else {}

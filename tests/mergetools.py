@@ -72,3 +72,35 @@ def approx_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
 
 def as_multiset(rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
     return sorted(approx_rows(rows), key=lambda row: [(v is None, repr(v)) for v in row])
+
+
+def typed(rows: Sequence[Sequence[Any]], *, ordered: bool = True) -> list[tuple[Any, ...]]:
+    """Rows with each value beside its Python type (``1 == 1.0 == Decimal(1)`` in Python, not in an
+    answer), NaN made comparable; sorted when the statement leaves the order open."""
+    out = [
+        tuple((type(v).__name__, "NaN" if isinstance(v, float) and math.isnan(v) else v) for v in row)
+        for row in rows
+    ]
+    return out if ordered else sorted(out, key=repr)
+
+
+def same_answer(
+    conn: Any, ref: Any, sql: str, vars: Any = None, *, ordered: bool = True, **cursor_kwargs: Any
+) -> list[tuple[Any, ...]]:
+    """Run ``sql`` on ``conn`` and on the reference ``ref``: the same column names and types, the same
+    values of the same types (in the same order when ``ordered``). Returns ``conn``'s rows."""
+    cur = conn.cursor(**cursor_kwargs)
+    try:
+        cur.execute(sql, vars)
+        got = [tuple(row) for row in cur.fetchall()]
+        got_columns = [(column.name, column.type_code) for column in cur.description]
+    finally:
+        cur.close()
+    with ref.cursor() as rcur:
+        rcur.execute(sql, vars)
+        want = [tuple(row) for row in rcur.fetchall()]
+        want_columns = [(column.name, column.type_code) for column in rcur.description]
+    ref.rollback()
+    assert got_columns == want_columns, f"{sql}\n got columns {got_columns}\nwant columns {want_columns}"
+    assert typed(got, ordered=ordered) == typed(want, ordered=ordered), f"{sql}\n got {got}\nwant {want}"
+    return got

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from parallel_connection import NotSupportedError
@@ -108,8 +110,9 @@ def test_group_by_position_stays_the_position_of_the_same_expression():
         "SELECT 'x' AS status, count(*) FROM orders GROUP BY status",
     ],
 )
-def test_group_by_an_output_name_is_refused_as_ambiguous(sql):
-    # One database reads "status" as the table column when one exists: the plan can't know.
+def test_group_by_an_output_name_is_refused_as_ambiguous_without_the_catalog(sql):
+    # One database reads "status" as the table column when one exists: without the shards' catalog
+    # the plan can't know (test_plan_adversarial checks the answer on servers, which know).
     with pytest.raises(NotSupportedError, match=r"GROUP BY (day|status) \(an output name"):
         plan(sql)
 
@@ -120,28 +123,54 @@ def test_group_by_an_output_name_of_the_same_column_is_fine():
 
 
 @pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT id, row_number() OVER () FROM orders",
+        "SELECT status, rank() OVER (ORDER BY count(*) DESC) FROM orders GROUP BY status",
+        "SELECT id FROM orders UNION SELECT id FROM orders",
+        "SELECT id FROM orders INTERSECT SELECT id FROM orders",
+        "SELECT id FROM orders EXCEPT SELECT id FROM orders",
+        "SELECT id FROM orders EXCEPT ALL SELECT id FROM orders WHERE amount > 5",
+        "SELECT status, count(*) FROM orders GROUP BY ROLLUP (status)",
+        "SELECT status, paid, count(*) FROM orders GROUP BY CUBE (status, paid)",
+        "SELECT status, count(*) FROM orders GROUP BY GROUPING SETS ((status), ())",
+        "WITH t AS (SELECT * FROM orders LIMIT 5) SELECT * FROM t",
+        "SELECT sum(amount) / count(*) FROM orders",
+        "SELECT status, avg(amount) * 2 + max(amount) FROM orders GROUP BY status",
+        "SELECT count(*) FROM orders HAVING count(*) IN (1, 2)",
+        "SELECT status FROM orders GROUP BY status HAVING sum(amount) / count(*) > 10",
+        # PostgreSQL itself rejects these two: the final statement gets its error (test_plan_adversarial).
+        "SELECT DISTINCT status FROM orders GROUP BY status ORDER BY count(*)",
+        "SELECT DISTINCT ON (count(*)) status FROM orders GROUP BY status ORDER BY status",
+    ],
+)
+def test_what_the_shards_cannot_finish_alone_is_planned_in_stages(sql):
+    p, _ = plan(sql)
+    assert p.staged is not None
+    # Steps read the shards first; the final statement reads their rows.
+    assert p.staged.steps and "_pc_relation(1)" in p.staged.final
+
+
+@pytest.mark.parametrize(
     ("sql", "construct"),
     [
-        ("SELECT id, row_number() OVER () FROM orders", "window function"),
-        ("SELECT id FROM orders UNION SELECT id FROM orders", "set operation (UNION)"),
-        ("SELECT id FROM orders EXCEPT SELECT id FROM orders", "set operation (EXCEPT)"),
-        ("SELECT status, count(*) FROM orders GROUP BY ROLLUP (status)", "ROLLUP"),
-        ("SELECT status, count(*) FROM orders GROUP BY GROUPING SETS ((status), ())", "GROUPING SETS"),
         ("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders", "ordered-set aggregate"),
         ("SELECT id FROM orders FOR UPDATE", "FOR UPDATE"),
+        ("SELECT id, row_number() OVER () FROM orders FOR UPDATE", "FOR UPDATE"),
+        ("SELECT sum(amount) / count(*) FROM orders FOR SHARE", "FOR UPDATE / FOR SHARE"),
         ("SELECT string_agg(note, ',' ORDER BY id) FROM orders", "ORDER BY inside"),
         ("SELECT array_agg(id ORDER BY id) FROM orders", "ORDER BY inside"),
         ("SELECT count(*) FROM (SELECT DISTINCT customer_id FROM orders) t", "DISTINCT (without the shard"),
         ("SELECT id FROM orders WHERE amount > (SELECT avg(amount) FROM orders)", "a subquery reading"),
-        ("WITH t AS (SELECT * FROM orders LIMIT 5) SELECT * FROM t", "LIMIT / OFFSET in a CTE"),
         ("SELECT my_agg(amount) FROM orders", "aggregate my_agg()"),
-        ("SELECT sum(amount) / count(*) FROM orders", "expression over aggregate results"),
         ("SELECT * FROM orders ORDER BY id FETCH FIRST 3 ROWS WITH TIES", "WITH TIES"),
         ("SELECT id FROM orders ORDER BY id LIMIT 2 + 3", "LIMIT with an expression"),
-        ("SELECT count(*) FROM orders HAVING count(*) IN (1, 2)", "HAVING on an expression over aggregate"),
         ("SELECT sum(DISTINCT amount) FROM orders", "sum(DISTINCT"),
-        ("SELECT DISTINCT status FROM orders GROUP BY status ORDER BY count(*)", "not in the select list"),
-        ("SELECT DISTINCT ON (count(*)) status FROM orders GROUP BY status ORDER BY status", "DISTINCT ON"),
+        ("SELECT ctid, row_number() OVER () FROM orders", "system column ctid"),
+        ("SELECT count(*) FROM orders HAVING max(xmin::text) > '1'", "system column xmin"),
+        ("SELECT id, count(*) OVER () FROM orders TABLESAMPLE SYSTEM (10)", "TABLESAMPLE"),
+        ("SELECT 'now'::timestamptz, count(*) OVER () FROM orders", "'now'"),
+        ("SELECT current_setting('port'), sum(amount) / count(*) FROM orders", "current_setting(port)"),
     ],
 )
 def test_refusals_name_the_construct_and_the_escape_hatch(sql, construct):
@@ -149,6 +178,40 @@ def test_refusals_name_the_construct_and_the_escape_hatch(sql, construct):
         plan(sql)
     assert construct in str(info.value)
     assert 'cursor(merge="union")' in str(info.value)
+
+
+VOLATILE = replace(FACTS, volatile=frozenset({"random", "nextval", "txid_current", "pg_backend_pid"}))
+
+
+@pytest.mark.parametrize(
+    ("sql", "function"),
+    [
+        ("SELECT id, random() FROM orders", "random()"),
+        ("SELECT sum(amount) / count(*) + random() FROM orders", "random()"),
+        ("SELECT id, row_number() OVER (ORDER BY random()) FROM orders", "random()"),
+        ("SELECT id FROM orders WHERE random() < 0.5 UNION SELECT 1", "random()"),
+        ("SELECT nextval('s'), id FROM orders", "nextval()"),
+        ("SELECT txid_current(), count(*) FROM orders GROUP BY ROLLUP (status)", "txid_current()"),
+        ("SELECT pg_backend_pid() FROM orders EXCEPT SELECT 1", "pg_backend_pid()"),
+    ],
+)
+def test_a_volatile_function_on_several_shards_is_refused_even_where_stages_could_run(sql, function):
+    with pytest.raises(NotSupportedError) as info:
+        plan_statement(sql, None, VOLATILE)
+    assert f"volatile function {function}" in str(info.value)
+    assert 'cursor(merge="union")' in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "WITH d AS (DELETE FROM orders RETURNING id) SELECT count(*) FROM d",
+        "WITH d AS (UPDATE orders SET note = 'x' RETURNING id) SELECT id, row_number() OVER () FROM d",
+    ],
+)
+def test_a_data_modifying_cte_is_refused(sql):
+    with pytest.raises(NotSupportedError, match="data-modifying WITH"):
+        plan(sql)
 
 
 def test_plain_subqueries_and_joins_are_allowed():

@@ -260,23 +260,42 @@ def test_copies_that_diverged_fail_the_write_and_the_transaction(placed, sample)
         shard2.close()
 
 
-def test_a_user_aggregate_found_before_pg_catalogs_is_not_merged_as_the_builtin(sample):
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT max(quantity) FROM orders",
+        "SELECT status, max(quantity), count(*) FROM orders GROUP BY status ORDER BY 1 NULLS FIRST",
+        "SELECT max(quantity) - min(quantity), max(amount) FROM orders",
+        "SELECT customer_id % 3 AS r, max(quantity) FROM orders GROUP BY 1 "
+        "HAVING max(quantity) > 10 ORDER BY 1",
+    ],
+)
+def test_a_user_aggregate_found_before_pg_catalogs_is_computed_as_one_database_computes_it(sample, sql):
     from conftest import run_on_all
+    from mergetools import same_answer
 
+    every = [*sample.shard_dsns, sample.reference_dsn]
+    # A max(int) that sums: one database with this search_path calls it for integers, not the built-in.
     run_on_all(
-        sample.shard_dsns,
+        every,
         "DROP AGGREGATE IF EXISTS public.max(int); "
         "CREATE AGGREGATE public.max(int) (sfunc = int4pl, stype = int, initcond = '0')",
     )
+    options = "-c search_path=public,pg_catalog"
     try:
-        pdb = parallel_connection.connect(
-            sample.shard_dsns, placement=PLACEMENT, options="-c search_path=public,pg_catalog"
-        )
-        with pdb.cursor() as cur, pytest.raises(NotSupportedError, match="max"):
-            cur.execute("SELECT max(quantity) FROM orders")
-        pdb.close()
+        pdb = parallel_connection.connect(sample.shard_dsns, placement=PLACEMENT, options=options)
+        ref = psycopg2.connect(sample.reference_dsn, options=options)
+        try:
+            with ref.cursor() as cur:
+                cur.execute("SELECT max(quantity) = sum(quantity) FROM orders")
+                assert cur.fetchone() == (True,)
+            ref.rollback()
+            same_answer(pdb, ref, sql)
+        finally:
+            pdb.close()
+            ref.close()
     finally:
-        run_on_all(sample.shard_dsns, "DROP AGGREGATE public.max(int)")
+        run_on_all(every, "DROP AGGREGATE public.max(int)")
 
 
 @pytest.mark.parametrize(

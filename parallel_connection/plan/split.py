@@ -166,15 +166,16 @@ def _split_groups(
     items = [_resolved(g, targets, scope) for g in stmt.groupClause or ()]
     sets = _grouping_sets(items)
     plain = [g for g in items if not isinstance(g, ast.GroupingSet)]
-    finished = not any(_is_final(t.val, stager) for t in targets) and _only_plain(stmt, stager)
-    if source is None and sets is None and finished:
-        return None  # already keys and aggregates: nothing is left to finish
     if source is not None and sets is not None:
         return None
     groups: list[ast.Node] = []
     for expr in [*plain, *(e for s in sets or () for e in s)]:
         if _key(expr) not in [_key(g) for g in groups]:
             groups.append(expr)
+    keys = [_key(g) for g in groups]
+    finished = not any(_is_final(t.val, stager, keys) for t in targets) and _only_plain(stmt, stager, keys)
+    if source is None and sets is None and finished:
+        return None  # already keys and aggregates: the step would be the statement again
     rewriter = _Rewriter(stager, groups)
     final = _final(stmt, rewriter, targets)
     if sets is not None and stmt.groupDistinct:
@@ -208,16 +209,20 @@ def _split_groups(
     return final
 
 
-def _is_final(node: Any, stager: Stager) -> bool:
+def _is_final(node: Any, stager: Stager, keys: list[tuple[Any, ...]] | None = None) -> bool:
     """More than a group key or one aggregate: an expression the split finishes."""
+    if keys is not None and _key(node) in keys:
+        return False
     return not (isinstance(node, ast.ColumnRef) or is_aggregate(node, stager.facts.aggregates))
 
 
-def _only_plain(stmt: ast.SelectStmt, stager: Stager) -> bool:
+def _only_plain(stmt: ast.SelectStmt, stager: Stager, keys: list[tuple[Any, ...]]) -> bool:
+    """No HAVING, windows or GROUPING(), and ORDER BY only positions, keys and aggregates."""
     return (
         stmt.havingClause is None
         and all(
-            integer_const(s.node) is not None or not _is_final(s.node, stager) for s in stmt.sortClause or ()
+            integer_const(s.node) is not None or not _is_final(s.node, stager, keys)
+            for s in stmt.sortClause or ()
         )
         and not stmt.windowClause
         and not any(isinstance(n, ast.FuncCall) and n.over is not None for n in walk(stmt.targetList or ()))
