@@ -1,9 +1,8 @@
 """TPC-H's 22 queries over three shards, answered as one database holding every row answers them.
 
 The data lives in schema ``tpch`` (see ``tpch.py``); the reference server holds
-every row. A query may be refused with NotSupportedError (recorded as xfail),
-except Q18 and Q21, which are co-located on the order key and must be answered.
-A different answer is always a failure.
+every row. Every query must be answered, exactly: the co-located ones in one
+pass, the rest through the coordinator stage.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from tpch import ORDER_BY, PLACEMENT_ARGS, QUERIES, SEARCH_PATH, TABLES, load_tp
 
 import parallel_connection
 
-MUST_ANSWER = {18, 21}
 SHARDED = {"orders": "o_orderkey", "lineitem": "l_orderkey"}
 COPIED = [t for t in TABLES if t not in SHARDED]
 
@@ -155,9 +153,7 @@ def test_query_answers_as_one_database_would(number, reference, tpch_db):
         got_columns = [d[0] for d in cur.description]
         got = [tuple(r) for r in cur.fetchall()]
     except parallel_connection.NotSupportedError as exc:
-        if number in MUST_ANSWER:
-            pytest.fail(f"Q{number} is co-located on the order key and must be answered; refused: {exc}")
-        pytest.xfail(f"Q{number} refused: {exc}")
+        pytest.fail(f"Q{number} must be answered; refused: {exc}")
     finally:
         cur.close()
         tpch_db.rollback()
