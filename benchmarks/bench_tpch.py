@@ -27,7 +27,7 @@ import psycopg2
 import parallel_connection
 from parallel_connection.placement import Placement
 
-from .common import BenchEnv, Result, report
+from .common import BenchEnv, Result, report, run_on_each
 
 SCALE = 0.3
 """TPC-H scale factor: 450k orders, about 1.8M line items (loads in about 25 s here)."""
@@ -73,17 +73,7 @@ def run(env: BenchEnv) -> None:
         coordinator_latency(env)
     finally:
         for dsn in [*env.shard_dsns, env.reference_dsn]:
-            _execute(dsn, "DROP SCHEMA IF EXISTS tpch CASCADE")
-
-
-def _execute(dsn: str, sql: str) -> None:
-    conn = psycopg2.connect(dsn)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
+            run_on_each([dsn], "DROP SCHEMA IF EXISTS tpch CASCADE")
 
 
 def _library(env: BenchEnv) -> Any:

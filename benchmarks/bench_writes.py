@@ -11,7 +11,7 @@ import inspect
 import io
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -21,7 +21,7 @@ import psycopg2.extras
 import parallel_connection
 from parallel_connection.placement import Placement
 
-from .common import BenchEnv, Result, report
+from .common import BenchEnv, Result, report, run_on_each
 
 VALUES_ROWS = 100_000
 PAGE_SIZE = 100
@@ -43,24 +43,13 @@ CREATE TABLE bench_wcommit (id int PRIMARY KEY, n int NOT NULL);
 
 def run(env: BenchEnv) -> None:
     every = [*env.shard_dsns, env.reference_dsn]
-    _on_each(every, _SCHEMA)
+    run_on_each(every, _SCHEMA)
     try:
         execute_values_throughput(env)
         copy_throughput(env)
         commit_latency(env)
     finally:
-        _on_each(every, f"DROP TABLE IF EXISTS {', '.join(TABLES)}")
-
-
-def _on_each(dsns: Sequence[str], sql: str) -> None:
-    for dsn in dsns:
-        conn = psycopg2.connect(dsn)
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(sql)
-        finally:
-            conn.close()
+        run_on_each(every, f"DROP TABLE IF EXISTS {', '.join(TABLES)}")
 
 
 def _library(env: BenchEnv, **kwargs: Any) -> Any:
@@ -100,7 +89,7 @@ def _alternate(
     times: dict[str, list[float]] = {"library": [], "reference": []}
     for _ in range(rounds):
         for name, fn in (("library", library), ("reference", reference)):
-            _on_each(every, f"TRUNCATE {table}")
+            run_on_each(every, f"TRUNCATE {table}")
             times[name].append(_timed(fn))
     return min(times["library"]), min(times["reference"])
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+import psycopg2
 
 from parallel_connection.local import LocalCluster
 
@@ -80,3 +82,15 @@ def report(
     env.results.append(result)
     print(result.line(), flush=True)
     return result
+
+
+def run_on_each(dsns: Sequence[str], sql: str) -> None:
+    """Run ``sql`` on each server in autocommit (set-up and clean-up of a benchmark's tables)."""
+    for dsn in dsns:
+        conn = psycopg2.connect(dsn)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql)
+        finally:
+            conn.close()

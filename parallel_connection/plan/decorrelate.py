@@ -17,7 +17,7 @@ from pglast import ast, enums
 
 from .scopes import ctes_of, level_scope, relation_select
 from .stager import Stager
-from .syntax import copy_node, func_name, is_aggregate, output_name, walk
+from .syntax import all_of, conjuncts, copy_node, func_name, is_aggregate, output_name, walk
 
 __all__ = ["decorrelate"]
 
@@ -107,7 +107,7 @@ def _one(stager: Stager, level: ast.SelectStmt, sub: ast.SubLink, counter: list[
     step = ast.SelectStmt(
         targetList=(*keys, marker),
         fromClause=inner.fromClause,
-        whereClause=_and(rest),
+        whereClause=all_of(rest),
         groupClause=tuple(copy_node(e) for e, _ in pairs),
         op=enums.SetOperation.SETOP_NONE,
     )
@@ -130,7 +130,7 @@ def _one(stager: Stager, level: ast.SelectStmt, sub: ast.SubLink, counter: list[
     number = stager.step(step)
     if number is None:
         return False
-    on = _and(
+    on = all_of(
         [
             ast.A_Expr(
                 kind=enums.A_Expr_Kind.AEXPR_OP,
@@ -176,7 +176,7 @@ def _correlation(
     outer_ids = {id(r) for r in refs}
     pairs: list[tuple[ast.Node, ast.Node]] = []
     rest: list[ast.Node] = []
-    for conjunct in _conjuncts(inner.whereClause):
+    for conjunct in conjuncts(inner.whereClause):
         inside = {id(n) for n in walk(conjunct) if isinstance(n, ast.ColumnRef)} & outer_ids
         if not inside:
             rest.append(conjunct)
@@ -213,7 +213,7 @@ def _restriction(
         return None
     others = [item for item in level.fromClause or () if item is not owner]
     tests: list[ast.Node] = []
-    for conjunct in _conjuncts(level.whereClause):
+    for conjunct in conjuncts(level.whereClause):
         if _owners_own(stager, conjunct, owner, others):
             tests.append(copy_node(conjunct))
     if not tests:
@@ -221,7 +221,7 @@ def _restriction(
     select = ast.SelectStmt(
         targetList=tuple(ast.ResTarget(val=copy_node(o)) for _, o in pairs),
         fromClause=(copy_node(owner),),
-        whereClause=_and(tests),
+        whereClause=all_of(tests),
         op=enums.SetOperation.SETOP_NONE,
     )
     inner = [copy_node(i) for i, _ in pairs]
@@ -317,22 +317,6 @@ def _replace(level: ast.SelectStmt, old: ast.Node, new: ast.Node) -> None:
         value = getattr(level, slot)
         if value is not None:
             setattr(level, slot, visit(value))
-
-
-def _conjuncts(node: ast.Node | None) -> list[ast.Node]:
-    if node is None:
-        return []
-    if isinstance(node, ast.BoolExpr) and node.boolop == enums.BoolExprType.AND_EXPR:
-        return [c for arg in node.args or () for c in _conjuncts(arg)]
-    return [node]
-
-
-def _and(nodes: list[ast.Node]) -> ast.Node | None:
-    if not nodes:
-        return None
-    if len(nodes) == 1:
-        return nodes[0]
-    return ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=tuple(nodes))
 
 
 def _col(alias: str, name: str) -> ast.ColumnRef:

@@ -22,7 +22,7 @@ from pglast import ast, enums
 from ..errors import refuse
 from .layout import Layout, TableInfo
 from .model import Const, Param, Pin, Value
-from .syntax import aggregate_name, is_aggregate, output_name, walk
+from .syntax import aggregate_name, conjuncts, is_aggregate, output_name, walk
 
 __all__ = ["Analysis", "analyze"]
 
@@ -174,7 +174,7 @@ class _Analyzer:
         quals: list[ast.Node] = []
         for item in stmt.fromClause or ():
             self.from_item(item, level, quals)
-        self.equalities(_conjuncts(stmt.whereClause), level)
+        self.equalities(conjuncts(stmt.whereClause), level)
         level.pins = list(_pins(stmt, level, self))
         self.check_colocated(level)
         filters = {id(s) for expr in [stmt.whereClause, *quals] for s in _sublinks(expr)}
@@ -241,7 +241,7 @@ class _Analyzer:
             outer = node.jointype != enums.JoinType.JOIN_INNER
             if node.quals is not None:
                 quals.append(node.quals)
-                self.equalities(_conjuncts(node.quals), level, outer=outer)
+                self.equalities(conjuncts(node.quals), level, outer=outer)
             for name in node.usingClause or ():
                 self.using(level, left, right, name.sval, outer=outer)
             if node.usingClause or node.isNatural:
@@ -635,14 +635,6 @@ def _shown(item: _Item, identity: Identity) -> str:
     return f"{item.name or item.alias} (sharded on {identity[2]})"
 
 
-def _conjuncts(node: ast.Node | None) -> list[ast.Node]:
-    if node is None:
-        return []
-    if isinstance(node, ast.BoolExpr) and node.boolop == enums.BoolExprType.AND_EXPR:
-        return [c for arg in cast("tuple[Any, ...]", node.args) for c in _conjuncts(arg)]
-    return [node]
-
-
 def _is_equality(node: ast.Node) -> TypeGuard[ast.A_Expr]:
     return (
         isinstance(node, ast.A_Expr)
@@ -711,7 +703,7 @@ def _pins(
     stmt: ast.SelectStmt, level: _Level, analyzer: _Analyzer
 ) -> Iterator[tuple[Identity, tuple[Value, ...], bool]]:
     """The WHERE clause's tests of a column against values: (the column, the values, one array?)."""
-    for node in _conjuncts(stmt.whereClause):
+    for node in conjuncts(stmt.whereClause):
         if not isinstance(node, ast.A_Expr) or [n.sval for n in cast("tuple[Any, ...]", node.name)] != ["="]:
             continue
         if node.kind == enums.A_Expr_Kind.AEXPR_OP:

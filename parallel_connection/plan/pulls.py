@@ -17,7 +17,7 @@ from pglast import ast, enums
 from .names import is_cte_name
 from .scopes import ctes_of, level_scope, relation_select
 from .stager import Stager
-from .syntax import copy_node, func_name, walk
+from .syntax import all_of, conjuncts, copy_node, func_name, walk
 
 __all__ = ["pull_tables"]
 
@@ -31,10 +31,10 @@ def pull_tables(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
     for level in [n for n in walk(current, into_selects=True) if isinstance(n, ast.SelectStmt)]:
         if not level.fromClause:
             continue
-        conjuncts = _conjuncts(level.whereClause)
+        where = conjuncts(level.whereClause)
         items = list(level.fromClause)
         for index, item in enumerate(items):
-            replaced = _item(stager, item, level, conjuncts, named)
+            replaced = _item(stager, item, level, where, named)
             if replaced is None:
                 return None
             items[index] = replaced
@@ -52,7 +52,7 @@ def _item(
     """
     if isinstance(item, ast.JoinExpr):
         kind = item.jointype
-        on = _conjuncts(item.quals)
+        on = conjuncts(item.quals)
         left: list[ast.Node] = []
         right: list[ast.Node] = []
         if kind == enums.JoinType.JOIN_INNER:
@@ -87,7 +87,7 @@ def _item(
     step = ast.SelectStmt(
         targetList=tuple(ast.ResTarget(val=_ref(alias, c)) for c in columns),
         fromClause=(read,),
-        whereClause=None if renamed else _and(_own_tests(stager, level, tests, alias, info.columns)),
+        whereClause=None if renamed else all_of(_own_tests(stager, level, tests, alias, info.columns)),
     )
     number = stager.step(step, pull=True, keeps_collations=True)
     if number is None:
@@ -133,18 +133,14 @@ def _named_columns(stmt: ast.SelectStmt) -> set[str] | None:
 def _own_tests(
     stager: Stager,
     level: ast.SelectStmt,
-    conjuncts: list[ast.Node],
+    tests: list[ast.Node],
     alias: str,
     columns: frozenset[str] | None,
 ) -> list[ast.Node]:
-    """The WHERE tests that read only this table's columns, with no subquery or volatile call."""
+    """The tests that read only this table's columns, with no subquery or volatile call."""
     scope = level_scope(level, stager.layout, stager.ctes, None)
     others = [cols for name, cols in scope.items.items() if name != alias]
-    own: list[ast.Node] = []
-    for conjunct in conjuncts:
-        if _movable(conjunct, stager, alias, columns, others):
-            own.append(copy_node(conjunct))
-    return own
+    return [copy_node(t) for t in tests if _movable(t, stager, alias, columns, others)]
 
 
 def _movable(
@@ -179,22 +175,6 @@ def _movable(
                 return False
             refs += 1
     return refs > 0
-
-
-def _conjuncts(node: ast.Node | None) -> list[ast.Node]:
-    if node is None:
-        return []
-    if isinstance(node, ast.BoolExpr) and node.boolop == enums.BoolExprType.AND_EXPR:
-        return [c for arg in node.args or () for c in _conjuncts(arg)]
-    return [node]
-
-
-def _and(nodes: list[ast.Node]) -> ast.Node | None:
-    if not nodes:
-        return None
-    if len(nodes) == 1:
-        return nodes[0]
-    return ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=tuple(nodes))
 
 
 def _ref(alias: str, column: str) -> ast.ColumnRef:

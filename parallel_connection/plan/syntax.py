@@ -11,8 +11,10 @@ from pglast.stream import RawStream
 
 __all__ = [
     "aggregate_name",
+    "all_of",
     "children",
     "column",
+    "conjuncts",
     "deparse",
     "func_name",
     "integer_const",
@@ -184,3 +186,21 @@ def _figure_strength(node: Any) -> tuple[str | None, int]:
         name = _VALUE_FUNCTION_NAMES.get(op)
         return (name, 2) if name else (None, 0)
     return None, 0
+
+
+def conjuncts(node: ast.Node | None) -> list[ast.Node]:
+    """The tests an AND of tests is made of (``a AND (b AND c)``: a, b, c)."""
+    if node is None:
+        return []
+    if isinstance(node, ast.BoolExpr) and node.boolop == enums.BoolExprType.AND_EXPR:
+        return [c for arg in node.args or () for c in conjuncts(arg)]
+    return [node]
+
+
+def all_of(nodes: list[ast.Node]) -> ast.Node | None:
+    """The AND of ``nodes`` (None for none, the node itself for one)."""
+    if not nodes:
+        return None
+    if len(nodes) == 1:
+        return nodes[0]
+    return ast.BoolExpr(boolop=enums.BoolExprType.AND_EXPR, args=tuple(nodes))
