@@ -26,6 +26,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 import psycopg2
+import psycopg2.extensions
 
 from .errors import NotSupportedError
 from .outcome import Outcome, Statement
@@ -104,7 +105,8 @@ def _step_rows(
     shards: ShardSet, execute: Execute, text: str, vars: dict[str, Any], room: int, merge: bool
 ) -> tuple[tuple[Any, ...], list[Any]]:
     """One step's description and rows; an error past ``room`` rows."""
-    readers = [conn.cursor() for conn in shards.connections]
+    # Plain cursors whatever the connections' cursor_factory: the rows are read by position.
+    readers = [conn.cursor(cursor_factory=psycopg2.extensions.cursor) for conn in shards.connections]
     outcome: Outcome | None = None
     try:
         step = Statement(text, vars, streaming=False, batch_size=0, tuples=True)
@@ -202,7 +204,7 @@ def _type_names(shards: ShardSet, oids: list[int]) -> dict[int, tuple[str, str]]
     found = {oid: _TYPE_NAMES[oid] for oid in oids if oid in _TYPE_NAMES}
     missing = sorted(set(oids) - set(found))
     if missing:
-        with shards.connections[0].cursor() as cur:
+        with shards.connections[0].cursor(cursor_factory=psycopg2.extensions.cursor) as cur:
             cur.execute(
                 # The quoted internal name: "bpchar" and "bit" take any length, character and bit one.
                 "SELECT t.oid::int8, quote_ident(n.nspname) || '.' || quote_ident(t.typname), t.typcategory "

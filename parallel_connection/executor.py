@@ -219,7 +219,8 @@ def _run(
         return run_rerouted(shards, cursors, plan.reroute, shard_vars, statement.batch_size, _merged)
     targets = bind_targets(plan, shard_vars, n) if targets is None else targets
     if plan.staged is not None and (not plan.pins or len(targets) > 1):
-        return run_staged(shards, cursors, statement, plan, shard_vars, execute)
+        vars = with_moments(plan, shard_vars, shards, targets[0] if targets else 0)
+        return run_staged(shards, cursors, statement, plan, vars, execute)
     shards.check_transaction()
     if plan.refusal is not None and len(targets) > 1 and not (plan.pins and len(targets) <= 1):
         raise plan.refusal

@@ -9,12 +9,15 @@ for what the client merges as before.
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
 import pytest
 
 import parallel_connection
@@ -268,3 +271,11 @@ def test_every_kind_of_value_reaches_the_coordinator_unchanged(typed, ref):
     assert comparable(got[1]) == comparable(want[1])
     typed.rollback()
     ref.rollback()
+
+
+def test_every_stage_sees_one_moment(placed):
+    # In autocommit each step is a statement of its own; now() is still the statement's one moment.
+    placed.autocommit = True
+    with placed.cursor() as cur:
+        cur.execute("SELECT (SELECT min(now()) FROM orders) = now(), now() - (SELECT max(now()) FROM orders)")
+        assert cur.fetchone() == (True, datetime.timedelta(0))

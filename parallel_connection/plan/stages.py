@@ -27,7 +27,7 @@ from .model import Plan, ShardFacts, Staged
 from .names import bind_names
 from .params import Template
 from .pulls import pull_tables
-from .query import check_spread_values
+from .query import check_spread_values, replace_moments
 from .scopes import ctes_of
 from .split import split_top
 from .stager import Answer, Stager
@@ -57,10 +57,12 @@ def plan_staged(
         info = layout.table(node) if isinstance(node, ast.RangeVar) else None
         if info is not None and info.system:
             return None  # each server's own catalog: no one database's answer
-    stager = Stager(layout, facts, template.names, answer, depth)
+    names = list(template.names)
+    moments = replace_moments(current, names)  # taken once for every step: one statement, one moment
+    stager = Stager(layout, facts, tuple(names), answer, depth)
     stager.ctes = ctes_of(current)
     if union_on_shards(stager, current):
-        return Plan(names=template.names, checked=True)
+        return Plan(names=template.names, checked=True) if not moments else None
     strategies: list[Strategy] = [
         lambda s, q: replace_units(s, q, everything=False),
         decorrelate,
@@ -85,5 +87,5 @@ def plan_staged(
                 frozenset(stager.pulls),
                 frozenset(stager.unions),
             )
-            return Plan(staged=staged, names=template.names, checked=True)
+            return Plan(staged=staged, names=stager.names, checked=True, moments=moments)
     return None
