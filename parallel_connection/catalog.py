@@ -104,6 +104,8 @@ class Relation:
     """In column order; () for relations in system schemas and for indexes."""
     view_sql: str | None
     """``pg_get_viewdef`` of a view outside the system schemas (a matview is stored: None)."""
+    rows: float = -1
+    """The planner's estimate of its rows (``reltuples``; summed over the shards; -1: unknown)."""
 
 
 @dataclass(frozen=True)
@@ -338,7 +340,8 @@ SELECT json_build_object(
                    array_agg(oid::int8), array_agg(relnamespace::int8), array_agg(relname),
                    array_agg(relkind),
                    array_agg(CASE WHEN relkind = 'v' AND relnamespace IN (SELECT oid FROM usr)
-                                  THEN pg_get_viewdef(oid) END))
+                                  THEN pg_get_viewdef(oid) END),
+                   array_agg(reltuples))
           FROM pg_catalog.pg_class
          WHERE relnamespace IN (SELECT oid FROM nsp WHERE NOT starts_with(nspname::text, 'pg_toast'))),
     'columns', (
@@ -456,10 +459,10 @@ def _build(doc: dict[str, Any]) -> Catalog:
         )
         columns.setdefault(relid, []).append((attnum, column))
     relations: dict[tuple[str, str], Relation] = {}
-    for oid, schema, name, relkind, view_sql in _rows(doc["relations"]):
+    for oid, schema, name, relkind, view_sql, rows in _rows(doc["relations"]):
         cols = tuple(column for _, column in sorted(columns.get(oid, ()), key=lambda pair: pair[0]))
         relations[schemas[schema], name] = Relation(
-            schemas[schema], name, _KINDS.get(relkind, relkind), cols, view_sql
+            schemas[schema], name, _KINDS.get(relkind, relkind), cols, view_sql, float(rows)
         )
     types: dict[tuple[str, str], TypeFact] = {}
     for schema, name, typtype, base, coll, labels in _rows(doc["types"]):
@@ -583,7 +586,9 @@ def _combine_relation(relation: Relation, others: Sequence[Relation | None]) -> 
                 default=next((c.default for c in same if c.default is not None), None),
             )
         )
-    return replace(relation, columns=tuple(columns))
+    estimates = [relation.rows, *(o.rows for o in others if o is not None)]
+    rows = sum(estimates) if min(estimates) >= 0 else -1
+    return replace(relation, columns=tuple(columns), rows=rows)
 
 
 def _combine_type(fact: TypeFact, others: Sequence[TypeFact | None]) -> TypeFact:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import psycopg2
 import psycopg2.extensions
@@ -372,7 +373,10 @@ def test_combine_takes_any_shards_collation_and_unions_names(sample, shard_conns
     assert combined.text_order_c == all(c.text_order_c for c in catalogs)
     assert combined.stamp == combine_stamps(c.stamp for c in catalogs)
     assert combined.stamp == combine_stamps(_stamp(conn) for conn in shard_conns)
-    assert combined.resolve(None, "orders") == catalogs[0].resolve(None, "orders")
+    combined_orders, first_orders = combined.resolve(None, "orders"), catalogs[0].resolve(None, "orders")
+    assert replace(combined_orders, rows=first_orders.rows) == first_orders
+    # The row estimate is every shard's: the sum of their own.
+    assert combined_orders.rows == sum(c.resolve(None, "orders").rows for c in catalogs)
     assert combined.qualified_collations[schema, ci].deterministic is False
     assert schema_differences(catalogs, _names(sample)) == [
         f"{schema}.t is table (id integer, name text) on shards 0 (db0) and 2 (db2) "

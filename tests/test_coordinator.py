@@ -279,3 +279,36 @@ def test_every_stage_sees_one_moment(placed):
     with placed.cursor() as cur:
         cur.execute("SELECT (SELECT min(now()) FROM orders) = now(), now() - (SELECT max(now()) FROM orders)")
         assert cur.fetchone() == (True, datetime.timedelta(0))
+
+
+@pytest.fixture(scope="module")
+def big_and_small(sample: Any) -> Any:
+    """Two tables sharded on their own keys, joined off them: 300 rows and 20 rows."""
+    big = [(k, k % 20) for k in range(300)]
+    small = [(k, f"s{k}") for k in range(20)]
+    for index, dsn in enumerate([*sample.shard_dsns, sample.reference_dsn]):
+        everything = index == len(sample.shard_dsns)
+        with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS co_big, co_small")
+            cur.execute("CREATE TABLE co_big (k int PRIMARY KEY, s int)")
+            cur.execute("CREATE TABLE co_small (k int PRIMARY KEY, label text)")
+            for table, rows in (("co_big", big), ("co_small", small)):
+                own = rows if everything else [r for r in rows if r[0] % 3 == index]
+                psycopg2.extras.execute_values(cur, f"INSERT INTO {table} VALUES %s", own)
+            cur.execute("ANALYZE co_big")
+            cur.execute("ANALYZE co_small")
+    placement = Placement(sharded={"co_big": ("k", "modulo"), "co_small": ("k", "modulo")})
+    with parallel_connection.connect(sample.shard_dsns, placement=placement) as conn:
+        yield conn
+
+
+def test_a_join_off_the_key_sends_the_smaller_table_to_the_shards(big_and_small, ref):
+    # The big table's rows stay on their shards; only the small one's 20 rows move.
+    big_and_small.moved_rows = 25
+    sql = (
+        "SELECT label, count(*), sum(b.k) FROM co_big b JOIN co_small s ON s.k = b.s "
+        "GROUP BY label ORDER BY label"
+    )
+    assert _typed(_answer(big_and_small, sql)[1]) == _typed(_answer(ref, sql)[1])
+    big_and_small.rollback()
+    ref.rollback()

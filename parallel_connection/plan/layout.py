@@ -45,6 +45,8 @@ class TableInfo:
     """A temporary table (of this session)."""
     sequence: str | None = None
     """The sequence on the first shard that gives the keys of rows inserted without one."""
+    rows: float = -1
+    """The planner's estimate of its rows over every shard (-1: unknown)."""
 
 
 class Layout:
@@ -78,6 +80,7 @@ class Layout:
         shown = f"{schema}.{name}" if schema else name
         relation = self.catalog.resolve(schema, name) if self.catalog is not None else None
         order = tuple(c.name for c in relation.columns) if relation is not None else None
+        rows = relation.rows if relation is not None else -1
         columns = frozenset(order) if order is not None else None
         if schema and (schema in SYSTEM_SCHEMAS or schema.startswith("pg_toast")):
             return TableInfo("whole", shown, columns=columns, order=order, system=True)
@@ -86,7 +89,7 @@ class Layout:
         if self.placement is None:
             if name in self.replicated or shown in self.replicated:
                 return TableInfo("whole", shown, columns=columns, order=order)
-            return TableInfo("sharded", shown, columns=columns, order=order)
+            return TableInfo("sharded", shown, columns=columns, order=order, rows=rows)
         qualified = (relation.schema, relation.name) if relation is not None else (schema or "", name)
         kind = self.placement.kind_of(qualified)
         if kind == "copied":
@@ -104,12 +107,13 @@ class Layout:
                 order,
                 key is not None and key.not_null,
                 sequence=sharded.sequence,
+                rows=rows,
             )
         if relation is None:
             # No such relation: the shards report it as PostgreSQL would.
             return TableInfo("sharded", shown, columns=columns, order=order)
         if self.placement.unknown == "sharded":
-            return TableInfo("sharded", shown, columns=columns, order=order)
+            return TableInfo("sharded", shown, columns=columns, order=order, rows=rows)
         raise NotSupportedError(
             f"the table {relation.schema}.{relation.name} is not in the placement, so where its rows "
             "live is unknown; declare it in Placement(sharded={...}) or Placement(copied=[...]) "

@@ -19,12 +19,46 @@ from .scopes import ctes_of, level_scope, relation_select
 from .stager import Stager
 from .syntax import all_of, conjuncts, copy_node, func_name, walk
 
-__all__ = ["pull_tables"]
+__all__ = ["broadcast_tables", "pull_tables"]
 
 
-def pull_tables(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
-    """``stmt`` with every sharded table read through a step; None when one cannot be."""
+def broadcast_tables(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
+    """``stmt`` reading one sharded table where it lives and every other one through a step: those
+    rows reach every shard, like a copied table's, so a join off the shard key runs on the shards."""
+    if (stmt.op and stmt.larg is not None) or _first_kept(stager, stmt) is None:
+        return None
+    return pull_tables(stager, stmt, broadcast=True)
+
+
+def _first_kept(stager: Stager, stmt: ast.SelectStmt) -> ast.RangeVar | None:
+    """The largest sharded table of the top level that no outer join NULL-extends (the first, when
+    the shards have no estimates): the one whose rows stay where they are."""
+    candidates = [t for item in stmt.fromClause or () for t in _keepable(stager, item)]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda pair: pair[1])[0]
+
+
+def _keepable(stager: Stager, item: ast.Node, *, nullable: bool = False) -> list[tuple[ast.RangeVar, float]]:
+    """The sharded tables of a FROM item that no outer join NULL-extends, with their row estimates."""
+    if isinstance(item, ast.JoinExpr):
+        kind = item.jointype
+        left = nullable or kind in (enums.JoinType.JOIN_RIGHT, enums.JoinType.JOIN_FULL)
+        right = nullable or kind in (enums.JoinType.JOIN_LEFT, enums.JoinType.JOIN_FULL)
+        return _keepable(stager, cast(ast.Node, item.larg), nullable=left) + _keepable(
+            stager, cast(ast.Node, item.rarg), nullable=right
+        )
+    if not isinstance(item, ast.RangeVar) or nullable or (is_cte_name(item.relname) and not item.schemaname):
+        return []
+    info = stager.layout.table(item)
+    return [(item, info.rows)] if info is not None and info.kind == "sharded" else []
+
+
+def pull_tables(stager: Stager, stmt: ast.SelectStmt, *, broadcast: bool = False) -> ast.SelectStmt | None:
+    """``stmt`` with every sharded table read through a step (``broadcast``: but the top level's
+    first, see :func:`broadcast_tables`); None when one cannot be."""
     current = copy_node(stmt)
+    keep = _first_kept(stager, current) if broadcast else None
     stager.ctes = ctes_of(current)  # the copy's CTEs: a body replaced here is seen by later steps
     named = _named_columns(current)
     before = len(stager.steps)
@@ -34,7 +68,7 @@ def pull_tables(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
         where = conjuncts(level.whereClause)
         items = list(level.fromClause)
         for index, item in enumerate(items):
-            replaced = _item(stager, item, level, where, named)
+            replaced = _item(stager, item, level, where, named, keep)
             if replaced is None:
                 return None
             items[index] = replaced
@@ -43,7 +77,12 @@ def pull_tables(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
 
 
 def _item(
-    stager: Stager, item: ast.Node, level: ast.SelectStmt, tests: list[ast.Node], named: set[str] | None
+    stager: Stager,
+    item: ast.Node,
+    level: ast.SelectStmt,
+    tests: list[ast.Node],
+    named: set[str] | None,
+    keep: ast.RangeVar | None,
 ) -> ast.Node | None:
     """The FROM item with its sharded tables pulled (itself when none), or None when one cannot be.
 
@@ -61,13 +100,13 @@ def _item(
             left, right = tests, on
         elif kind == enums.JoinType.JOIN_RIGHT:
             left, right = on, tests
-        larg = _item(stager, cast(ast.Node, item.larg), level, left, named)
-        rarg = _item(stager, cast(ast.Node, item.rarg), level, right, named)
+        larg = _item(stager, cast(ast.Node, item.larg), level, left, named, keep)
+        rarg = _item(stager, cast(ast.Node, item.rarg), level, right, named, keep)
         if larg is None or rarg is None:
             return None
         item.larg, item.rarg = larg, rarg
         return item
-    if not isinstance(item, ast.RangeVar):
+    if not isinstance(item, ast.RangeVar) or item is keep:
         return item
     if is_cte_name(item.relname) and not item.schemaname:
         return item
@@ -118,6 +157,10 @@ def _named_columns(stmt: ast.SelectStmt) -> set[str] | None:
         if isinstance(n, ast.RangeVar)
     }
     for node in walk(stmt, into_selects=True):
+        if isinstance(node, ast.JoinExpr):
+            if node.isNatural:
+                return None  # every column the two sides share
+            names.update(u.sval for u in node.usingClause or ())
         if isinstance(node, ast.ColumnRef):
             fields = cast("tuple[Any, ...]", node.fields)
             last = fields[-1]

@@ -26,7 +26,7 @@ from .layout import Layout
 from .model import Plan, ShardFacts, Staged
 from .names import bind_names
 from .params import Template
-from .pulls import pull_tables
+from .pulls import broadcast_tables, pull_tables
 from .query import check_spread_values, replace_moments
 from .scopes import ctes_of
 from .split import split_top
@@ -70,6 +70,7 @@ def plan_staged(
         replace_set_arms,
         split_top,
         combine_partials,
+        broadcast_tables,
         pull_tables,
     ]
     for strategy in strategies:
