@@ -273,12 +273,27 @@ def test_every_kind_of_value_reaches_the_coordinator_unchanged(typed, ref):
     ref.rollback()
 
 
-def test_every_stage_sees_one_moment(placed):
+def test_every_stage_sees_one_moment(placed, ref):
     # In autocommit each step is a statement of its own; now() is still the statement's one moment.
     placed.autocommit = True
     with placed.cursor() as cur:
         cur.execute("SELECT (SELECT min(now()) FROM orders) = now(), now() - (SELECT max(now()) FROM orders)")
         assert cur.fetchone() == (True, datetime.timedelta(0))
+        # With the user's parameters too (the moment is one more parameter of every step).
+        cur.execute(
+            "SELECT count(*) FROM orders WHERE ordered_at < now() + %s * interval '1 day' "
+            "AND amount > (SELECT avg(amount) FROM orders WHERE quantity > %s AND ordered_at < now())",
+            (1, 2),
+        )
+        (count,) = cur.fetchone()
+    with ref.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM orders WHERE ordered_at < now() + %s * interval '1 day' "
+            "AND amount > (SELECT avg(amount) FROM orders WHERE quantity > %s AND ordered_at < now())",
+            (1, 2),
+        )
+        assert cur.fetchone() == (count,)
+    ref.rollback()
 
 
 @pytest.fixture(scope="module")

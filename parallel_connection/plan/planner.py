@@ -314,8 +314,8 @@ def answer_select(stmt: ast.SelectStmt, template: Template, facts: ShardFacts, d
 
 
 def _staged(stmt: ast.SelectStmt, template: Template, facts: ShardFacts, depth: int) -> Plan | None:
-    def answer(sub: ast.SelectStmt, level: int) -> Plan:
-        return answer_select(sub, template, facts, level)
+    def answer(sub: ast.SelectStmt, level: int, names: tuple[str, ...]) -> Plan:
+        return answer_select(sub, Template(template.text, names, template.positional), facts, level)
 
     return plan_staged(stmt, template, facts, answer, depth, layout_of(facts))
 

@@ -20,8 +20,9 @@ __all__ = ["Answer", "Stager"]
 
 _DOLLAR_NUMBER = re.compile(r"\$(\d+)")
 
-Answer = Callable[[ast.SelectStmt, int], Plan]
-"""Plan a SELECT (staging it when needed) at a depth; raises NotSupportedError."""
+Answer = Callable[[ast.SelectStmt, int, tuple[str, ...]], Plan]
+"""Plan a SELECT (staging it when needed) at a depth, with its parameters' names; raises
+NotSupportedError."""
 
 
 @dataclass
@@ -47,7 +48,7 @@ class Stager:
     def plans(self, stmt: ast.SelectStmt) -> Plan | None:
         """The plan of ``stmt`` as a statement of its own, or None when it is refused."""
         try:
-            return self.answer(self.with_ctes(stmt), self.depth + 1)
+            return self.answer(self.with_ctes(stmt), self.depth + 1, self.names)
         except NotSupportedError:
             return None
 

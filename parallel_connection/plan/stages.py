@@ -47,10 +47,8 @@ def plan_staged(
     """The staged plan of a refused SELECT, or None when no strategy makes the rest plan."""
     if depth > _MAX_DEPTH or stmt.lockingClause or stmt.intoClause is not None:
         return None
-    if any(isinstance(n, ast.CommonTableExpr) for n in walk(stmt, into_selects=True)) and any(
-        isinstance(n, ast.WithClause) and n.recursive for n in walk(stmt, into_selects=True)
-    ):
-        return None
+    if any(isinstance(n, ast.WithClause) and n.recursive for n in walk(stmt, into_selects=True)):
+        return None  # a recursive CTE's steps would each need the rows of the one before
     current = cast(ast.SelectStmt, bind_names(stmt, facts.catalog))
     check_spread_values(stmt, current, facts)
     for node in walk(current, into_selects=True):
@@ -61,8 +59,8 @@ def plan_staged(
     moments = replace_moments(current, names)  # taken once for every step: one statement, one moment
     stager = Stager(layout, facts, tuple(names), answer, depth)
     stager.ctes = ctes_of(current)
-    if union_on_shards(stager, current):
-        return Plan(names=template.names, checked=True) if not moments else None
+    if not moments and union_on_shards(stager, current):
+        return Plan(names=template.names, checked=True)
     strategies: list[Strategy] = [
         lambda s, q: replace_units(s, q, everything=False),
         decorrelate,
