@@ -16,7 +16,6 @@ import contextlib
 import datetime
 import decimal
 import itertools
-import json
 import math
 import re
 import threading
@@ -43,7 +42,17 @@ class Execute(Protocol):
 
 
 _MARKER = re.compile(r"_pc_relation\((\d+)\)")
-_JSON_TYPES = frozenset({114, 3802})
+_DATE_TYPES = frozenset({1082, 1114, 1184})
+_EDGES = frozenset({datetime.date.max, datetime.date.min, datetime.datetime.max, datetime.datetime.min})
+_PAYLOAD_TEXT = psycopg2.extensions.new_type(
+    (1083, 1266, 1186, 114, 3802), "PC_PAYLOAD_TEXT", lambda value, cursor: value
+)
+"""Times, intervals and JSON as the server's text: psycopg2's Python values lose what PostgreSQL
+keeps (24:00, an interval's months, a JSON null and its spelling), and no merge computes on them."""
+_RAW_TEXT = psycopg2.extensions.new_type(
+    (1082, 1114, 1184, 1083, 1266, 1186, 114, 3802), "PC_RAW_TEXT", lambda value, cursor: value
+)
+"""Dates and timestamps too (their infinities, BC years, any DateStyle) when nothing is merged."""
 _TYPE_NAMES: dict[int, tuple[str, str]] = {}
 """Built-in type OID -> (name for a cast, typcategory): the same on every server."""
 _FIRST_USER_OID = 16384
@@ -94,19 +103,26 @@ def _run_staged(
         if number in staged.pulls:
             text += f" LIMIT {limit - moved + 1}"
         merge = number not in staged.unions
-        description, rows = _step_rows(shards, execute, text, vars, limit - moved, merge)
+        raw = number in staged.pulls or not merge
+        description, rows = _step_rows(shards, execute, text, vars, limit - moved, merge, raw)
         moved += len(rows)
-        relations[number] = _relation(shards, description, rows, vars)
+        relations[number] = _relation(shards, description, rows, vars, raw)
     final = _filled(staged.final, relations)
     return execute(shards, cursors, replace(statement, query=final, vars=vars), merge=True)
 
 
 def _step_rows(
-    shards: ShardSet, execute: Execute, text: str, vars: dict[str, Any], room: int, merge: bool
+    shards: ShardSet, execute: Execute, text: str, vars: dict[str, Any], room: int, merge: bool, raw: bool
 ) -> tuple[tuple[Any, ...], list[Any]]:
-    """One step's description and rows; an error past ``room`` rows."""
+    """One step's description and rows; an error past ``room`` rows.
+
+    ``raw``: nothing is computed on the rows on the way (a table's rows, or each shard's own
+    groups), so dates and timestamps come as the server's text too (see ``_RAW_TEXT``).
+    """
     # Plain cursors whatever the connections' cursor_factory: the rows are read by position.
     readers = [conn.cursor(cursor_factory=psycopg2.extensions.cursor) for conn in shards.connections]
+    for reader in readers:
+        psycopg2.extensions.register_type(_RAW_TEXT if raw else _PAYLOAD_TEXT, reader)
     outcome: Outcome | None = None
     try:
         step = Statement(text, vars, streaming=False, batch_size=0, tuples=True)
@@ -134,7 +150,9 @@ def _filled(sql: str, relations: Mapping[int, str]) -> str:
     return _MARKER.sub(lambda m: relations[int(m.group(1))], sql)
 
 
-def _relation(shards: ShardSet, description: Sequence[Any], rows: list[Any], vars: dict[str, Any]) -> str:
+def _relation(
+    shards: ShardSet, description: Sequence[Any], rows: list[Any], vars: dict[str, Any], raw: bool
+) -> str:
     """``unnest(...) AS _pc_rN(columns)`` reading ``rows``; their arrays are put in ``vars``."""
     label = next(_labels)  # unique: a step's statement may be staged again, with steps of its own
     types = _type_names(shards, [column.type_code for column in description])
@@ -146,18 +164,31 @@ def _relation(shards: ShardSet, description: Sequence[Any], rows: list[Any], var
                 f"moving array values ({column.name} {name}) to the coordinator; unnest or aggregate "
                 "them where the shards can finish"
             )
+        values = [row[index] for row in rows]
+        if not raw:
+            _check_merged(column, name, values)
         key = f"_pc_r{label}_{index}"
-        vars[key] = _array_text([row[index] for row in rows], column.type_code in _JSON_TYPES)
+        vars[key] = _array_text(values)
         arrays.append(f"%({key})s::{name}[]")
     names = ", ".join(_quoted(column.name) for column in description)
     return f"unnest({', '.join(arrays)}) AS _pc_r{label}({names})"
 
 
-def _array_text(values: list[Any], json_values: bool) -> str:
+def _check_merged(column: Any, name: str, values: list[Any]) -> None:
+    """Refuse merged dates psycopg2 has read with a loss PostgreSQL would see at the coordinator."""
+    edges = (v.replace(tzinfo=None) if isinstance(v, datetime.datetime) else v for v in values)
+    if column.type_code in _DATE_TYPES and any(v in _EDGES for v in edges if v is not None):
+        raise NotSupportedError(
+            f"moving {name} infinities ({column.name}) to the coordinator after a merge: psycopg2 "
+            "reads them as the calendar's first and last days"
+        )
+
+
+def _array_text(values: list[Any]) -> str:
     """The values as one array literal (``{"1","2",NULL}``): PostgreSQL reads each element with its
     type's own input function, much faster than an ARRAY[...] expression of as many parameters."""
     kinds = {type(v) for v in values} - {type(None)}
-    if not json_values and kinds <= _BARE:
+    if kinds <= _BARE:
         # Numbers need no quotes: their text holds no comma, brace, quote or space.
         return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
     parts = []
@@ -165,7 +196,7 @@ def _array_text(values: list[Any], json_values: bool) -> str:
         if value is None:
             parts.append("NULL")
             continue
-        text = json.dumps(value) if json_values else _element(value)
+        text = _element(value)
         parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
     return "{" + ",".join(parts) + "}"
 
@@ -189,8 +220,6 @@ def _element(value: Any) -> str:
         return f"{value.days} days {value.seconds} seconds {value.microseconds} microseconds"
     if isinstance(value, (bytes, memoryview)):
         return "\\x" + bytes(value).hex()
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
     if isinstance(value, (str, int, decimal.Decimal, uuid.UUID)):
         return str(value)
     raise NotSupportedError(
@@ -207,7 +236,9 @@ def _type_names(shards: ShardSet, oids: list[int]) -> dict[int, tuple[str, str]]
         with shards.connections[0].cursor(cursor_factory=psycopg2.extensions.cursor) as cur:
             cur.execute(
                 # The quoted internal name: "bpchar" and "bit" take any length, character and bit one.
-                "SELECT t.oid::int8, quote_ident(n.nspname) || '.' || quote_ident(t.typname), t.typcategory "
+                # bpchar unqualified: pglast prints pg_catalog.bpchar as char, which is char(1).
+                "SELECT t.oid::int8, CASE WHEN t.oid = 1042 THEN 'bpchar' "
+                "ELSE quote_ident(n.nspname) || '.' || quote_ident(t.typname) END, t.typcategory "
                 "FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace "
                 "WHERE t.oid = ANY(%s::oid[])",
                 (missing,),

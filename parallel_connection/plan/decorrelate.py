@@ -65,7 +65,19 @@ def decorrelate(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:
 
 
 def _aggregated(level: ast.SelectStmt, stager: Stager) -> bool:
-    return any(is_aggregate(n, stager.facts.aggregates) for n in walk(level.targetList or ()))
+    return level.havingClause is not None or any(
+        is_aggregate(n, stager.facts.aggregates) for n in walk(level.targetList or ())
+    )
+
+
+def _star(level: ast.SelectStmt) -> bool:
+    """An unqualified ``*`` in the select list (it expands to every FROM item's columns)."""
+    return any(
+        isinstance(t.val, ast.ColumnRef)
+        and len(t.val.fields or ()) == 1
+        and isinstance(t.val.fields[0], ast.A_Star)  # type: ignore[index]
+        for t in level.targetList or ()
+    )
 
 
 def _one(stager: Stager, level: ast.SelectStmt, sub: ast.SubLink, counter: list[int]) -> bool:
@@ -79,6 +91,10 @@ def _one(stager: Stager, level: ast.SelectStmt, sub: ast.SubLink, counter: list[
         return False
     if inner.groupClause or inner.havingClause is not None or inner.windowClause or inner.withClause:
         return False
+    if kind == enums.SubLinkType.EXISTS_SUBLINK and _aggregated(inner, stager):
+        return False  # one row whatever it reads: EXISTS is true
+    if _star(level):
+        return False  # SELECT * would show the joined step's columns too
     refs = stager.outer(inner)
     if not refs:
         return False
@@ -102,8 +118,8 @@ def _one(stager: Stager, level: ast.SelectStmt, sub: ast.SubLink, counter: list[
             return False
     counter[0] += 1
     alias = f"_pc_d{counter[0]}"
-    keys = [ast.ResTarget(name=f"k{i + 1}", val=copy_node(e)) for i, (e, _) in enumerate(pairs)]
-    marker = ast.ResTarget(name="m", val=ast.A_Const(isnull=False, val=ast.Boolean(boolval=True)))
+    keys = [ast.ResTarget(name=f"_pc_k{i + 1}", val=copy_node(e)) for i, (e, _) in enumerate(pairs)]
+    marker = ast.ResTarget(name="_pc_m", val=ast.A_Const(isnull=False, val=ast.Boolean(boolval=True)))
     step = ast.SelectStmt(
         targetList=(*keys, marker),
         fromClause=inner.fromClause,
@@ -113,7 +129,7 @@ def _one(stager: Stager, level: ast.SelectStmt, sub: ast.SubLink, counter: list[
     )
     empty: ast.Node | None = None
     if aggregate:
-        step.targetList = (*keys, marker, ast.ResTarget(name="v", val=copy_node(value)))
+        step.targetList = (*keys, marker, ast.ResTarget(name="_pc_v", val=copy_node(value)))
         if not _null_on_empty(value, stager):
             empty_step = ast.SelectStmt(
                 targetList=(ast.ResTarget(name="v", val=copy_node(value)),),
@@ -135,7 +151,7 @@ def _one(stager: Stager, level: ast.SelectStmt, sub: ast.SubLink, counter: list[
             ast.A_Expr(
                 kind=enums.A_Expr_Kind.AEXPR_OP,
                 name=(ast.String(sval="="),),
-                lexpr=_col(alias, f"k{i + 1}"),
+                lexpr=_col(alias, f"_pc_k{i + 1}"),
                 rexpr=copy_node(o),
             )
             for i, (_, o) in enumerate(pairs)
@@ -155,13 +171,13 @@ def _one(stager: Stager, level: ast.SelectStmt, sub: ast.SubLink, counter: list[
     level.fromClause = tuple(items)
     replacement: ast.Node
     if aggregate:
-        replacement = _col(alias, "v")
+        replacement = _col(alias, "_pc_v")
         if empty is not None:
             replacement = ast.CaseExpr(
-                args=(ast.CaseWhen(expr=_col(alias, "m"), result=_col(alias, "v")),), defresult=empty
+                args=(ast.CaseWhen(expr=_col(alias, "_pc_m"), result=_col(alias, "_pc_v")),), defresult=empty
             )
     else:
-        replacement = ast.NullTest(arg=_col(alias, "m"), nulltesttype=enums.NullTestType.IS_NOT_NULL)
+        replacement = ast.NullTest(arg=_col(alias, "_pc_m"), nulltesttype=enums.NullTestType.IS_NOT_NULL)
     for target in level.targetList or ():
         if target.val is sub and target.name is None:
             target.name = output_name(target) or "?column?"  # the name the subquery gave the column

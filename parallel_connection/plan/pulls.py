@@ -10,6 +10,7 @@ answers it whole, correlated subqueries and all.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from pglast import ast, enums
@@ -60,7 +61,7 @@ def pull_tables(stager: Stager, stmt: ast.SelectStmt, *, broadcast: bool = False
     current = copy_node(stmt)
     keep = _first_kept(stager, current) if broadcast else None
     stager.ctes = ctes_of(current)  # the copy's CTEs: a body replaced here is seen by later steps
-    named = _named_columns(current)
+    named = _needs(current)
     before = len(stager.steps)
     for level in [n for n in walk(current, into_selects=True) if isinstance(n, ast.SelectStmt)]:
         if not level.fromClause:
@@ -81,7 +82,7 @@ def _item(
     item: ast.Node,
     level: ast.SelectStmt,
     tests: list[ast.Node],
-    named: set[str] | None,
+    named: _Needs,
     keep: ast.RangeVar | None,
 ) -> ast.Node | None:
     """The FROM item with its sharded tables pulled (itself when none), or None when one cannot be.
@@ -117,9 +118,7 @@ def _item(
         return None
     alias = cast(str, item.alias.aliasname if item.alias is not None else item.relname)
     renamed = item.alias is not None and bool(item.alias.colnames)
-    columns = list(info.order) if named is None or renamed else [c for c in info.order if c in named]
-    if not columns:
-        columns = list(info.order[:1])
+    columns = list(info.order) if renamed else named.columns(item, info.order)
     read = copy_node(item)
     if renamed and read.alias is not None:
         read.alias.colnames = None  # the step reads the table's own names, in order; the alias renames
@@ -148,29 +147,69 @@ def _columns(stager: Stager, item: ast.RangeVar) -> tuple[Any, ...]:
     return tuple(relation.columns) if relation is not None else ()
 
 
-def _named_columns(stmt: ast.SelectStmt) -> set[str] | None:
-    """Every column name the statement writes (None: a ``*`` or a whole-row reference may need all)."""
-    names: set[str] = set()
-    aliases = {
-        n.alias.aliasname if n.alias is not None else n.relname
+@dataclass
+class _Needs:
+    """The columns a statement may read of the tables it pulls."""
+
+    names: set[str] = field(default_factory=set)
+    """Every column name it writes (a superset of what each table needs)."""
+    whole: set[int] = field(default_factory=set)
+    """``id()`` of the tables read whole (``*``, ``t.*``, a whole-row ``t``)."""
+    everything: bool = False
+    """A NATURAL join: every table is read whole."""
+
+    def columns(self, item: ast.RangeVar, order: tuple[str, ...]) -> list[str]:
+        if self.everything or id(item) in self.whole:
+            return list(order)
+        return [c for c in order if c in self.names] or list(order[:1])
+
+
+def _needs(stmt: ast.SelectStmt) -> _Needs:
+    needs = _Needs()
+    tables = [n for n in walk(stmt, into_selects=True) if isinstance(n, ast.RangeVar)]
+
+    def aliased(alias: str) -> set[int]:
+        return {id(t) for t in tables if (t.alias.aliasname if t.alias is not None else t.relname) == alias}
+
+    exists = {
+        id(n.subselect)
         for n in walk(stmt, into_selects=True)
-        if isinstance(n, ast.RangeVar)
+        if isinstance(n, ast.SubLink) and n.subLinkType == enums.SubLinkType.EXISTS_SUBLINK
     }
+    for level in [n for n in walk(stmt, into_selects=True) if isinstance(n, ast.SelectStmt)]:
+        if id(level) in exists:
+            continue  # EXISTS reads no column of its select list
+        for target in level.targetList or ():
+            ref = target.val
+            if isinstance(ref, ast.ColumnRef) and isinstance(
+                cast("tuple[Any, ...]", ref.fields)[-1], ast.A_Star
+            ):
+                fields = cast("tuple[Any, ...]", ref.fields)
+                if len(fields) == 1:
+                    own = [
+                        n
+                        for item in level.fromClause or ()
+                        for n in walk(item)
+                        if isinstance(n, ast.RangeVar)
+                    ]
+                    needs.whole |= {id(t) for t in own}
+                else:
+                    needs.whole |= aliased(fields[-2].sval)
     for node in walk(stmt, into_selects=True):
         if isinstance(node, ast.JoinExpr):
-            if node.isNatural:
-                return None  # every column the two sides share
-            names.update(u.sval for u in node.usingClause or ())
-        if isinstance(node, ast.ColumnRef):
+            needs.everything |= bool(node.isNatural)
+            needs.names.update(u.sval for u in node.usingClause or ())
+        elif isinstance(node, ast.ColumnRef):
             fields = cast("tuple[Any, ...]", node.fields)
             last = fields[-1]
             if isinstance(last, ast.A_Star):
-                return None
-            name = last.sval
-            if len(fields) == 1 and name in aliases:
-                return None
-            names.add(name)
-    return names
+                if len(fields) > 1:
+                    needs.whole |= aliased(fields[-2].sval)
+                continue
+            if len(fields) == 1:
+                needs.whole |= aliased(last.sval)  # a whole-row reference (or a column of that name)
+            needs.names.add(last.sval)
+    return needs
 
 
 def _own_tests(
