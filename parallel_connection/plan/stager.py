@@ -82,16 +82,33 @@ class Stager:
 
     def collated(self, stmt: ast.Node) -> bool:
         """``stmt`` may return text under a collation other than the database's: a COLLATE, or a
-        column declared with one."""
-        names = self.facts.declared_collations
+        column declared with one (by name, of the tables it reads)."""
+        names: set[str] = set()
+        if self.facts.declared_collations and self.facts.catalog is not None:
+            for node in walk(stmt, into_selects=True):
+                if isinstance(node, ast.RangeVar):
+                    relation = self.facts.catalog.resolve(node.schemaname, cast(str, node.relname))
+                    columns = relation.columns if relation is not None else ()
+                    names.update(c.name for c in columns if c.declared_collation is not None)
         for node in walk(stmt, into_selects=True):
-            if isinstance(node, ast.CollateClause):
+            if isinstance(node, ast.CollateClause) or self._collated_type(node):
                 return True
             if names and isinstance(node, ast.ColumnRef):
                 last = cast("tuple[Any, ...]", node.fields)[-1]
                 if isinstance(last, ast.String) and last.sval in names:
                     return True
         return False
+
+    def _collated_type(self, node: ast.Node) -> bool:
+        """A cast to a domain declared with a collation of its own."""
+        catalog = self.facts.catalog
+        if not isinstance(node, ast.TypeCast) or node.typeName is None or catalog is None:
+            return False
+        parts = [n.sval for n in node.typeName.names or () if isinstance(n, ast.String)]
+        if not parts:
+            return False
+        fact = catalog.resolve_type(parts[-2] if len(parts) > 1 else None, parts[-1])
+        return fact is not None and (fact.collation is not None or not fact.deterministic)
 
     def with_ctes(self, stmt: ast.SelectStmt) -> ast.SelectStmt:
         """``stmt`` with the definitions of the outer CTEs it reads (bound names are unique)."""
