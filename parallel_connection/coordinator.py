@@ -159,10 +159,11 @@ def _relation(
     arrays: list[str] = []
     for index, column in enumerate(description):
         name, category = types[column.type_code]
-        if category == "A":
+        if category in ("A", "C", "P"):
+            what = {"A": "array", "C": "composite", "P": "pseudo-type"}[category]
             raise NotSupportedError(
-                f"moving array values ({column.name} {name}) to the coordinator; unnest or aggregate "
-                "them where the shards can finish"
+                f"moving {what} values ({column.name} {name}) to the coordinator; take them apart "
+                "(unnest, .field, ::text) where the shards can finish"
             )
         values = [row[index] for row in rows]
         if not raw:

@@ -32,7 +32,7 @@ from .outcome import (
     with_moments,
     write_scope,
 )
-from .plan import Plan, ShardFacts, check_shard_types, plan_statement, quick_plan
+from .plan import Plan, ShardFacts, check_shard_types, plan_statement, quick_plan, stage_statement
 from .shards import ShardSet
 from .streams import interleave
 from .targets import bind_targets, placed
@@ -267,6 +267,13 @@ def _run_planned(
     return _run_merge(shards, cursors, statement, plan, query, vars, targets)
 
 
+def _restaged(cursors: Sequence[Any], statement: Statement, facts: ShardFacts) -> tuple[Plan, Any] | None:
+    """The statement staged, when its merge was refused once the shards' result types were known."""
+    text = text_of(statement.query, cursors[0])
+    staged = stage_statement(text, statement.vars, facts)
+    return staged if staged is not None and staged[0].staged is not None else None
+
+
 def run_union(
     shards: ShardSet,
     cursors: Sequence[Any],
@@ -318,17 +325,27 @@ def _run_merge(
     firsts = shards.run_statement(runner(cursors, query, vars, statement), targets)
     shard_description = agreed_description(shards, cursors, targets)
     assert shard_description is not None
-    check_shard_types(plan.client, [column.type_code for column in shard_description])
     facts = shards.facts()
-    description, merged = build_merge(
-        plan.client,
-        shard_description,
-        params=vars,
-        names=plan.names,
-        text_order_c=facts.text_order_c,
-        streaming=statement.streaming,
-        batch_size=max(1, statement.batch_size),
-    )
+    try:
+        check_shard_types(plan.client, [column.type_code for column in shard_description])
+        description, merged = build_merge(
+            plan.client,
+            shard_description,
+            params=vars,
+            names=plan.names,
+            text_order_c=facts.text_order_c,
+            streaming=statement.streaming,
+            batch_size=max(1, statement.batch_size),
+        )
+    except NotSupportedError:
+        # Types the client cannot order or compare as the server does (text under a collation
+        # other than C, say): PostgreSQL does it, in stages. A named cursor has run its statement.
+        restaged = None if statement.streaming else _restaged(cursors, statement, facts)
+        if restaged is None:
+            raise
+        staged, staged_vars = restaged
+        staged_vars = with_moments(staged, staged_vars, shards, targets[0])
+        return run_staged(shards, cursors, statement, staged, staged_vars, execute)
     streams = shard_streams(shards, cursors, targets, firsts, statement)
     outcome = counted(shards, cursors, targets)
     outcome.description = description

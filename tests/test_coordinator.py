@@ -376,3 +376,49 @@ def test_an_infinity_through_a_merge_is_refused_by_name(typed):
     with pytest.raises(NotSupportedError, match="infinities"):
         _answer(typed, "SELECT ts::text FROM (SELECT ts, k FROM co_types ORDER BY k LIMIT 20) s")
     typed.rollback()
+
+
+@pytest.fixture(scope="module")
+def icu_database(sample: Any) -> Any:
+    """A database whose default collation is ICU's (not code point order) on every server."""
+    dsns = [*sample.shard_dsns, sample.reference_dsn]
+    words = ["b", "A", "a", "B", "é", "e", "Z", None]
+    for index, dsn in enumerate(dsns):
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("DROP DATABASE IF EXISTS co_icu")
+            cur.execute(
+                "CREATE DATABASE co_icu TEMPLATE template0 ENCODING 'UTF8' LOCALE_PROVIDER icu "
+                "ICU_LOCALE 'und' LOCALE 'C.UTF-8'"
+            )
+        conn.close()
+        with psycopg2.connect(dsn, dbname="co_icu") as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE w (k int PRIMARY KEY, g int, s text)")
+            rows = [(k, k % 2, w) for k, w in enumerate(words)]
+            own = rows if index == len(sample.shard_dsns) else [r for r in rows if r[0] % 3 == index]
+            if own:
+                psycopg2.extras.execute_values(cur, "INSERT INTO w VALUES %s", own)
+    placement = Placement(sharded={"w": ("k", "modulo")})
+    with parallel_connection.connect(sample.shard_dsns, placement=placement, dbname="co_icu") as conn:
+        reference = psycopg2.connect(sample.reference_dsn, dbname="co_icu")
+        yield conn, reference
+        reference.close()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT s FROM w ORDER BY s NULLS FIRST, k",
+        "SELECT g, min(s), max(s), count(*) FROM w GROUP BY g ORDER BY g",
+        "SELECT min(s), max(s) FROM w",
+        "SELECT s, k FROM w ORDER BY s DESC NULLS LAST, k LIMIT 4",
+        'SELECT s FROM w ORDER BY s COLLATE "C" NULLS FIRST, k',
+    ],
+)
+def test_text_under_the_databases_own_collation_is_compared_by_postgresql(icu_database, sql):
+    conn, reference = icu_database
+    got, want = _answer(conn, sql), _answer(reference, sql)
+    conn.rollback()
+    reference.rollback()
+    assert got == want

@@ -20,7 +20,7 @@ from .model import (
     Targets,
     Task,
 )
-from .planner import plan_statement, quick_plan
+from .planner import plan_statement, quick_plan, stage_statement
 from .refusals import refuse
 
 __all__ = [
@@ -41,4 +41,5 @@ __all__ = [
     "plan_statement",
     "quick_plan",
     "refuse",
+    "stage_statement",
 ]

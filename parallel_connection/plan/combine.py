@@ -48,6 +48,8 @@ def combine_partials(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | N
     kept, other = cast(ast.Node, join.larg), cast(ast.Node, join.rarg)
     if stager.sharded(kept) or not stager.sharded(other):
         return None
+    if not _shard_local_rows(stager, ast.SelectStmt(fromClause=(other,))):
+        return None  # each shard must read its own part of the sharded side's rows
     if not all(_nullable_side_only(call, stager, other) for call in calls):
         return None
     kept_scope = level_scope(ast.SelectStmt(fromClause=(kept,)), stager.layout, stager.ctes, None)
@@ -60,6 +62,8 @@ def combine_partials(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | N
 
 def _shard_local_rows(stager: Stager, stmt: ast.SelectStmt) -> bool:
     """Each shard reads its own part of the FROM and WHERE rows (a plain union answers them)."""
+    if any(isinstance(n, ast.RangeSubselect) and n.lateral for n in walk(stmt.fromClause)):
+        return False  # a LATERAL subquery's groups or LIMIT would be each shard's own
     rows = ast.SelectStmt(
         targetList=(ast.ResTarget(val=ast.A_Const(isnull=False, val=ast.Integer(ival=1))),),
         fromClause=stmt.fromClause,

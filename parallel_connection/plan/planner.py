@@ -21,7 +21,7 @@ from .stages import plan_staged
 from .syntax import copy_node, func_name, walk
 from .writes import READ_ONLY_VOLATILE, plan_create_as, plan_write
 
-__all__ = ["CACHE_SIZE", "plan_statement", "quick_plan"]
+__all__ = ["CACHE_SIZE", "plan_statement", "quick_plan", "stage_statement"]
 
 CACHE_SIZE = 512
 
@@ -318,6 +318,31 @@ def _staged(stmt: ast.SelectStmt, template: Template, facts: ShardFacts, depth: 
         return answer_select(sub, Template(template.text, names, template.positional), facts, level)
 
     return plan_staged(stmt, template, facts, answer, depth, layout_of(facts))
+
+
+def stage_statement(query: str, vars: Any, facts: ShardFacts) -> tuple[Plan, Any] | None:
+    """The staged plan of a SELECT whose merge the shards' result types refused (text ordered under
+    a collation other than C, say): PostgreSQL then compares. None when it cannot be staged."""
+    template = to_template(query, vars)
+    if template is None:
+        return None
+    staged = _staged_text(template, facts)
+    return (staged, shard_vars(template, vars)) if staged is not None else None
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def _staged_text(template: Template, facts: ShardFacts) -> Plan | None:
+    try:
+        statements = pglast.parse_sql(template.text)
+    except pglast.parser.ParseError:
+        return None
+    stmt = statements[0].stmt if len(statements) == 1 else None
+    if not isinstance(stmt, ast.SelectStmt) or stmt.intoClause is not None:
+        return None
+    try:
+        return _staged(stmt, template, facts, 0)
+    except NotSupportedError:
+        return None
 
 
 def _temporary(relation: Any) -> bool:

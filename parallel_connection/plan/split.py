@@ -193,15 +193,22 @@ def _split_groups(
             ast.RangeSubselect(lateral=False, subquery=made, alias=ast.Alias(aliasname=_GROUPS)),
         )
         return final
-    arms: list[ast.SelectStmt] = []
-    for grouping_set in sets if sets is not None else [groups]:
+    numbers: list[int] = []
+    chosen = sets if sets is not None else [groups]
+    for grouping_set in chosen:
         step = _group_step(stmt, rewriter, grouping_set)
         if not stager.sharded(step):
             return None
         number = stager.step(step)
         if number is None:
             return None
-        arms.append(_arm(number, rewriter, grouping_set))
+        numbers.append(number)
+    # Where a grouping set leaves a key out, its NULL takes the key's type from a set that has it.
+    typed: dict[int, int] = {}
+    for number, grouping_set in zip(numbers, chosen, strict=True):
+        for index in {rewriter.group(e) for e in grouping_set} - {None}:
+            typed.setdefault(cast(int, index), number)
+    arms = [_arm(n, rewriter, s, typed) for n, s in zip(numbers, chosen, strict=True)]
     rows = arms[0]
     for arm in arms[1:]:
         rows = ast.SelectStmt(op=enums.SetOperation.SETOP_UNION, all=True, larg=rows, rarg=arm)
@@ -347,8 +354,16 @@ def _group_step(stmt: ast.SelectStmt, rewriter: _Rewriter, grouping_set: list[as
         if i in present
     ]
     targets += [ast.ResTarget(name=f"a{j + 1}", val=copy_node(a)) for j, a in enumerate(rewriter.aggregates)]
-    if not targets:
-        targets = [ast.ResTarget(name="a0", val=ast.A_Const(isnull=False, val=ast.Integer(ival=1)))]
+    if not any(i in present for i in range(len(rewriter.groups))) and not rewriter.aggregates:
+        # One group of every row (GROUP BY (), HAVING alone): an aggregate makes it one row, even of none.
+        count = ast.FuncCall(
+            funcname=(ast.String(sval="pg_catalog"), ast.String(sval="count")),
+            agg_star=True,
+            agg_within_group=False,
+            agg_distinct=False,
+            func_variadic=False,
+        )
+        targets.append(ast.ResTarget(name="a0", val=count))
     group_by = [copy_node(rewriter.groups[i]) for i in dict.fromkeys(p for p in present if p is not None)]
     return ast.SelectStmt(
         targetList=tuple(targets),
@@ -360,13 +375,19 @@ def _group_step(stmt: ast.SelectStmt, rewriter: _Rewriter, grouping_set: list[as
     )
 
 
-def _arm(number: int, rewriter: _Rewriter, grouping_set: list[ast.Node]) -> ast.SelectStmt:
-    """One grouping set's rows with every column of the groups (NULL where not grouped) and GROUPING()."""
+def _arm(
+    number: int, rewriter: _Rewriter, grouping_set: list[ast.Node], typed: dict[int, int]
+) -> ast.SelectStmt:
+    """One grouping set's rows with every column of the groups (NULL where not grouped) and GROUPING().
+
+    ``typed``: for each key, a step that has it; a NULL is that key's (``SELECT gN ... LIMIT 0``),
+    so the arms' UNION ALL types every column as one database's grouping sets do.
+    """
     present = {rewriter.group(e) for e in grouping_set}
     source = relation_select(number)
     columns: list[ast.ResTarget] = []
     for i in range(len(rewriter.groups)):
-        value: ast.Node = _step_column(f"g{i + 1}") if i in present else ast.A_Const(isnull=True)
+        value: ast.Node = _step_column(f"g{i + 1}") if i in present else _typed_null(i, typed[i])
         columns.append(ast.ResTarget(name=f"g{i + 1}", val=value))
     columns += [
         ast.ResTarget(name=f"a{j + 1}", val=_step_column(f"a{j + 1}"))
@@ -381,6 +402,15 @@ def _arm(number: int, rewriter: _Rewriter, grouping_set: list[ast.Node]) -> ast.
         )
     source.targetList = tuple(columns) or source.targetList
     return source
+
+
+def _typed_null(index: int, number: int) -> ast.SubLink:
+    """``(SELECT gN FROM step LIMIT 0)``: NULL of the key's type."""
+    select = relation_select(number)
+    select.targetList = (ast.ResTarget(val=_step_column(f"g{index + 1}")),)
+    select.limitCount = ast.A_Const(isnull=False, val=ast.Integer(ival=0))
+    select.limitOption = enums.LimitOption.LIMIT_OPTION_COUNT
+    return ast.SubLink(subLinkType=enums.SubLinkType.EXPR_SUBLINK, subselect=select)
 
 
 def _step_column(name: str) -> ast.ColumnRef:
