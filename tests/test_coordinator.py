@@ -422,3 +422,52 @@ def test_text_under_the_databases_own_collation_is_compared_by_postgresql(icu_da
     conn.rollback()
     reference.rollback()
     assert got == want
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # One group of every row, even of none.
+        "SELECT 1 FROM orders GROUP BY ()",
+        "SELECT 1 FROM orders WHERE amount < 0 HAVING true",
+        "SELECT 1, 2 FROM orders GROUP BY GROUPING SETS ((), ())",
+        # A grouping set's missing key is a NULL of the key's type, whatever set comes first.
+        "SELECT status, paid, quantity, count(*) FROM orders GROUP BY GROUPING SETS ((status), (paid), "
+        "(quantity)) ORDER BY 1 NULLS FIRST, 2 NULLS FIRST, 3 NULLS FIRST, 4",
+        "SELECT paid, quantity, count(*) FROM orders GROUP BY GROUPING SETS ((quantity), (quantity), (paid)) "
+        "ORDER BY 1 NULLS FIRST, 2 NULLS FIRST, 3",
+    ],
+)
+def test_grouping_edges_answer_as_one_database(placed, ref, sql):
+    assert_as_one_database(placed, ref, sql)
+
+
+def test_char_keys_of_grouping_sets_keep_their_padding(typed, ref):
+    sql = (
+        "SELECT k % 2 AS odd, k % 3 AS third, c, count(*) FROM co_types "
+        "GROUP BY GROUPING SETS ((k % 2), (k % 3), (c)) ORDER BY 1 NULLS FIRST, 2 NULLS FIRST, 3 NULLS FIRST"
+    )
+    got, want = _answer(typed, sql), _answer(ref, sql)
+    typed.rollback()
+    ref.rollback()
+    assert got == want
+
+
+def test_composite_values_are_not_moved(typed):
+    with pytest.raises(NotSupportedError, match="composite"):
+        _answer(typed, "SELECT * FROM (SELECT row_of, k FROM co_types row_of ORDER BY k LIMIT 3) s")
+    typed.rollback()
+
+
+def test_an_outer_joined_side_off_the_key_is_not_combined_per_shard(sample, big_and_small, ref):
+    # customers LEFT JOIN (a join off the key): each shard's part of the right side is not its own.
+    placement = Placement(
+        sharded={"co_big": ("k", "modulo"), "co_small": ("k", "modulo")}, copied=["customers"]
+    )
+    sql = (
+        "SELECT c.id, count(s.k), max(b.k) FROM customers c LEFT JOIN (co_big b JOIN co_small s "
+        "ON s.k = b.s) ON c.id = b.s WHERE c.id < 30 GROUP BY c.id ORDER BY c.id"
+    )
+    with parallel_connection.connect(sample.shard_dsns, placement=placement) as conn:
+        assert _typed(_answer(conn, sql)[1]) == _typed(_answer(ref, sql)[1])
+    ref.rollback()

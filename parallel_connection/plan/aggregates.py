@@ -114,6 +114,10 @@ class AggregatePlanner:
             raise refuse("SELECT DISTINCT with an ORDER BY expression that is not in the select list")
         if distinct_on and order and set(distinct_on) != {k.column for k in order[: len(distinct_on)]}:
             raise refuse("DISTINCT ON expressions that are not the leading ORDER BY expressions")
+        if not group_items and not self.partials:
+            # HAVING (or GROUP BY ()) alone: one group of every row, even of none; the shards'
+            # rewritten statement would return rows, not one group (the coordinator finishes it).
+            raise refuse("HAVING or GROUP BY () without an aggregate")
         shard = ast.SelectStmt(
             targetList=tuple(self.columns.targets),
             fromClause=stmt.fromClause,
