@@ -471,3 +471,14 @@ def test_an_outer_joined_side_off_the_key_is_not_combined_per_shard(sample, big_
     with parallel_connection.connect(sample.shard_dsns, placement=placement) as conn:
         assert _typed(_answer(conn, sql)[1]) == _typed(_answer(ref, sql)[1])
     ref.rollback()
+
+
+def test_a_staged_statement_is_never_run_as_a_plain_union(placed):
+    staged = "SELECT count(*) FROM orders WHERE amount > (SELECT avg(amount) FROM orders)"
+    with placed.cursor() as cur:
+        with pytest.raises(NotSupportedError, match="several statements"):
+            cur.execute(staged + "; SELECT 1")
+        placed.rollback()
+        with pytest.raises(NotSupportedError, match="executemany"):
+            cur.executemany(staged + " + %s", [(1,), (2,)])
+    placed.rollback()

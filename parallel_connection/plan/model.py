@@ -295,7 +295,9 @@ class Plan:
 
     @property
     def mode(self) -> str:
-        """``merge``, ``first`` or ``union``: how the rows of the tasks come back."""
+        """``staged``, ``merge``, ``first`` or ``union``: how the rows of the tasks come back."""
+        if self.staged is not None:
+            return "staged"
         return "merge" if self.merge else "first" if self.first else "union"
 
     @property
