@@ -326,8 +326,8 @@ def _run_merge(
     shard_description = agreed_description(shards, cursors, targets)
     assert shard_description is not None
     facts = shards.facts()
+    check_shard_types(plan.client, [column.type_code for column in shard_description])
     try:
-        check_shard_types(plan.client, [column.type_code for column in shard_description])
         description, merged = build_merge(
             plan.client,
             shard_description,
