@@ -20,7 +20,7 @@ import math
 import re
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -71,6 +71,13 @@ def run_staged(
     execute: Execute,
 ) -> Outcome:
     """Run ``plan``'s steps, then its final statement over their rows, with the user's cursors."""
+    with _one_level_deeper():
+        return _run(shards, cursors, statement, plan, shard_vars, execute)
+
+
+@contextlib.contextmanager
+def _one_level_deeper() -> Iterator[None]:
+    """One more level of staged statements in this thread (a step may be staged again), bounded."""
     depth = getattr(_nesting, "depth", 0)
     if depth >= _MAX_NESTING:
         raise NotSupportedError(
@@ -79,12 +86,12 @@ def run_staged(
         )
     _nesting.depth = depth + 1
     try:
-        return _run_staged(shards, cursors, statement, plan, shard_vars, execute)
+        yield
     finally:
         _nesting.depth = depth
 
 
-def _run_staged(
+def _run(
     shards: ShardSet,
     cursors: Sequence[Any],
     statement: Statement,
