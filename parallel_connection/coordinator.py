@@ -43,6 +43,8 @@ class Execute(Protocol):
 
 _MARKER = re.compile(r"_pc_relation\((\d+)\)")
 _DATE_TYPES = frozenset({1082, 1114, 1184})
+_LOSSY_ARRAYS = frozenset({1187, 199, 3807, 1183, 1270, 1182, 1115, 1185})
+"""Arrays of intervals, JSON, times, dates and timestamps: psycopg2 reads their elements with a loss."""
 _EDGES = frozenset({datetime.date.max, datetime.date.min, datetime.datetime.max, datetime.datetime.min})
 _PAYLOAD_TEXT = psycopg2.extensions.new_type(
     (1083, 1266, 1186, 114, 3802), "PC_PAYLOAD_TEXT", lambda value, cursor: value
@@ -160,14 +162,18 @@ def _filled(sql: str, relations: Mapping[int, str]) -> str:
 def _relation(
     shards: ShardSet, description: Sequence[Any], rows: list[Any], vars: dict[str, Any], raw: bool
 ) -> str:
-    """``unnest(...) AS _pc_rN(columns)`` reading ``rows``; their arrays are put in ``vars``."""
+    """``unnest(...) AS _pc_rN(columns)`` reading ``rows``; their arrays are put in ``vars``.
+
+    An array column travels as text (unnest would flatten an array of arrays) and is cast back.
+    """
     label = next(_labels)  # unique: a step's statement may be staged again, with steps of its own
     types = _type_names(shards, [column.type_code for column in description])
     arrays: list[str] = []
+    casts: list[str] = []
     for index, column in enumerate(description):
         name, category = types[column.type_code]
-        if category in ("A", "C", "P"):
-            what = {"A": "array", "C": "composite", "P": "pseudo-type"}[category]
+        if category in ("C", "P") or column.type_code in _LOSSY_ARRAYS:
+            what = {"C": "composite", "P": "pseudo-type"}.get(category, "array")
             raise NotSupportedError(
                 f"moving {what} values ({column.name} {name}) to the coordinator; take them apart "
                 "(unnest, .field, ::text) where the shards can finish"
@@ -177,7 +183,18 @@ def _relation(
             _check_merged(column, name, values)
         key = f"_pc_r{label}_{index}"
         vars[key] = _array_text(values)
-        arrays.append(f"%({key})s::{name}[]")
+        quoted = _quoted(column.name)
+        if category == "A":
+            arrays.append(f"%({key})s::pg_catalog.text[]")
+            casts.append(f"_pc_u.c{index}::{name} AS {quoted}")
+        else:
+            arrays.append(f"%({key})s::{name}[]")
+            casts.append(f"_pc_u.c{index} AS {quoted}")
+    if any("::" in cast for cast in casts):
+        inner = ", ".join(f"c{i}" for i in range(len(description)))
+        return (
+            f"(SELECT {', '.join(casts)} FROM unnest({', '.join(arrays)}) AS _pc_u({inner})) AS _pc_r{label}"
+        )
     names = ", ".join(_quoted(column.name) for column in description)
     return f"unnest({', '.join(arrays)}) AS _pc_r{label}({names})"
 
@@ -226,6 +243,8 @@ def _element(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, datetime.timedelta):
         return f"{value.days} days {value.seconds} seconds {value.microseconds} microseconds"
+    if isinstance(value, list):
+        return _array_text(value)  # an array's own literal: the coordinator casts it back
     if isinstance(value, (bytes, memoryview)):
         return "\\x" + bytes(value).hex()
     if isinstance(value, (str, int, decimal.Decimal, uuid.UUID)):

@@ -482,3 +482,17 @@ def test_a_staged_statement_is_never_run_as_a_plain_union(placed):
         with pytest.raises(NotSupportedError, match="executemany"):
             cur.executemany(staged + " + %s", [(1,), (2,)])
     placed.rollback()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # Arrays move as their own text, cast back at the coordinator (unnest would flatten them).
+        "SELECT customer_id, ids, cardinality(ids) FROM (SELECT customer_id, array_agg(id ORDER BY id) "
+        "AS ids FROM orders GROUP BY customer_id ORDER BY customer_id LIMIT 5) s ORDER BY 1",
+        "SELECT id, ARRAY[status, NULL, 'a,b', 'q\"\\\\'] AS a, ARRAY[[quantity, 1], [2, 3]] AS m, "
+        "rank() OVER (ORDER BY amount DESC NULLS LAST, id) FROM orders ORDER BY 4 LIMIT 5",
+    ],
+)
+def test_array_values_reach_the_coordinator_unchanged(placed, ref, sql):
+    assert_as_one_database(placed, ref, sql)
