@@ -44,7 +44,8 @@ class Execute(Protocol):
 _MARKER = re.compile(r"_pc_relation\((\d+)\)")
 _DATE_TYPES = frozenset({1082, 1114, 1184})
 _LOSSY_ARRAYS = frozenset({1187, 199, 3807, 1183, 1270, 1182, 1115, 1185})
-"""Arrays of intervals, JSON, times, dates and timestamps: psycopg2 reads their elements with a loss."""
+"""Arrays of intervals, JSON, times, dates and timestamps: psycopg2 reads their elements with a loss
+(they come as text when nothing is merged; a merge needs them as lists, array_agg's partials say)."""
 _EDGES = frozenset({datetime.date.max, datetime.date.min, datetime.datetime.max, datetime.datetime.min})
 _PAYLOAD_TEXT = psycopg2.extensions.new_type(
     (1083, 1266, 1186, 114, 3802), "PC_PAYLOAD_TEXT", lambda value, cursor: value
@@ -52,7 +53,9 @@ _PAYLOAD_TEXT = psycopg2.extensions.new_type(
 """Times, intervals and JSON as the server's text: psycopg2's Python values lose what PostgreSQL
 keeps (24:00, an interval's months, a JSON null and its spelling), and no merge computes on them."""
 _RAW_TEXT = psycopg2.extensions.new_type(
-    (1082, 1114, 1184, 1083, 1266, 1186, 114, 3802), "PC_RAW_TEXT", lambda value, cursor: value
+    (1082, 1114, 1184, 1083, 1266, 1186, 114, 3802, 1182, 1115, 1185, 1183, 1270, 1187, 199, 3807),
+    "PC_RAW_TEXT",
+    lambda value, cursor: value,
 )
 """Dates and timestamps too (their infinities, BC years, any DateStyle) when nothing is merged."""
 _TYPE_NAMES: dict[int, tuple[str, str]] = {}
@@ -172,13 +175,14 @@ def _relation(
     casts: list[str] = []
     for index, column in enumerate(description):
         name, category = types[column.type_code]
-        if category in ("C", "P") or column.type_code in _LOSSY_ARRAYS:
-            what = {"C": "composite", "P": "pseudo-type"}.get(category, "array")
+        values = [row[index] for row in rows]
+        parsed = column.type_code in _LOSSY_ARRAYS and any(isinstance(v, list) for v in values)
+        if category in ("C", "P") or parsed:
+            what = {"C": "composite", "P": "pseudo-type"}.get(category, "merged array")
             raise NotSupportedError(
                 f"moving {what} values ({column.name} {name}) to the coordinator; take them apart "
                 "(unnest, .field, ::text) where the shards can finish"
             )
-        values = [row[index] for row in rows]
         if not raw:
             _check_merged(column, name, values)
         key = f"_pc_r{label}_{index}"

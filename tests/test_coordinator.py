@@ -496,3 +496,14 @@ def test_a_staged_statement_is_never_run_as_a_plain_union(placed):
 )
 def test_array_values_reach_the_coordinator_unchanged(placed, ref, sql):
     assert_as_one_database(placed, ref, sql)
+
+
+def test_arrays_of_dates_and_intervals_move_as_text_when_nothing_merges_them(typed, ref):
+    sql = (
+        "SELECT k, ARRAY[d, NULL] AS ds, ARRAY[iv] AS ivs, row_number() OVER (ORDER BY k) "
+        "FROM co_types ORDER BY k"
+    )
+    got, want = _answer(typed, sql), _answer(ref, sql)
+    typed.rollback()
+    ref.rollback()
+    assert got == want
