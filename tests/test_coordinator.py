@@ -42,6 +42,14 @@ def _answer(conn: Any, sql: str, params: Any = None) -> tuple[list[tuple[str, in
         return columns, [tuple(r) for r in cur.fetchall()]
 
 
+def _both(conn: Any, ref: Any, sql: str) -> tuple[Any, Any]:
+    """The library's and the reference's answers (names and type codes, rows), both rolled back."""
+    got, want = _answer(conn, sql), _answer(ref, sql)
+    conn.rollback()
+    ref.rollback()
+    return got, want
+
+
 def _typed(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Rows with each value's type and, for Decimals, its scale: equal only when exactly alike."""
     return [tuple((type(v).__name__, str(v) if isinstance(v, Decimal) else v) for v in row) for row in rows]
@@ -261,7 +269,7 @@ def typed(sample: Any) -> Any:
 def test_every_kind_of_value_reaches_the_coordinator_unchanged(typed, ref):
     # The derived table's LIMIT over every shard's rows runs first; its rows move to the coordinator.
     sql = "SELECT * FROM (SELECT * FROM co_types WHERE k <> 6 ORDER BY k LIMIT 25) s ORDER BY k DESC"
-    got, want = _answer(typed, sql), _answer(ref, sql)
+    got, want = _both(typed, ref, sql)
     assert [name for name, _ in got[0]] == [name for name, _ in want[0]]
 
     def comparable(rows: list[tuple[Any, ...]]) -> list[str]:
@@ -269,8 +277,6 @@ def test_every_kind_of_value_reaches_the_coordinator_unchanged(typed, ref):
         return [repr(tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)) for row in rows]
 
     assert comparable(got[1]) == comparable(want[1])
-    typed.rollback()
-    ref.rollback()
 
 
 def test_every_stage_sees_one_moment(placed, ref):
@@ -342,9 +348,7 @@ def test_a_join_off_the_key_sends_the_smaller_table_to_the_shards(big_and_small,
     ],
 )
 def test_values_computed_on_at_the_coordinator_are_postgresqls(typed, ref, sql):
-    got, want = _answer(typed, sql), _answer(ref, sql)
-    typed.rollback()
-    ref.rollback()
+    got, want = _both(typed, ref, sql)
     assert got[0] == want[0]
     assert [repr(r) for r in got[1]] == [repr(r) for r in want[1]]
 
@@ -418,9 +422,7 @@ def icu_database(sample: Any) -> Any:
 )
 def test_text_under_the_databases_own_collation_is_compared_by_postgresql(icu_database, sql):
     conn, reference = icu_database
-    got, want = _answer(conn, sql), _answer(reference, sql)
-    conn.rollback()
-    reference.rollback()
+    got, want = _both(conn, reference, sql)
     assert got == want
 
 
@@ -447,9 +449,7 @@ def test_char_keys_of_grouping_sets_keep_their_padding(typed, ref):
         "SELECT k % 2 AS odd, k % 3 AS third, c, count(*) FROM co_types "
         "GROUP BY GROUPING SETS ((k % 2), (k % 3), (c)) ORDER BY 1 NULLS FIRST, 2 NULLS FIRST, 3 NULLS FIRST"
     )
-    got, want = _answer(typed, sql), _answer(ref, sql)
-    typed.rollback()
-    ref.rollback()
+    got, want = _both(typed, ref, sql)
     assert got == want
 
 
@@ -503,7 +503,5 @@ def test_arrays_of_dates_and_intervals_move_as_text_when_nothing_merges_them(typ
         "SELECT k, ARRAY[d, NULL] AS ds, ARRAY[iv] AS ivs, row_number() OVER (ORDER BY k) "
         "FROM co_types ORDER BY k"
     )
-    got, want = _answer(typed, sql), _answer(ref, sql)
-    typed.rollback()
-    ref.rollback()
+    got, want = _both(typed, ref, sql)
     assert got == want
