@@ -505,3 +505,35 @@ def test_arrays_of_dates_and_intervals_move_as_text_when_nothing_merges_them(typ
     )
     got, want = _both(typed, ref, sql)
     assert got == want
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # A set operation whose arms read sharded rows only through its CTE reads every shard's.
+        "WITH w AS (SELECT count(*) AS n FROM orders) SELECT n FROM w UNION ALL SELECT n FROM w",
+        "WITH w AS (SELECT id FROM orders) SELECT count(*) FROM (SELECT id FROM w UNION ALL "
+        "SELECT id FROM w) u",
+        "WITH w AS (SELECT customer_id FROM orders) SELECT customer_id FROM w INTERSECT "
+        "SELECT id FROM customers ORDER BY 1 LIMIT 5",
+        "WITH w AS (SELECT count(*) AS n FROM orders) VALUES (1) UNION ALL SELECT n FROM w",
+    ],
+)
+def test_a_set_operations_own_cte_of_sharded_rows_reads_every_shard(placed, ref, sql):
+    assert_as_one_database(placed, ref, sql)
+
+
+def test_an_insert_of_a_set_operation_over_a_cte_inserts_every_shards_rows(placed, ref):
+    sql = (
+        "INSERT INTO orders (id, customer_id, status) WITH w AS (SELECT id, customer_id FROM orders "
+        "WHERE id < 40) SELECT id + 900000, customer_id, 'x' FROM w UNION ALL "
+        "SELECT id + 910000, customer_id, 'y' FROM w"
+    )
+    counts = []
+    for conn in (placed, ref):
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            cur.execute("SELECT count(*) FROM orders WHERE id >= 900000")
+            counts.append(cur.fetchone()[0])
+        conn.rollback()
+    assert counts[0] == counts[1] > 0

@@ -154,8 +154,7 @@ class _Analyzer:
     # -- one query level ------------------------------------------------------------
 
     def select(self, stmt: ast.SelectStmt, parent: _Level | None, *, top: bool = False) -> _Info:
-        if stmt.op != enums.SetOperation.SETOP_NONE:
-            return self.set_operation(stmt, parent)
+        # A set operation's WITH is its arms' (known before they are read).
         if stmt.withClause is not None:
             for cte in stmt.withClause.ctes or ():
                 if isinstance(cte.ctequery, ast.SelectStmt):
@@ -165,6 +164,8 @@ class _Analyzer:
                         info = _Info(True, False, "WITH RECURSIVE over sharded rows", {}, info.names)
                         self.unkeyed = True
                     self.ctes[cte.ctename] = info
+        if stmt.op != enums.SetOperation.SETOP_NONE:
+            return self.set_operation(stmt, parent)
         self.levels += 1
         level = _Level(self.levels, parent)
         if stmt.valuesLists:
