@@ -418,6 +418,10 @@ def icu_database(sample: Any) -> Any:
         "SELECT min(s), max(s) FROM w",
         "SELECT s, k FROM w ORDER BY s DESC NULLS LAST, k LIMIT 4",
         'SELECT s FROM w ORDER BY s COLLATE "C" NULLS FIRST, k',
+        "SELECT 1 FROM w GROUP BY s HAVING s > 'a'",
+        "SELECT 'q' AS lit, min(s) FROM w GROUP BY 1",
+        "SELECT 7 AS lit, max(s) FROM w GROUP BY 1",
+        "SELECT s::name AS n FROM w WHERE s IS NOT NULL ORDER BY 1",
     ],
 )
 def test_text_under_the_databases_own_collation_is_compared_by_postgresql(icu_database, sql):
@@ -537,3 +541,26 @@ def test_an_insert_of_a_set_operation_over_a_cte_inserts_every_shards_rows(place
             counts.append(cur.fetchone()[0])
         conn.rollback()
     assert counts[0] == counts[1] > 0
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # HAVING with a subquery: its left side reads the groups.
+        "SELECT quantity, count(*) FROM orders GROUP BY quantity HAVING quantity IN "
+        "(SELECT quantity FROM orders WHERE amount > 990) ORDER BY 1",
+        "SELECT status, max(amount) FROM orders GROUP BY status HAVING max(amount) > ALL "
+        "(SELECT amount FROM orders WHERE amount < 500) ORDER BY 1 NULLS FIRST",
+        # GROUP BY naming a constant of the select list.
+        "SELECT 'q' AS lit, round(avg(amount), 2) FROM orders GROUP BY lit",
+    ],
+)
+def test_what_grouped_statements_name_reaches_the_groups(placed, ref, sql):
+    assert_as_one_database(placed, ref, sql)
+
+
+def test_a_constant_rolled_up_is_nulled_in_its_total(placed, ref):
+    # PostgreSQL sorts by neither row (the key is a constant): compare them as a multiset.
+    got, want = _both(placed, ref, "SELECT 'q' AS lit, count(*) FROM orders GROUP BY ROLLUP (1)")
+    assert got[0] == want[0]
+    assert sorted(got[1], key=repr) == sorted(want[1], key=repr)

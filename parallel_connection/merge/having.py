@@ -13,7 +13,7 @@ import datetime
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -23,6 +23,7 @@ from . import numeric
 from .rowops import bind
 from .values import (
     BOOL,
+    COLLATED,
     DATE,
     FLOAT8,
     INT2,
@@ -37,7 +38,7 @@ from .values import (
     unrepresentable,
 )
 
-__all__ = ["having"]
+__all__ = ["check_text_order", "having"]
 
 Row = Any
 Typed = tuple[Any, str]
@@ -62,6 +63,22 @@ _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
 }  # fmt: skip
 _ARITH: dict[str, Callable[[Any, Any], Any]] = {"+": operator.add, "-": operator.sub, "*": operator.mul}
 _EXACT = {"+": numeric.EXACT.add, "-": numeric.EXACT.subtract, "*": numeric.EXACT.multiply}
+
+
+def check_text_order(predicate: Expr, types: Sequence[int], text_order_c: bool) -> None:
+    """Refuse, before any row, a HAVING that orders text columns when text is not ordered by code point
+    (what a row would find out later, when the answer is half served)."""
+    if text_order_c:
+        return
+    stack = [predicate]
+    while stack:
+        expr = stack.pop()
+        ordering = expr[0] == "cmp" and expr[1] not in ("=", "<>", "!=")
+        if ordering and any(side[0] == "column" and types[side[1]] in COLLATED for side in expr[2:4]):
+            raise refuse('HAVING comparing text under a collation other than "C"')
+        stack.extend(
+            part for part in expr[1:] if isinstance(part, tuple) and part and isinstance(part[0], str)
+        )
 
 
 def having(

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..plan.model import ClientPlan
 from .aggregate import Combiner
-from .having import having
+from .having import check_text_order, having
 from .ordered import check_sorted, ordered
 from .rowops import bind, distinct, distinct_on, offset_limit
 from .values import COLLATED, check_equality, check_order, fast_sort, row_key
@@ -66,6 +66,8 @@ def build_merge(
             check_equality(types[column], "DISTINCT")
     for column in client.distinct_on:
         check_equality(types[column], "DISTINCT ON")
+    if client.aggregate is not None and client.aggregate.having is not None:
+        check_text_order(client.aggregate.having, types, text_order_c)
     # Text order depends on collations the database-level check may miss (a column's own
     # COLLATE): check that every shard's rows come in the order the merge reproduces.
     check_runs = any(types[k.column] in COLLATED and not k.collate_c for k in client.order)

@@ -33,8 +33,9 @@ BOOL, INT8, INT2, INT4, TEXT, OID, NAME, CHAR = 16, 20, 21, 23, 25, 26, 19, 18
 FLOAT4, FLOAT8, NUMERIC, VARCHAR, BPCHAR = 700, 701, 1700, 1043, 1042
 DATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL, UUID = 1082, 1083, 1114, 1184, 1186, 2950
 
-COLLATED = frozenset({TEXT, VARCHAR, BPCHAR})
-"""Text types ordered by the database collation (``name`` and ``"char"`` always order bytes)."""
+COLLATED = frozenset({TEXT, VARCHAR, BPCHAR, NAME})
+"""Text types ordered by a collation (``"char"`` always orders bytes; ``name`` is C unless an
+expression gives it another, ``s::name`` takes the collation of ``s``)."""
 ORDERED = frozenset({BOOL, INT8, INT2, INT4, OID, NAME, CHAR, FLOAT4, FLOAT8, NUMERIC, DATE})
 ORDERED |= frozenset({TIMESTAMP, TIMESTAMPTZ, UUID}) | COLLATED
 """Types whose Python order, with NaN, NULL and infinities handled here, is PostgreSQL's.

@@ -132,7 +132,9 @@ class _Rewriter:
             inner = cast(ast.SelectStmt, node.subselect)
             if self.stager.outer(inner) != []:
                 raise _Unsplittable
-            return node
+            sublink = copy_node(node)  # its left side (``x IN``, ``max(n) > ALL``) reads the groups
+            sublink.testexpr = self.visit(node.testexpr) if node.testexpr is not None else None
+            return sublink
         if isinstance(node, ast.ColumnRef):
             if self.rows:
                 self.groups.append(node)
@@ -364,7 +366,9 @@ def _group_step(stmt: ast.SelectStmt, rewriter: _Rewriter, grouping_set: list[as
             func_variadic=False,
         )
         targets.append(ast.ResTarget(name="a0", val=count))
-    group_by = [copy_node(rewriter.groups[i]) for i in dict.fromkeys(p for p in present if p is not None)]
+    # By position: a key may be a constant or a parameter, which GROUP BY cannot name itself.
+    keys = sum(1 for i in range(len(rewriter.groups)) if i in present)
+    group_by = [ast.A_Const(isnull=False, val=ast.Integer(ival=n + 1)) for n in range(keys)]
     return ast.SelectStmt(
         targetList=tuple(targets),
         fromClause=stmt.fromClause,
