@@ -1,16 +1,22 @@
 """A SELECT the shards cannot finish alone, planned in stages: steps first, PostgreSQL finishes the rest.
 
 When the one-pass plan refuses a statement, it is rewritten by one strategy
-after another until the rest plans: subqueries and CTEs that need a merge
-run first as steps; correlated subqueries become grouped steps joined back
-(``decorrelate``); the top level's groups or rows are computed by a step and
-what is left (expressions over aggregates, HAVING, windows, ORDER BY,
-LIMIT) runs over them (``split``); set operations combine their arms'
-rows; last, sharded tables are read filtered and projected, and PostgreSQL
-answers everything else over those rows. Each step is a statement of its
-own, planned (and staged) like any other; its rows reach later statements
-as ``unnest`` of typed arrays. A final statement that reads no sharded
-table runs on one shard: the coordinator.
+after another until the rest plans:
+
+* subqueries and CTEs that need a merge run first as steps (``units``);
+* correlated subqueries become grouped steps joined back (``decorrelate``);
+* set operations combine their arms' rows (``units``);
+* the top level's groups or rows are computed by a step, and what is left
+  (expressions over aggregates, HAVING, windows, ORDER BY, LIMIT) runs over
+  them (``split``), or each shard's partial groups are combined (``combine``);
+* a join off the shard key sends all but its largest table to every shard
+  (``pulls.broadcast_tables``);
+* last, sharded tables are read filtered and projected, and PostgreSQL
+  answers everything else over those rows (``pulls.pull_tables``).
+
+Each step is a statement of its own, planned (and staged) like any other;
+its rows reach later statements as ``unnest`` of typed arrays. A final
+statement that reads no sharded table runs on one shard: the coordinator.
 """
 
 from __future__ import annotations
