@@ -564,3 +564,12 @@ def test_a_constant_rolled_up_is_nulled_in_its_total(placed, ref):
     got, want = _both(placed, ref, "SELECT 'q' AS lit, count(*) FROM orders GROUP BY ROLLUP (1)")
     assert got[0] == want[0]
     assert sorted(got[1], key=repr) == sorted(want[1], key=repr)
+
+
+def test_a_subquery_in_a_join_condition_runs_first(placed, ref):
+    sql = (
+        "SELECT c.country, count(*) FROM orders o JOIN customers c ON c.id = o.customer_id "
+        "AND o.amount > (SELECT avg(amount) FROM orders) GROUP BY 1 ORDER BY 1 NULLS FIRST"
+    )
+    placed.moved_rows = 10  # one value moves: the orders stay on their shards
+    assert_as_one_database(placed, ref, sql)

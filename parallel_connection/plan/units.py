@@ -49,15 +49,22 @@ def _visit(stager: Stager, stmt: ast.SelectStmt, everything: bool, *, top: bool 
     for item in stmt.fromClause or ():
         changed |= _from_item(stager, item, everything)
     for node in _expression_roots(stmt):
-        for sub in walk(node):
-            if isinstance(sub, ast.SubLink) and isinstance(sub.subselect, ast.SelectStmt):
-                inner = sub.subselect
-                number = _unit(stager, _sublink_step(sub), everything, original=inner)
-                if number is not None:
-                    sub.subselect = relation_select(number)
-                    changed = True
-                elif inner is not None:
-                    changed |= _visit(stager, inner, everything)
+        changed |= _sublinks(stager, node, everything)
+    return changed
+
+
+def _sublinks(stager: Stager, node: Any, everything: bool) -> bool:
+    """The subqueries in an expression that run first replaced by their steps' rows."""
+    changed = False
+    for sub in walk(node):
+        if isinstance(sub, ast.SubLink) and isinstance(sub.subselect, ast.SelectStmt):
+            inner = sub.subselect
+            number = _unit(stager, _sublink_step(sub), everything, original=inner)
+            if number is not None:
+                sub.subselect = relation_select(number)
+                changed = True
+            else:
+                changed |= _visit(stager, inner, everything)
     return changed
 
 
@@ -66,9 +73,7 @@ def _from_item(stager: Stager, item: ast.Node, everything: bool) -> bool:
         changed = _from_item(stager, cast(ast.Node, item.larg), everything)
         changed |= _from_item(stager, cast(ast.Node, item.rarg), everything)
         if item.quals is not None:
-            for sub in walk(item.quals):
-                if isinstance(sub, ast.SubLink) and isinstance(sub.subselect, ast.SelectStmt):
-                    changed |= _visit(stager, sub.subselect, everything)
+            changed |= _sublinks(stager, item.quals, everything)
         return changed
     if isinstance(item, ast.RangeSubselect) and isinstance(item.subquery, ast.SelectStmt):
         if not item.lateral:
