@@ -573,3 +573,17 @@ def test_a_subquery_in_a_join_condition_runs_first(placed, ref):
     )
     placed.moved_rows = 10  # one value moves: the orders stay on their shards
     assert_as_one_database(placed, ref, sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT id, amount FROM orders WHERE paid UNION ALL SELECT id, amount FROM orders WHERE NOT paid "
+        "ORDER BY amount DESC NULLS LAST, id LIMIT 5",
+        "SELECT id, amount FROM orders UNION ALL SELECT customer_id, amount FROM orders "
+        "ORDER BY 2 NULLS FIRST, 1 DESC LIMIT 4 OFFSET 3",
+    ],
+)
+def test_the_first_rows_of_a_union_all_move_only_each_arms_first_rows(placed, ref, sql):
+    placed.moved_rows = 20  # each arm's first LIMIT + OFFSET rows, not the tables
+    assert_as_one_database(placed, ref, sql)

@@ -15,7 +15,7 @@ from pglast import ast, enums
 
 from .scopes import ctes_of, relation_select
 from .stager import Stager
-from .syntax import copy_node, walk
+from .syntax import bare_name, copy_node, integer_const, output_name, walk
 
 __all__ = ["replace_set_arms", "replace_units"]
 
@@ -135,6 +135,7 @@ def replace_set_arms(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | N
     current = copy_node(stmt)
     stager.ctes = ctes_of(current)  # the copy's CTEs: a body replaced here is seen by later steps
     changed = False
+    top = _top_rows(current)
 
     def arms(node: ast.SelectStmt, distinct: bool) -> ast.SelectStmt:
         nonlocal changed
@@ -149,6 +150,10 @@ def replace_set_arms(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | N
         step = copy_node(node)
         if distinct and step.distinctClause is None and step.limitCount is None and step.limitOffset is None:
             step.distinctClause = (None,)  # the set operation removes duplicates anyway
+        if top is not None and not (step.sortClause or step.limitCount or step.limitOffset):
+            # The first rows of a UNION ALL are among the first rows of each arm.
+            step.sortClause, step.limitCount = copy_node(top[0]), top[1]
+            step.limitOption = enums.LimitOption.LIMIT_OPTION_COUNT
         number = stager.step(step)
         if number is None:
             return node
@@ -157,6 +162,45 @@ def replace_set_arms(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | N
 
     arms(current, False)
     return current if changed else None
+
+
+def _top_rows(stmt: ast.SelectStmt) -> tuple[tuple[ast.SortBy, ...], ast.Node] | None:
+    """(ORDER BY by position, LIMIT) each arm of a UNION ALL may keep, or None.
+
+    Only for a tree of UNION ALL ordered by output positions or the first arm's output names,
+    with a constant LIMIT (and OFFSET): each arm's first LIMIT + OFFSET rows hold the answer's.
+    """
+    if stmt.limitOption != enums.LimitOption.LIMIT_OPTION_COUNT or not stmt.sortClause:
+        return None
+    limit, offset = integer_const(stmt.limitCount), integer_const(stmt.limitOffset)
+    if limit is None or (stmt.limitOffset is not None and offset is None):
+        return None
+    leaves: list[ast.SelectStmt] = []
+
+    def union_all(node: ast.SelectStmt) -> bool:
+        if node.op and node.larg is not None and node.rarg is not None:
+            return bool(node.op == enums.SetOperation.SETOP_UNION and node.all) and (
+                union_all(node.larg) and union_all(node.rarg)
+            )
+        leaves.append(node)
+        return True
+
+    if not union_all(stmt) or not leaves[0].targetList:
+        return None
+    names = [output_name(t) for t in leaves[0].targetList]
+    order: list[ast.SortBy] = []
+    for item in stmt.sortClause:
+        position = integer_const(item.node)
+        name = bare_name(item.node)
+        if position is None and name is not None and names.count(name) == 1:
+            position = names.index(name) + 1
+        if position is None or not 1 <= position <= len(names):
+            return None
+        sort = copy_node(item)
+        sort.node = ast.A_Const(isnull=False, val=ast.Integer(ival=position))
+        order.append(sort)
+    rows = limit + (offset or 0)
+    return tuple(order), ast.A_Const(isnull=False, val=ast.Integer(ival=rows))
 
 
 def union_on_shards(stager: Stager, stmt: ast.SelectStmt) -> bool:
