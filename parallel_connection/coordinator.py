@@ -120,7 +120,16 @@ def _run(
         moved += len(rows)
         relations[number] = _relation(shards, description, rows, vars, raw)
     final = _filled(staged.final, relations)
-    return execute(shards, cursors, replace(statement, query=final, vars=vars), merge=True)
+    try:
+        return execute(shards, cursors, replace(statement, query=final, vars=vars), merge=True)
+    except psycopg2.Error as exc:
+        note = getattr(exc, "add_note", None)  # Python 3.11+
+        if note is not None:
+            note(
+                "raised by the last stage of a staged statement: where it read no sharded table, "
+                "the shard named evaluated it as the coordinator, over the rows of every shard"
+            )
+        raise
 
 
 def _step_rows(

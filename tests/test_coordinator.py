@@ -587,3 +587,13 @@ def test_a_subquery_in_a_join_condition_runs_first(placed, ref):
 def test_the_first_rows_of_a_union_all_move_only_each_arms_first_rows(placed, ref, sql):
     placed.moved_rows = 20  # each arm's first LIMIT + OFFSET rows, not the tables
     assert_as_one_database(placed, ref, sql)
+
+
+def test_an_error_of_the_coordinator_says_it_came_from_every_shards_rows(placed):
+    sql = "SELECT id, rank() OVER (ORDER BY status::int) FROM orders"  # statuses are not numbers
+    with pytest.raises(psycopg2.DataError, match="shard 0") as caught:
+        _answer(placed, sql)
+    placed.rollback()
+    notes = getattr(caught.value, "__notes__", None)
+    if hasattr(caught.value, "add_note"):
+        assert notes and "coordinator" in notes[0]
