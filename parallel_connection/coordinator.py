@@ -26,10 +26,12 @@ from typing import Any, Protocol
 
 import psycopg2
 import psycopg2.extensions
+from pglast.stream import maybe_double_quote_name
 
 from .errors import NotSupportedError
+from .merge.values import ARRAY_OF, CALENDAR, INTERVAL, JSON, JSONB, TIME, TIMETZ, stand_in
 from .outcome import Outcome, Statement
-from .plan import Plan
+from .plan import RELATION, Plan
 from .shards import ShardSet
 
 __all__ = ["run_staged"]
@@ -41,23 +43,20 @@ class Execute(Protocol):
     ) -> Outcome: ...
 
 
-_MARKER = re.compile(r"_pc_relation\((\d+)\)")
-_DATE_TYPES = frozenset({1082, 1114, 1184})
-_LOSSY_ARRAYS = frozenset({1187, 199, 3807, 1183, 1270, 1182, 1115, 1185})
-"""Arrays of intervals, JSON, times, dates and timestamps: psycopg2 reads their elements with a loss
+_MARKER = re.compile(rf"{RELATION}\((\d+)\)")
+_PAYLOAD = (TIME, TIMETZ, INTERVAL, JSON, JSONB)
+"""Times, intervals and JSON: psycopg2's Python values lose what PostgreSQL keeps (24:00, an
+interval's months, a JSON null and its spelling), and no merge computes on them."""
+_LOSSY_ARRAYS = frozenset(ARRAY_OF[t] for t in (*_PAYLOAD, *CALENDAR))
+"""Arrays of those and of dates and timestamps: psycopg2 reads their elements with a loss
 (they come as text when nothing is merged; a merge needs them as lists, array_agg's partials say)."""
-_EDGES = frozenset({datetime.date.max, datetime.date.min, datetime.datetime.max, datetime.datetime.min})
-_PAYLOAD_TEXT = psycopg2.extensions.new_type(
-    (1083, 1266, 1186, 114, 3802), "PC_PAYLOAD_TEXT", lambda value, cursor: value
-)
-"""Times, intervals and JSON as the server's text: psycopg2's Python values lose what PostgreSQL
-keeps (24:00, an interval's months, a JSON null and its spelling), and no merge computes on them."""
+_PAYLOAD_TEXT = psycopg2.extensions.new_type(_PAYLOAD, "PC_PAYLOAD_TEXT", lambda value, cursor: value)
+"""Those as the server's text, in every step."""
 _RAW_TEXT = psycopg2.extensions.new_type(
-    (1082, 1114, 1184, 1083, 1266, 1186, 114, 3802, 1182, 1115, 1185, 1183, 1270, 1187, 199, 3807),
-    "PC_RAW_TEXT",
-    lambda value, cursor: value,
+    (*_PAYLOAD, *CALENDAR, *_LOSSY_ARRAYS), "PC_RAW_TEXT", lambda value, cursor: value
 )
-"""Dates and timestamps too (their infinities, BC years, any DateStyle) when nothing is merged."""
+"""Dates and timestamps (their infinities, BC years, any DateStyle) and arrays too, when nothing is
+merged."""
 _TYPE_NAMES: dict[int, tuple[str, str]] = {}
 """Built-in type OID -> (name for a cast, typcategory): the same on every server."""
 _FIRST_USER_OID = 16384
@@ -76,8 +75,33 @@ def run_staged(
     execute: Execute,
 ) -> Outcome:
     """Run ``plan``'s steps, then its final statement over their rows, with the user's cursors."""
+    staged = plan.staged
+    assert staged is not None
     with _one_level_deeper():
-        return _run(shards, cursors, statement, plan, shard_vars, execute)
+        vars: dict[str, Any] = dict(shard_vars) if isinstance(shard_vars, Mapping) else {}
+        relations: dict[int, str] = {}
+        limit = shards.moved_rows
+        moved = 0
+        for number, sql in enumerate(staged.steps, 1):
+            text = _filled(sql, relations)
+            if number in staged.pulls:
+                text += f" LIMIT {limit - moved + 1}"
+            merge = number not in staged.unions
+            raw = number in staged.pulls or not merge
+            description, rows = _step_rows(shards, execute, text, vars, limit - moved, merge, raw)
+            moved += len(rows)
+            relations[number] = _relation(shards, description, rows, vars, raw)
+        final = _filled(staged.final, relations)
+        try:
+            return execute(shards, cursors, replace(statement, query=final, vars=vars), merge=True)
+        except psycopg2.Error as exc:
+            note = getattr(exc, "add_note", None)  # Python 3.11+
+            if note is not None:
+                note(
+                    "raised by the last stage of a staged statement: where it read no sharded table, "
+                    "the shard named evaluated it as the coordinator, over the rows of every shard"
+                )
+            raise
 
 
 @contextlib.contextmanager
@@ -94,42 +118,6 @@ def _one_level_deeper() -> Iterator[None]:
         yield
     finally:
         _nesting.depth = depth
-
-
-def _run(
-    shards: ShardSet,
-    cursors: Sequence[Any],
-    statement: Statement,
-    plan: Plan,
-    shard_vars: Any,
-    execute: Execute,
-) -> Outcome:
-    staged = plan.staged
-    assert staged is not None
-    vars: dict[str, Any] = dict(shard_vars) if isinstance(shard_vars, Mapping) else {}
-    relations: dict[int, str] = {}
-    limit = shards.moved_rows
-    moved = 0
-    for number, sql in enumerate(staged.steps, 1):
-        text = _filled(sql, relations)
-        if number in staged.pulls:
-            text += f" LIMIT {limit - moved + 1}"
-        merge = number not in staged.unions
-        raw = number in staged.pulls or not merge
-        description, rows = _step_rows(shards, execute, text, vars, limit - moved, merge, raw)
-        moved += len(rows)
-        relations[number] = _relation(shards, description, rows, vars, raw)
-    final = _filled(staged.final, relations)
-    try:
-        return execute(shards, cursors, replace(statement, query=final, vars=vars), merge=True)
-    except psycopg2.Error as exc:
-        note = getattr(exc, "add_note", None)  # Python 3.11+
-        if note is not None:
-            note(
-                "raised by the last stage of a staged statement: where it read no sharded table, "
-                "the shard named evaluated it as the coordinator, over the rows of every shard"
-            )
-        raise
 
 
 def _step_rows(
@@ -196,7 +184,7 @@ def _relation(
             _check_merged(column, name, values)
         key = f"_pc_r{label}_{index}"
         vars[key] = _array_text(values)
-        quoted = _quoted(column.name)
+        quoted = maybe_double_quote_name(column.name)
         if category == "A":
             arrays.append(f"%({key})s::pg_catalog.text[]")
             casts.append(f"_pc_u.c{index}::{name} AS {quoted}")
@@ -208,14 +196,13 @@ def _relation(
         return (
             f"(SELECT {', '.join(casts)} FROM unnest({', '.join(arrays)}) AS _pc_u({inner})) AS _pc_r{label}"
         )
-    names = ", ".join(_quoted(column.name) for column in description)
+    names = ", ".join(maybe_double_quote_name(column.name) for column in description)
     return f"unnest({', '.join(arrays)}) AS _pc_r{label}({names})"
 
 
 def _check_merged(column: Any, name: str, values: list[Any]) -> None:
     """Refuse merged dates psycopg2 has read with a loss PostgreSQL would see at the coordinator."""
-    edges = (v.replace(tzinfo=None) if isinstance(v, datetime.datetime) else v for v in values)
-    if column.type_code in _DATE_TYPES and any(v in _EDGES for v in edges if v is not None):
+    if column.type_code in CALENDAR and any(stand_in(v) is not None for v in values):
         raise NotSupportedError(
             f"moving {name} infinities ({column.name}) to the coordinator after a merge: psycopg2 "
             "reads them as the calendar's first and last days"
@@ -288,7 +275,3 @@ def _type_names(shards: ShardSet, oids: list[int]) -> dict[int, tuple[str, str]]
                 if oid < _FIRST_USER_OID:
                     _TYPE_NAMES[oid] = (name, category)
     return found
-
-
-def _quoted(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'

@@ -41,6 +41,7 @@ __all__ = [
     "ShardFunction",
     "ShardedTable",
     "parse_name",
+    "quote_identifier",
 ]
 
 FunctionLike: TypeAlias = Union["ShardFunction", str, Callable[[Any], int]]
@@ -415,7 +416,7 @@ def _column(text: str) -> str:
 _PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
-def _quote_identifier(name: str) -> str:
+def quote_identifier(name: str) -> str:
     """``name`` as SQL text that reads back as ``name``."""
     if _PLAIN_IDENTIFIER.fullmatch(name):
         return name
@@ -462,7 +463,7 @@ class ShardedTable:
     @property
     def key_sql(self) -> str:
         """The key column as SQL text (quoted when needed)."""
-        return _quote_identifier(self.key)
+        return quote_identifier(self.key)
 
 
 def _refuse_bare_string(value: object, argument: str, example: str) -> None:
@@ -646,7 +647,7 @@ class Placement:
             if qualified in given:
                 raise ValueError(
                     f"{given[qualified]} and {kind} {name!r} are the same table, "
-                    f"{_quote_identifier(qualified[0])}.{_quote_identifier(qualified[1])}: name it once"
+                    f"{quote_identifier(qualified[0])}.{quote_identifier(qualified[1])}: name it once"
                 )
             given[qualified] = f"{kind} {name!r}"
             if table is None:

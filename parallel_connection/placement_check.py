@@ -8,7 +8,6 @@ user table once per shard and proposes the placement the data follows.
 from __future__ import annotations
 
 import contextlib
-import re
 import sys
 import threading
 import uuid
@@ -22,7 +21,17 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from .commit import TABLE as DECISIONS_TABLE
-from .placement import Custom, Hash, Modulo, Placement, Ranges, ShardedTable, ShardFunction, parse_name
+from .placement import (
+    Custom,
+    Hash,
+    Modulo,
+    Placement,
+    Ranges,
+    ShardedTable,
+    ShardFunction,
+    parse_name,
+    quote_identifier,
+)
 from .shards import ShardSet
 
 __all__ = [
@@ -375,14 +384,6 @@ def _quoted(schema: str | None, name: str) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
 
 
-_PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")
-
-
-def _sql_name(name: str) -> str:
-    """An identifier as SQL text, quoted only when needed."""
-    return name if _PLAIN.fullmatch(name) else '"' + name.replace('"', '""') + '"'
-
-
 # -- check ------------------------------------------------------------------------------
 
 _LOCATE_SQL = """
@@ -425,7 +426,7 @@ def _locate(cur: Any, name: str, key: str | None) -> _Found | str:
     if relkind not in _READABLE:
         return f"not a table but {_kind(relkind)}"
     if key is not None and key_type is None:
-        return f"no column {_sql_name(key)}"
+        return f"no column {quote_identifier(key)}"
     if not readable:
         return "no SELECT privilege"
     return _Found(sql.Identifier(schema, relname), key_type, encoding == "UTF8")
@@ -741,7 +742,7 @@ def discover_placement(
             sharded[table.display] = outcome
             notes += _notes(table, [p[position] for p in passes], outcome, rejected[position])
     placement = Placement(
-        sharded={name: (_sql_name(key), function) for name, (key, function) in sharded.items()},
+        sharded={name: (quote_identifier(key), function) for name, (key, function) in sharded.items()},
         copied=copied,
     )
     return Discovery(placement, undecided, notes, n)
@@ -841,7 +842,11 @@ def _combine(
         keys = sorted({key for _, relations in listings for key in relations})
         for key in keys:
             visible = next(r[key].visible for _, r in listings if key in r)
-            display = _sql_name(key[1]) if visible else f"{_sql_name(key[0])}.{_sql_name(key[1])}"
+            display = (
+                quote_identifier(key[1])
+                if visible
+                else f"{quote_identifier(key[0])}.{quote_identifier(key[1])}"
+            )
             candidates.append((display, key))
     else:
         for position, given in enumerate(wanted):
@@ -969,7 +974,8 @@ def _decide(
     column, function = closest = min(options, key=off)
     return (
         f"{reason}, and no integer or text column puts every row on the shard modulo or hash maps it to "
-        f"(closest: {_sql_name(column.name)} by {function}, {off(closest)} of {keys(column)} rows elsewhere)"
+        f"(closest: {quote_identifier(column.name)} by {function}, {off(closest)} of {keys(column)} "
+        "rows elsewhere)"
     )
 
 
@@ -992,9 +998,11 @@ def _notes(
     keyed = sum(p.keys[column] for p in passes)
     nulls = sum(p.rows for p in passes) - keyed
     if nulls:
-        notes.append(f"{table.display}: {_rows(nulls)} with a NULL {_sql_name(column)} (on no shard by key)")
+        notes.append(
+            f"{table.display}: {_rows(nulls)} with a NULL {quote_identifier(column)} (on no shard by key)"
+        )
     others = [
-        f"{_sql_name(c.name)} by {f}"
+        f"{quote_identifier(c.name)} by {f}"
         for c in table.columns
         for f in table.functions(c)
         if (c.name, f) != chosen
@@ -1004,6 +1012,7 @@ def _notes(
     ]
     if others:
         notes.append(
-            f"{table.display}: {_sql_name(column)} by {function} chosen; also consistent: {', '.join(others)}"
+            f"{table.display}: {quote_identifier(column)} by {function} chosen; "
+            f"also consistent: {', '.join(others)}"
         )
     return notes

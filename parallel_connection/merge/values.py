@@ -20,11 +20,13 @@ from ..plan.model import SortKey
 
 __all__ = [
     "ARRAY_ELEMENT",
+    "ARRAY_OF",
     "NAN",
     "check_equality",
     "check_order",
     "equality_key",
     "row_key",
+    "stand_in",
     "type_name",
     "unrepresentable",
 ]
@@ -32,6 +34,7 @@ __all__ = [
 BOOL, INT8, INT2, INT4, TEXT, OID, NAME, CHAR = 16, 20, 21, 23, 25, 26, 19, 18
 FLOAT4, FLOAT8, NUMERIC, VARCHAR, BPCHAR = 700, 701, 1700, 1043, 1042
 DATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL, UUID = 1082, 1083, 1114, 1184, 1186, 2950
+TIMETZ, JSON, JSONB = 1266, 114, 3802
 
 COLLATED = frozenset({TEXT, VARCHAR, BPCHAR, NAME})
 """Text types ordered by a collation (``"char"`` always orders bytes; ``name`` is C unless an
@@ -56,6 +59,12 @@ ARRAY_ELEMENT = {
     1015: VARCHAR, 1021: FLOAT4, 1022: FLOAT8, 1231: NUMERIC, 1182: DATE, 1183: TIME,
     1115: TIMESTAMP, 1185: TIMESTAMPTZ, 1187: INTERVAL, 2951: UUID,
 }  # fmt: skip
+ARRAY_OF = {element: array for array, element in ARRAY_ELEMENT.items()} | {
+    TIMETZ: 1270,
+    JSON: 199,
+    JSONB: 3807,
+}
+"""Element type OID -> its array type's OID."""
 
 
 class _NaN:
@@ -123,15 +132,22 @@ _STAND_INS = {
 }  # fmt: skip
 
 
-def unrepresentable(value: Any, what: str) -> None:
-    """Refuse a value psycopg2 returns for more than one PostgreSQL value (infinities)."""
+def stand_in(value: Any) -> str | None:
+    """``infinity`` or ``-infinity`` when psycopg2 returns ``value`` for one too (the calendar's ends)."""
     if isinstance(value, datetime.date):
         plain = value.replace(tzinfo=None) if isinstance(value, datetime.datetime) else value
-        if plain in _STAND_INS:
-            raise refuse(
-                f"{what} on a date or timestamp {_STAND_INS[plain]}, or at that end of the calendar "
-                "(psycopg2 returns both as the same Python value)"
-            )
+        return _STAND_INS.get(plain)
+    return None
+
+
+def unrepresentable(value: Any, what: str) -> None:
+    """Refuse a value psycopg2 returns for more than one PostgreSQL value (infinities)."""
+    infinity = stand_in(value)
+    if infinity is not None:
+        raise refuse(
+            f"{what} on a date or timestamp {infinity}, or at that end of the calendar "
+            "(psycopg2 returns both as the same Python value)"
+        )
 
 
 def _calendar(value: Any, what: str) -> Any:

@@ -22,8 +22,10 @@ from .model import (
 )
 from .planner import plan_statement, quick_plan, stage_statement
 from .refusals import refuse
+from .scopes import RELATION
 
 __all__ = [
+    "RELATION",
     "AggregatePlan",
     "ClientPlan",
     "Const",

@@ -20,7 +20,7 @@ from pglast import ast, enums
 from .scopes import level_scope, relation_select
 from .split import aggregate_calls, split_with
 from .stager import Stager
-from .syntax import func_name, walk
+from .syntax import column, func_name, walk
 
 __all__ = ["combine_partials"]
 
@@ -101,15 +101,12 @@ def _combined(stager: Stager, step: ast.SelectStmt, aggregates: list[ast.Node]) 
         return None
     source = relation_select(number)
     groups = [t for t in step.targetList or () if (t.name or "").startswith("g")]
-    columns: list[ast.ResTarget] = [
-        ast.ResTarget(name=t.name, val=ast.ColumnRef(fields=(ast.String(sval=cast(str, t.name)),)))
-        for t in groups
-    ]
+    columns: list[ast.ResTarget] = [ast.ResTarget(name=t.name, val=column(cast(str, t.name))) for t in groups]
     for j, call in enumerate(aggregates):
         name = _COMBINE[func_name(cast(ast.FuncCall, call))[1]]
         value: Any = ast.FuncCall(
             funcname=(ast.String(sval="pg_catalog"), ast.String(sval=name)),
-            args=(ast.ColumnRef(fields=(ast.String(sval=f"a{j + 1}"),)),),
+            args=(column(f"a{j + 1}"),),
             agg_within_group=False,
             agg_star=False,
             agg_distinct=False,
@@ -125,7 +122,5 @@ def _combined(stager: Stager, step: ast.SelectStmt, aggregates: list[ast.Node]) 
         columns.append(ast.ResTarget(name=f"a{j + 1}", val=value))
     source.targetList = tuple(columns)
     if groups:
-        source.groupClause = tuple(
-            ast.ColumnRef(fields=(ast.String(sval=cast(str, t.name)),)) for t in groups
-        )
+        source.groupClause = tuple(column(cast(str, t.name)) for t in groups)
     return source

@@ -17,7 +17,7 @@ from pglast import ast, enums
 
 from .scopes import ctes_of, level_scope, relation_select
 from .stager import Stager
-from .syntax import all_of, conjuncts, copy_node, func_name, is_aggregate, output_name, walk
+from .syntax import all_of, column, conjuncts, copy_node, func_name, is_aggregate, output_name, walk
 
 __all__ = ["decorrelate"]
 
@@ -151,7 +151,7 @@ def _one(stager: Stager, level: ast.SelectStmt, sub: ast.SubLink, counter: list[
             ast.A_Expr(
                 kind=enums.A_Expr_Kind.AEXPR_OP,
                 name=(ast.String(sval="="),),
-                lexpr=_col(alias, f"_pc_k{i + 1}"),
+                lexpr=column(alias, f"_pc_k{i + 1}"),
                 rexpr=copy_node(o),
             )
             for i, (_, o) in enumerate(pairs)
@@ -171,13 +171,14 @@ def _one(stager: Stager, level: ast.SelectStmt, sub: ast.SubLink, counter: list[
     level.fromClause = tuple(items)
     replacement: ast.Node
     if aggregate:
-        replacement = _col(alias, "_pc_v")
+        replacement = column(alias, "_pc_v")
         if empty is not None:
             replacement = ast.CaseExpr(
-                args=(ast.CaseWhen(expr=_col(alias, "_pc_m"), result=_col(alias, "_pc_v")),), defresult=empty
+                args=(ast.CaseWhen(expr=column(alias, "_pc_m"), result=column(alias, "_pc_v")),),
+                defresult=empty,
             )
     else:
-        replacement = ast.NullTest(arg=_col(alias, "_pc_m"), nulltesttype=enums.NullTestType.IS_NOT_NULL)
+        replacement = ast.NullTest(arg=column(alias, "_pc_m"), nulltesttype=enums.NullTestType.IS_NOT_NULL)
     for target in level.targetList or ():
         if target.val is sub and target.name is None:
             target.name = output_name(target) or "?column?"  # the name the subquery gave the column
@@ -333,7 +334,3 @@ def _replace(level: ast.SelectStmt, old: ast.Node, new: ast.Node) -> None:
         value = getattr(level, slot)
         if value is not None:
             setattr(level, slot, visit(value))
-
-
-def _col(alias: str, name: str) -> ast.ColumnRef:
-    return ast.ColumnRef(fields=(ast.String(sval=alias), ast.String(sval=name)))

@@ -18,7 +18,7 @@ from pglast import ast, enums
 from .names import is_cte_name
 from .scopes import ctes_of, level_scope, relation_select
 from .stager import Stager
-from .syntax import all_of, conjuncts, copy_node, func_name, walk
+from .syntax import all_of, column, conjuncts, copy_node, func_name, walk
 
 __all__ = ["broadcast_tables", "pull_tables"]
 
@@ -123,7 +123,7 @@ def _item(
     if renamed and read.alias is not None:
         read.alias.colnames = None  # the step reads the table's own names, in order; the alias renames
     step = ast.SelectStmt(
-        targetList=tuple(ast.ResTarget(val=_ref(alias, c)) for c in columns),
+        targetList=tuple(ast.ResTarget(val=column(alias, c)) for c in columns),
         fromClause=(read,),
         whereClause=None if renamed else all_of(_own_tests(stager, level, tests, alias, info.columns)),
     )
@@ -257,7 +257,3 @@ def _movable(
                 return False
             refs += 1
     return refs > 0
-
-
-def _ref(alias: str, column: str) -> ast.ColumnRef:
-    return ast.ColumnRef(fields=(ast.String(sval=alias), ast.String(sval=column)))

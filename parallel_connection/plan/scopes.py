@@ -15,7 +15,7 @@ from pglast import ast
 
 from .layout import Layout
 from .names import is_cte_name
-from .syntax import output_name, walk
+from .syntax import column, output_name, walk
 
 __all__ = [
     "RELATION",
@@ -58,7 +58,7 @@ def relation_select(number: int, collations: list[tuple[str, str | None]] | None
 
 
 def _collated(name: str, collation: str | None) -> ast.ResTarget:
-    value: ast.Node = ast.ColumnRef(fields=(ast.String(sval=name),))
+    value: ast.Node = column(name)
     if collation is not None:
         value = ast.CollateClause(arg=value, collname=(ast.String(sval=collation),))
     return ast.ResTarget(name=name, val=value)
@@ -120,7 +120,7 @@ class Scope:
         return None if unknown else False
 
 
-def column_names(stmt: Any, layout: Layout, ctes: dict[str, ast.CommonTableExpr]) -> frozenset[str] | None:
+def column_names(stmt: Any) -> frozenset[str] | None:
     """The output column names of a SELECT, when known without the shards."""
     while isinstance(stmt, ast.SelectStmt) and stmt.op and stmt.larg is not None:
         stmt = stmt.larg
@@ -160,7 +160,7 @@ def _item_columns(
             if cte is not None and cte.aliascolnames:
                 own = frozenset(c.sval for c in cte.aliascolnames)
             else:
-                own = column_names(cte.ctequery, layout, ctes) if cte is not None else None
+                own = column_names(cte.ctequery) if cte is not None else None
             yield name, colnames or own
             return
         info = layout.table(node)
@@ -173,7 +173,7 @@ def _item_columns(
         return
     if isinstance(node, ast.RangeSubselect):
         name = cast(str, alias.aliasname) if alias is not None else ""
-        yield name, colnames or column_names(node.subquery, layout, ctes)
+        yield name, colnames or column_names(node.subquery)
         return
     if isinstance(node, ast.RangeFunction):
         name = cast(str, alias.aliasname) if alias is not None else ""

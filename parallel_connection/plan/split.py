@@ -18,7 +18,7 @@ from pglast import ast, enums
 
 from .scopes import Scope, level_scope, relation_select
 from .stager import Stager
-from .syntax import bare_name, copy_node, deparse, integer_const, is_aggregate, output_name, walk
+from .syntax import bare_name, column, copy_node, deparse, integer_const, is_aggregate, output_name, walk
 
 __all__ = ["Source", "aggregate_calls", "split_top", "split_with"]
 
@@ -96,7 +96,7 @@ class _Rewriter:
         self.rows = rows
 
     def column(self, name: str) -> ast.ColumnRef:
-        return ast.ColumnRef(fields=(ast.String(sval=_GROUPS), ast.String(sval=name)))
+        return column(_GROUPS, name)
 
     def group(self, node: ast.Node) -> int | None:
         key = _key(node)
@@ -391,11 +391,10 @@ def _arm(
     source = relation_select(number)
     columns: list[ast.ResTarget] = []
     for i in range(len(rewriter.groups)):
-        value: ast.Node = _step_column(f"g{i + 1}") if i in present else _typed_null(i, typed[i])
+        value: ast.Node = column(f"g{i + 1}") if i in present else _typed_null(i, typed[i])
         columns.append(ast.ResTarget(name=f"g{i + 1}", val=value))
     columns += [
-        ast.ResTarget(name=f"a{j + 1}", val=_step_column(f"a{j + 1}"))
-        for j in range(len(rewriter.aggregates))
+        ast.ResTarget(name=f"a{j + 1}", val=column(f"a{j + 1}")) for j in range(len(rewriter.aggregates))
     ]
     for k, call in enumerate(rewriter.grouping):
         bits = 0
@@ -411,14 +410,10 @@ def _arm(
 def _typed_null(index: int, number: int) -> ast.SubLink:
     """``(SELECT gN FROM step LIMIT 0)``: NULL of the key's type."""
     select = relation_select(number)
-    select.targetList = (ast.ResTarget(val=_step_column(f"g{index + 1}")),)
+    select.targetList = (ast.ResTarget(val=column(f"g{index + 1}")),)
     select.limitCount = ast.A_Const(isnull=False, val=ast.Integer(ival=0))
     select.limitOption = enums.LimitOption.LIMIT_OPTION_COUNT
     return ast.SubLink(subLinkType=enums.SubLinkType.EXPR_SUBLINK, subselect=select)
-
-
-def _step_column(name: str) -> ast.ColumnRef:
-    return ast.ColumnRef(fields=(ast.String(sval=name),))
 
 
 def _split_rows(stager: Stager, stmt: ast.SelectStmt) -> ast.SelectStmt | None:

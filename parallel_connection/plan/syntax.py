@@ -93,8 +93,9 @@ def integer_const(node: Any) -> int | None:
     return None
 
 
-def column(name: str) -> ast.ColumnRef:
-    return ast.ColumnRef(fields=(ast.String(sval=name),))
+def column(*names: str) -> ast.ColumnRef:
+    """The column reference ``a.b`` for ``column("a", "b")``."""
+    return ast.ColumnRef(fields=tuple(ast.String(sval=name) for name in names))
 
 
 def bare_name(node: Any) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 import pglast
 from pglast import ast, enums, parser
+from pglast.stream import maybe_double_quote_name
 
 from ..errors import NotSupportedError, as_write_refusal, refuse_write
 from .layout import TableInfo
@@ -291,7 +292,7 @@ def _plan_split(
     if position < 0:
         # The key column joins the column list; each row gets its key from the sequence when placed.
         close = head.rindex(")")
-        head = head[:close] + ", " + _quote(cast(str, info.key)) + head[close:]
+        head = head[:close] + ", " + maybe_double_quote_name(cast(str, info.key)) + head[close:]
     py = tuple(names)
     keyed = _keyed_tail(local, info, len(rows)) if position >= 0 else None
     split = RowSplit(
@@ -324,10 +325,6 @@ def _keyed_tail(stmt: ast.InsertStmt, info: TableInfo, count: int) -> str | None
     returning = cast(ast.ReturningClause, keyed.returningClause)
     returning.exprs = (*(returning.exprs or ()), ast.ResTarget(name=KEY_COLUMN, val=column))
     return _row_spans(deparse(keyed), count)[2]
-
-
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _key_value(expr: Any, info: TableInfo, row: int) -> Value:
