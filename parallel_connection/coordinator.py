@@ -205,7 +205,8 @@ def _check_merged(column: Any, name: str, values: list[Any]) -> None:
     if column.type_code in CALENDAR and any(stand_in(v) is not None for v in values):
         raise NotSupportedError(
             f"moving {name} infinities ({column.name}) to the coordinator after a merge: psycopg2 "
-            "reads them as the calendar's first and last days"
+            "reads them as the calendar's first and last days; cast the column to text where the "
+            "shards compute it, or leave the infinities out"
         )
 
 
