@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test bench demo lint venv clean docker-init
+.PHONY: test bench soak demo lint venv clean docker-init
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ test: $(STAMP)
 	$(PY) -m ruff check parallel_connection tests benchmarks
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+soak: $(STAMP)
+	$(PY) -m pytest -m slow
 
 demo: $(STAMP)
 	$(PY) -m parallel_connection.demo

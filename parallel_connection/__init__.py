@@ -28,6 +28,8 @@ from .connection import ParallelConnection, connect
 from .cursor import ParallelCursor
 from .errors import NotSupportedError, ShardInfo
 from .placement import Custom, Hash, Modulo, Placement, Ranges
+from .pool import PoolTimeout
+from .ranges.spec import InShard
 
 apilevel = "2.0"
 threadsafety = 2
@@ -49,6 +51,7 @@ __all__ = [
     "DateFromTicks",
     "Error",
     "Hash",
+    "InShard",
     "IntegrityError",
     "InterfaceError",
     "InternalError",
@@ -58,6 +61,7 @@ __all__ = [
     "ParallelConnection",
     "ParallelCursor",
     "Placement",
+    "PoolTimeout",
     "ProgrammingError",
     "Ranges",
     "ShardInfo",

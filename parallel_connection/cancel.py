@@ -22,7 +22,7 @@ import psycopg2
 import psycopg2._psycopg
 import psycopg2.extensions
 
-__all__ = ["broken", "cancel", "cancel_all", "sever"]
+__all__ = ["broken", "cancel", "cancel_all", "cancel_quietly", "sever"]
 
 
 @functools.cache
@@ -87,7 +87,7 @@ def cancel_all(conns: Iterable[Any], timeout: float) -> None:
     work it is meant to stop, and a server that does not answer holds up
     nobody for longer than ``timeout``.
     """
-    threads = [threading.Thread(target=_quiet_cancel, args=(conn,), daemon=True) for conn in conns]
+    threads = [threading.Thread(target=cancel_quietly, args=(conn,), daemon=True) for conn in conns]
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + timeout
@@ -95,7 +95,8 @@ def cancel_all(conns: Iterable[Any], timeout: float) -> None:
         thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def _quiet_cancel(conn: Any) -> None:
+def cancel_quietly(conn: Any) -> None:
+    """:func:`cancel`, its failure ignored (the statement then ends on its own, or is cut)."""
     with contextlib.suppress(Exception):
         if not conn.closed:
             cancel(conn)

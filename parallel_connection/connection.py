@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
 import psycopg2.pool
 
+from . import deadline
 from .cancel import broken
 from .commit import GRACE, Resolved
 from .cursor import ParallelCursor
+from .deadline import checked_deadline
 from .errors import NotSupportedError, ShardInfo, dsn_secrets, shard_error
 from .placement import Placement
+from .pool import WaitingPool
 from .rows import rebuildable
 from .shards import DEFAULT_MOVED_ROWS, ShardSet
+from .workers import Workers
 
 if TYPE_CHECKING:
     from .placement_check import PlacementReport
@@ -26,6 +30,13 @@ if TYPE_CHECKING:
 __all__ = ["ParallelConnection", "connect"]
 
 MERGE_MODES = ("auto", "union")
+
+
+class _Default:
+    """The connection's own setting (for keyword arguments where None means something)."""
+
+
+_DEFAULT = _Default()
 
 
 class ParallelConnection:
@@ -70,6 +81,7 @@ class ParallelConnection:
         two_phase: bool = True,
         decision_schema: str = "public",
         moved_rows: int = DEFAULT_MOVED_ROWS,
+        statement_deadline: float | None = None,
     ) -> None:
         if isinstance(connections, (str, bytes)) or not connections:
             raise psycopg2.InterfaceError(
@@ -87,6 +99,7 @@ class ParallelConnection:
         self._dsns = list(dsns) if dsns is not None else None
         self._connect_kwargs = dict(connect_kwargs or {})
         self._closed = False
+        self._deadline = checked_deadline(statement_deadline)
         self.shard_set = ShardSet(
             self._connections,
             secrets=set(secrets or ()),
@@ -125,6 +138,22 @@ class ParallelConnection:
         return self._statement_timeout
 
     @property
+    def statement_deadline(self) -> float | None:
+        """Seconds any shard may take to answer one statement (each cursor's default), commit or rollback.
+
+        Kept by the client: past it the statement is cancelled; a shard that
+        still does not answer :data:`~parallel_connection.deadline.CUT_GRACE`
+        seconds later has its connection cut, and the caller gets an
+        OperationalError naming it. Unlike ``statement_timeout`` (kept by the
+        server) it also bounds a stalled server or a silent network.
+        """
+        return self._deadline
+
+    @statement_deadline.setter
+    def statement_deadline(self, seconds: float | None) -> None:
+        self._deadline = checked_deadline(seconds)
+
+    @property
     def dsns(self) -> list[str] | None:
         """The shards' DSNs when made by :func:`connect` (for workers that connect themselves).
 
@@ -139,14 +168,24 @@ class ParallelConnection:
 
     # -- cursors ------------------------------------------------------------
 
-    def cursor(self, name: str | None = None, *, merge: str = "auto", **kwargs: Any) -> ParallelCursor:
+    def cursor(
+        self,
+        name: str | None = None,
+        *,
+        merge: str = "auto",
+        statement_deadline: float | _Default | None = _DEFAULT,
+        **kwargs: Any,
+    ) -> ParallelCursor:
         """A new cursor: one shard cursor per shard, ``kwargs`` passed through.
 
         ``name`` opens server-side cursors that stream. ``merge="union"``
         returns the plain union of the shards' rows, for statements the user
-        knows to be shard-local.
+        knows to be shard-local. ``statement_deadline`` (seconds, or None for
+        no bound) overrides the connection's.
         """
         self._check_open()
+        limit = self._deadline if isinstance(statement_deadline, _Default) else statement_deadline
+        limit = checked_deadline(limit)
         if merge not in MERGE_MODES:
             raise psycopg2.ProgrammingError(f"merge must be one of {MERGE_MODES}, not {merge!r}")
         factory = kwargs.get("cursor_factory") or self._connections[0].cursor_factory
@@ -162,7 +201,15 @@ class ParallelConnection:
             for cur in shard_cursors:
                 cur.close()
             raise self.shard_set.error(exc, len(shard_cursors)) from None
-        return ParallelCursor(self, shard_cursors, name=name, merge=merge, row_factory=factory, tuples=tuples)
+        return ParallelCursor(
+            self,
+            shard_cursors,
+            name=name,
+            merge=merge,
+            row_factory=factory,
+            tuples=tuples,
+            statement_deadline=limit,
+        )
 
     @property
     def moved_rows(self) -> int:
@@ -217,9 +264,14 @@ class ParallelConnection:
         committed when it finishes. Options (all keyword): ``rows_per_range``,
         ``split`` ("width" or "rows"), ``where`` and ``params`` (trusted SQL
         filtering the bounds), ``max_parallelism``, ``retries``,
-        ``retry_backoff``, ``progress``, ``checkpoint``, ``snapshot``,
-        ``executor``, ``smoke_test``. Returns a
-        :class:`parallel_connection.ranges.ScanReport`.
+        ``retry_backoff``, ``progress``, ``checkpoint`` (a file path, or
+        :class:`parallel_connection.InShard` to keep finished ranges on each
+        shard, committed with each range's work: exactly once), ``snapshot``,
+        ``executor``, ``smoke_test``, ``pool_timeout`` (seconds a range waits
+        for a pooled connection, default 30; past it, PoolTimeout). Planning,
+        snapshots and ranges use connections borrowed from the pools, so scans
+        at once on one connection wait for each other rather than fail.
+        Returns a :class:`parallel_connection.ranges.ScanReport`.
         """
         from .ranges import scan_ranges
 
@@ -236,12 +288,14 @@ class ParallelConnection:
         commits on its own.
         """
         self._check_open()
-        self.shard_set.commit()
+        with deadline.scope(self._deadline):
+            self.shard_set.commit()
 
     def rollback(self) -> None:
         """Roll back on every shard."""
         self._check_open()
-        self.shard_set.rollback()
+        with deadline.scope(self._deadline):
+            self.shard_set.rollback()
 
     def recover(self, grace: float = GRACE) -> list[Resolved]:
         """Commit or roll back what failed two-phase commits left prepared on the shards.
@@ -264,7 +318,7 @@ class ParallelConnection:
 
     @property
     def autocommit(self) -> bool:
-        return bool(self._connections[0].autocommit)
+        return self.shard_set.autocommit
 
     @autocommit.setter
     def autocommit(self, value: bool) -> None:
@@ -452,6 +506,12 @@ def _with_statement_timeout(dsns: list[str], seconds: float, connect_kwargs: dic
     ]
 
 
+def _close_opened(future: Future[Any]) -> None:
+    """Close a pool that opened after its connect() was given up."""
+    if not future.cancelled() and future.exception() is None:
+        future.result().closeall()
+
+
 def connect(
     dsns: Sequence[str] | str,
     *,
@@ -465,6 +525,7 @@ def connect(
     two_phase: bool = True,
     decision_schema: str = "public",
     moved_rows: int = DEFAULT_MOVED_ROWS,
+    statement_deadline: float | None = None,
     **connect_kwargs: Any,
 ) -> ParallelConnection:
     """Open one ThreadedConnectionPool per DSN and a ParallelConnection over them.
@@ -478,6 +539,9 @@ def connect(
     two-phase commit (``two_phase=False``: each shard on its own), its
     decision kept in ``decision_schema``.parallel_connection_commits.
     ``moved_rows`` bounds the rows one statement may move to the coordinator.
+    ``statement_deadline`` (seconds) bounds how long any shard may take to
+    answer a statement, on the client's side (see
+    :attr:`ParallelConnection.statement_deadline`).
     """
     if isinstance(dsns, (str, bytes)):
         lines = [line for line in str(dsns).splitlines() if line.strip()]
@@ -508,12 +572,23 @@ def connect(
 
     def open_pool(i: int) -> psycopg2.pool.ThreadedConnectionPool:
         try:
-            return psycopg2.pool.ThreadedConnectionPool(minconn, maxconn, dsn=dsns[i], **connect_kwargs)
+            return WaitingPool(minconn, maxconn, dsn=dsns[i], name=str(shards[i]), **connect_kwargs)
         except Exception as exc:
-            raise shard_error(exc, shards[i], secrets) from None
+            failure = shard_error(exc, shards[i], secrets)
+        # Raised outside the except block: libpq's own message may hold pieces of the password,
+        # so the original must not stay reachable as __context__.
+        raise failure
 
-    with ThreadPoolExecutor(len(dsns)) as executor:
-        futures = [executor.submit(open_pool, i) for i in range(len(dsns))]
+    # Daemon threads: Ctrl-C while a shard does not answer ends the wait, and the script can exit.
+    opener = Workers(len(dsns), "parallel_connection-connect")
+    futures = [opener.submit(open_pool, i) for i in range(len(dsns))]
+    opener.shutdown(wait=False)
+    try:
+        wait(futures)
+    except BaseException:
+        for future in futures:
+            future.add_done_callback(_close_opened)
+        raise
     pools = [f.result() for f in futures if f.exception() is None]
     failed = [f.exception() for f in futures if f.exception() is not None]
     if failed:
@@ -525,8 +600,10 @@ def connect(
         for shard, pool in zip(shards, pools, strict=False):
             try:
                 connections.append(pool.getconn())
+                continue
             except Exception as exc:
-                raise shard_error(exc, shard, secrets) from None
+                failure = shard_error(exc, shard, secrets)
+            raise failure
         return ParallelConnection(
             connections,
             statement_timeout=statement_timeout,
@@ -540,6 +617,7 @@ def connect(
             two_phase=two_phase,
             decision_schema=decision_schema,
             moved_rows=moved_rows,
+            statement_deadline=statement_deadline,
         )
     except BaseException:
         for pool in pools:

@@ -261,18 +261,22 @@ def _type_names(shards: ShardSet, oids: list[int]) -> dict[int, tuple[str, str]]
     found = {oid: _TYPE_NAMES[oid] for oid in oids if oid in _TYPE_NAMES}
     missing = sorted(set(oids) - set(found))
     if missing:
-        with shards.connections[0].cursor(cursor_factory=psycopg2.extensions.cursor) as cur:
-            cur.execute(
-                # The quoted internal name: "bpchar" and "bit" take any length, character and bit one.
-                # bpchar unqualified: pglast prints pg_catalog.bpchar as char, which is char(1).
-                "SELECT t.oid::int8, CASE WHEN t.oid = 1042 THEN 'bpchar' "
-                "ELSE quote_ident(n.nspname) || '.' || quote_ident(t.typname) END, t.typcategory "
-                "FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace "
-                "WHERE t.oid = ANY(%s::oid[])",
-                (missing,),
-            )
-            for oid, name, category in cur.fetchall():
-                found[oid] = (name, category)
-                if oid < _FIRST_USER_OID:
-                    _TYPE_NAMES[oid] = (name, category)
+        for oid, name, category in shards.run(lambda i: _read_types(shards.connections[i], missing), [0])[0]:
+            found[oid] = (name, category)
+            if oid < _FIRST_USER_OID:
+                _TYPE_NAMES[oid] = (name, category)
     return found
+
+
+def _read_types(conn: Any, oids: list[int]) -> list[tuple[int, str, str]]:
+    with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cur:
+        cur.execute(
+            # The quoted internal name: "bpchar" and "bit" take any length, character and bit one.
+            # bpchar unqualified: pglast prints pg_catalog.bpchar as char, which is char(1).
+            "SELECT t.oid::int8, CASE WHEN t.oid = 1042 THEN 'bpchar' "
+            "ELSE quote_ident(n.nspname) || '.' || quote_ident(t.typname) END, t.typcategory "
+            "FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace "
+            "WHERE t.oid = ANY(%s::oid[])",
+            (oids,),
+        )
+        return list(cur.fetchall())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import io
 import os
 import select
@@ -485,7 +486,7 @@ def _pump(
         count: int = cursors[index].rowcount
         return count
 
-    futures = {i: shards.submit(run, i) for i in targets}
+    futures = {i: shards.start(i, functools.partial(run, i)).future for i in targets}
     try:
         pump.wait_reading(targets)
         feed(pump)

@@ -15,13 +15,14 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.sql
 
-from . import copy_run
+from . import copy_run, deadline
+from .deadline import checked_deadline
 from .errors import NotSupportedError
 from .executor import execute, execute_many, run_finished
-from .outcome import Outcome, Statement
+from .outcome import Outcome, Statement, check_procname, check_query
 from .rows import RowMaker, row_maker
 from .shards import Connected
-from .streams import ShardStream, tagged_interleave
+from .streams import ShardStream, cancel_streams, tagged_interleave
 
 __all__ = ["ParallelCursor"]
 
@@ -40,9 +41,11 @@ class _Rows:
         batches: Iterator[list[Row]],
         on_interrupt: Callable[[BaseException], None],
         maker: RowMaker | None = None,
+        limit: Callable[[], float | None] = lambda: None,
     ) -> None:
         self._batches = batches if maker is None else ([maker(r) for r in b] for b in batches)
         self._on_interrupt = on_interrupt
+        self._limit = limit
         self._batch: list[Row] = []
         self._pos = 0
         self._error: BaseException | None = None
@@ -51,7 +54,8 @@ class _Rows:
         if self._error is not None:
             raise self._error
         try:
-            return next(self._batches, None)
+            with deadline.scope(self._limit()):
+                return next(self._batches, None)
         except KeyboardInterrupt as exc:
             self._error = psycopg2.OperationalError("fetching was interrupted; execute the statement again")
             self._on_interrupt(exc)
@@ -122,6 +126,7 @@ class ParallelCursor:
         merge: str = "auto",
         row_factory: Any = None,
         tuples: bool = True,
+        statement_deadline: float | None = None,
     ) -> None:
         self._connection = connection
         self._shards = connection.shard_set
@@ -133,6 +138,7 @@ class ParallelCursor:
         self.arraysize = 1
         self._itersize = 2000
         self._closed = False
+        self._deadline = statement_deadline
         self._reset()
 
     # -- DB-API attributes ------------------------------------------------------
@@ -190,6 +196,17 @@ class ParallelCursor:
             cur.itersize = self._itersize
 
     @property
+    def statement_deadline(self) -> float | None:
+        """Seconds any shard may take to answer this cursor's execute (or the fetch of one batch of a
+        streaming cursor): past them the statement is cancelled, and its connection cut if the shard
+        still does not answer. None: no bound. Defaults to the connection's."""
+        return self._deadline
+
+    @statement_deadline.setter
+    def statement_deadline(self, seconds: float | None) -> None:
+        self._deadline = checked_deadline(seconds)
+
+    @property
     def shard_cursors(self) -> list[Any]:
         """The underlying psycopg2 cursors, one per shard, in shard order."""
         return list(self._cursors)
@@ -203,23 +220,29 @@ class ParallelCursor:
         rows are what one database holding every shard's rows would return.
         """
         self._check_open()
+        check_query(query, self._cursors[0])
         self._reset()
         statement = Statement(
             query, vars, streaming=self._name is not None, batch_size=self._itersize, tuples=self._tuples
         )
-        outcome = execute(self._shards, self._cursors, statement, merge=self._merge_mode == "auto")
-        self._serve(outcome)
+        with deadline.scope(self._deadline):
+            outcome = execute(self._shards, self._cursors, statement, merge=self._merge_mode == "auto")
+            self._serve(outcome)
 
     def executemany(self, query: str | bytes | psycopg2.sql.Composable, vars_list: Iterable[Any]) -> None:
         """Run ``query`` once per parameter set, on every shard."""
         self._check_open()
         if self._name is not None:
             raise psycopg2.ProgrammingError("executemany cannot be used with a named cursor")
+        vars_list = list(vars_list)
+        if vars_list:  # psycopg2 checks the query only when there is something to run
+            check_query(query, self._cursors[0])
         self._reset()
-        outcome = execute_many(
-            self._shards, self._cursors, query, list(vars_list), merge=self._merge_mode == "auto"
-        )
-        self._serve(outcome)
+        with deadline.scope(self._deadline):
+            outcome = execute_many(
+                self._shards, self._cursors, query, list(vars_list), merge=self._merge_mode == "auto"
+            )
+            self._serve(outcome)
 
     def callproc(self, procname: str, parameters: Sequence[Any] | None = None) -> Sequence[Any] | None:
         """Call a procedure on every shard; its result rows are the union (``merge="union"`` cursors).
@@ -228,6 +251,7 @@ class ParallelCursor:
         shards refuses it: ``execute("SELECT * FROM f(%s)", ...)`` is planned.
         """
         self._check_open()
+        check_procname(procname, parameters, self._cursors[0])
         if self._merge_mode == "auto" and len(self._cursors) > 1:
             raise NotSupportedError(
                 f"callproc({procname!r}) on several shards (what the function reads is not known); "
@@ -235,9 +259,10 @@ class ParallelCursor:
                 "shard's rows"
             )
         self._reset()
-        results = self._shards.run(lambda i: self._cursors[i].callproc(procname, parameters))
-        statement = Statement(None, None, streaming=False, batch_size=self._itersize, tuples=self._tuples)
-        self._serve(run_finished(self._shards, self._cursors, statement))
+        with deadline.scope(self._deadline):
+            results = self._shards.run(lambda i: self._cursors[i].callproc(procname, parameters))
+            statement = Statement(None, None, streaming=False, batch_size=self._itersize, tuples=self._tuples)
+            self._serve(run_finished(self._shards, self._cursors, statement))
         first: Sequence[Any] | None = results[0]
         return first
 
@@ -252,7 +277,8 @@ class ParallelCursor:
         if self._name is not None:
             raise psycopg2.ProgrammingError("copy_expert cannot be used with a named cursor")
         self._reset()
-        result = copy_run.copy_expert(self._shards, self._cursors, sql, file, size)
+        with deadline.scope(self._deadline):
+            result = copy_run.copy_expert(self._shards, self._cursors, sql, file, size)
         self._serve(Outcome(rowcount=result.rowcount, statusmessage=result.statusmessage))
 
     def copy_from(
@@ -296,7 +322,7 @@ class ParallelCursor:
             return
         maker = row_maker(self._row_factory, outcome.description) if self._tuples else None
         if not outcome.merged or self._name is not None:
-            self._rows = _Rows(outcome.batches, self._cancel_fetches, maker)
+            self._rows = _Rows(outcome.batches, self._cancel_fetches, maker, lambda: self._deadline)
             return
         batches = list(outcome.batches)
         rows = batches[0] if len(batches) == 1 else [row for batch in batches for row in batch]
@@ -344,7 +370,13 @@ class ParallelCursor:
         return self._tagged_rows()
 
     def _tagged_rows(self) -> Iterator[tuple[int, Row]]:
-        for index, batch in tagged_interleave(self._streams):
+        batches = tagged_interleave(self._streams)
+        while True:
+            with deadline.scope(self._deadline):
+                item = next(batches, None)
+            if item is None:
+                return
+            index, batch = item
             self._rownumber += len(batch)
             for row in batch:
                 yield index, row
@@ -400,9 +432,8 @@ class ParallelCursor:
 
         The transaction has failed on some shard, so it fails everywhere.
         """
-        busy = [s.index for s in self._streams if not s.ready()]
-        if busy:
-            self._shards.cancel(busy)
+        busy = [s for s in self._streams if not s.ready()]
+        cancel_streams(busy)
         if busy or getattr(exc, "shard", None) is not None:
             self._shards.fail(exc)
 

@@ -8,7 +8,7 @@ import reprlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import psycopg2
 import psycopg2.extensions
@@ -20,6 +20,7 @@ __all__ = [
     "dsn_secrets",
     "redact",
     "refuse",
+    "server_error",
     "shard_error",
     "shown",
 ]
@@ -91,25 +92,85 @@ class ShardInfo:
         return cls(index, params.get("host"), params.get("port"), params.get("dbname"))
 
 
-_PASSWORD_KV = re.compile(r"""password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)""", re.IGNORECASE)
-_PASSWORD_URI = re.compile(r"^[a-z]+://[^:/@?#]*:([^@/?#]*)@", re.IGNORECASE)
-_PASSWORD_QUERY = re.compile(r"[?&]password=([^&#]*)", re.IGNORECASE)
+# The lenient view, for DSNs libpq cannot parse: an unquoted value runs on over bare words that are
+# not ``key=`` (``password=two words`` is a password with a space, written without its quotes).
+_PASSWORD_KV = re.compile(
+    r"""password\s*=\s*('(?:[^'\\]|\\.)*(?:'|$)|(?:\\.|\S)+(?:\s+(?![^\s=]+\s*=)[^\s=']+)*)""", re.IGNORECASE
+)
+_PASSWORD_QUERY = re.compile(r"[?&]password=([^&]*)", re.IGNORECASE)
+_URI = re.compile(r"^postgres(?:ql)?://", re.IGNORECASE)
+_KV_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 _QUOTED = re.compile(r'"([^"]*)"')
-_SAFE_WORDS = {"=", "", "host", "hostaddr", "port", "dbname", "user", "sslmode", "options"}
+_KEYWORD_SHAPED = re.compile(r"[A-Za-z_]{1,64}")
+"""libpq's keywords are letters and underscores; a word of any other shape may be a value, so it is hidden."""
+MIN_FRAGMENT = 3
+"""Pieces of a password (split by libpq into other fields, or unquoted words) are hidden from this length."""
 
 
 def dsn_secrets(dsn: str | None, extra: Iterable[str | None] = ()) -> set[str]:
-    """Every password-like value in ``dsn`` (parsed leniently, even if invalid)."""
-    found: set[str] = {s for s in extra if s}
-    if dsn:
-        for match in _PASSWORD_KV.finditer(dsn):
-            found.add(match.group(1))
-            found.add(match.group(1).strip("'").replace("\\'", "'"))
-        for pattern in (_PASSWORD_URI, _PASSWORD_QUERY):
-            for match in pattern.finditer(dsn):
-                found.add(match.group(1))
-                found.add(unquote(match.group(1)))
+    """Every form in which the DSN's password (and ``extra``) can appear in a message.
+
+    The password is the one libpq reads (``parse_dsn``), plus what the DSN's
+    text says it is (also when it does not parse): as written (quoted,
+    percent-encoded), decoded, quoted for a DSN, and as ``repr`` shows it.
+    """
+    found: set[str] = set()
+    for value in extra:
+        if value:
+            found |= _forms(value)
+    if not dsn:
+        return found
+    try:
+        parsed = psycopg2.extensions.parse_dsn(dsn).get("password")
+    except psycopg2.ProgrammingError:
+        parsed = None
+    if parsed:
+        found |= _forms(parsed)
+    uri = _URI.match(dsn) is not None
+    written = [m.group(1) for m in (_PASSWORD_QUERY if uri else _PASSWORD_KV).finditer(dsn)]
+    intended = _uri_password(dsn)
+    if intended is not None:
+        written.append(intended)
+        if unquote(intended) != parsed:
+            # libpq read another password than the one written (an unencoded '@' or '/' in it):
+            # the rest of it went into the host, port or dbname.
+            pieces = re.split(r"[@/:]", intended) + re.split(r"[@/:]", unquote(intended))
+            found |= {piece for piece in pieces if len(piece) >= MIN_FRAGMENT}
+    for raw in written:
+        found |= {raw} | _forms(unquote(raw)) | _forms(_kv_unescaped(raw))
+        if not raw.startswith("'"):  # the words of an unquoted password with spaces, one by one
+            found |= {word for word in raw.split() if len(word) >= MIN_FRAGMENT}
     return {s for s in found if s}
+
+
+def _forms(value: str) -> set[str]:
+    """``value`` as written in a DSN (quoted, escaped, percent-encoded), by repr, and in an SQL literal."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    literal = value.replace("'", "''")
+    forms = {value, escaped, f"'{escaped}'", quote(value, safe=""), repr(value)[1:-1], literal}
+    return forms | {literal.replace("\\", "\\\\")}
+
+
+def _kv_unescaped(raw: str) -> str:
+    """A key=value DSN's value as libpq reads it: quotes removed, backslash escapes resolved."""
+    if raw.startswith("'"):
+        raw = raw[1:-1] if len(raw) > 1 and raw.endswith("'") and not raw.endswith("\\'") else raw[1:]
+    return _KV_ESCAPE.sub(r"\1", raw)
+
+
+def _uri_password(dsn: str) -> str | None:
+    """A URI's password as written: up to the last '@' before the query (libpq stops at the first)."""
+    scheme = _URI.match(dsn)
+    if scheme is None:
+        return None
+    rest = dsn[scheme.end() :]
+    first = rest.find("@")
+    if first < 0:
+        return None
+    query = rest.find("?", first)
+    credentials = rest[: rest.rfind("@", 0, query if query >= 0 else len(rest))]
+    _, colon, password = credentials.partition(":")
+    return password if colon else None
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -121,11 +182,12 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 
 
 def describe_dsn(dsn: str, *, index: int | None = None, **kwargs: Any) -> dict[str, str]:
-    """The DSN's parameters (merged with ``kwargs``) without the password.
+    """The DSN's parameters (merged with ``kwargs``) without the password, nor any piece of it.
 
     A DSN that does not parse raises ``ProgrammingError`` whose message names
-    the shard but quotes none of the DSN's words.
+    the shard and the keywords libpq names, but none of the DSN's values.
     """
+    secrets = dsn_secrets(dsn, [kwargs.get("password")])
     try:
         params = psycopg2.extensions.parse_dsn(dsn)
         failure = None
@@ -134,17 +196,27 @@ def describe_dsn(dsn: str, *, index: int | None = None, **kwargs: Any) -> dict[s
     if failure is not None:
         # Raised outside the except block, so the original (which may quote
         # the password) is not even kept as __context__.
-        reason = _QUOTED.sub(
-            lambda m: f'"{m.group(1)}"' if m.group(1).lower() in _SAFE_WORDS else '"***"', failure
-        )
-        reason = redact(reason, dsn_secrets(dsn))
+        reason = redact(_QUOTED.sub(_keyword_or_hidden, failure), secrets)
         where = f"shard {index}: " if index is not None else ""
         raise psycopg2.ProgrammingError(
-            f"{where}{reason} (the DSN itself is not shown; check its quoting and key=value pairs)"
+            f"{where}{reason} (the DSN's values are not shown; check its quoting and key=value pairs)"
         )
     params.update({k: str(v) for k, v in kwargs.items() if v is not None})
     params.pop("password", None)
-    return params
+    return {key: redact(value, secrets) for key, value in params.items()}
+
+
+def _keyword_or_hidden(match: re.Match[str]) -> str:
+    """A word libpq quotes: shown if it is shaped like a keyword (keywords are never secret)."""
+    word = match.group(1)
+    return f'"{word}"' if word in ("", "=", "]") or _KEYWORD_SHAPED.fullmatch(word) else '"***"'
+
+
+def server_error(cls: type[psycopg2.Error], pgcode: str, message: str) -> psycopg2.Error:
+    """The error a server would raise (``cls``, ``pgcode``, its message), for one found before sending."""
+    exc = cls(message + "\n")
+    exc.__setstate__({"pgcode": pgcode, "pgerror": f"ERROR:  {message}\n"})  # type: ignore[no-untyped-call]
+    return exc
 
 
 def shard_error(exc: BaseException, shard: ShardInfo, secrets: Iterable[str] = ()) -> BaseException:

@@ -53,7 +53,7 @@ def execute(shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, m
     text = text_of(statement.query, cursors[0])
     quick = quick_plan(text)
     if quick is not None:
-        if quick.word in _ENDING and not shards.connections[0].autocommit:
+        if quick.word in _ENDING and not shards.autocommit:
             return _end_transaction(shards, cursors, statement, quick)
         return _run(shards, cursors, statement, quick, statement.vars)
     facts = shards.facts()
@@ -116,7 +116,7 @@ def execute_many(
     shards.check_transaction()
     if any(plan.batch or plan.mode != "union" for plan, _ in planned):
         raise refuse("executemany() of a statement whose rows are merged or that holds several statements")
-    if shards.connections[0].autocommit or not all(_as_written(plan) for plan, _ in planned):
+    if shards.autocommit or not all(_as_written(plan) for plan, _ in planned):
         # In autocommit each execution commits on its own, in order, as psycopg2 runs them.
         return _one_by_one(shards, cursors, query, params, planned)
     targeted = [placed(plan, vars, len(cursors)) for plan, vars in planned]

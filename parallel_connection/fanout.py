@@ -1,36 +1,68 @@
 """Run one call per shard at once on the connection's thread pool.
 
-The first failure cancels the statements still running on the other shards
-and is raised as soon as they stop (or after a short grace period, so no
-caller waits for a shard that is no longer needed). Ctrl-C does the same.
+Each call takes its shard's :class:`~parallel_connection.turns.Gate` first,
+so threads sharing the connection take turns on each shard connection (as
+psycopg2 has them do) while their calls on other shards run at once. The
+first failure cancels the statement's own calls still running on the other
+shards, never another thread's, and is raised as soon as they stop (or
+after a short grace period, so no caller waits for a shard that is no
+longer needed). Ctrl-C and a passed deadline do the same.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import Any, TypeVar
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from typing import Any, Generic, TypeVar
 
-from .cancel import cancel_all, sever
+import psycopg2
+
+from . import deadline
 from .errors import ShardInfo, shard_error
+from .turns import Gate, Turn, holding
+from .workers import Workers
 
-__all__ = ["FanOut"]
+__all__ = ["CANCEL_GRACE", "FanOut", "Pending"]
 
 T = TypeVar("T")
 
 CANCEL_GRACE = 1.0
 """Seconds to wait for cancelled shards to stop before raising anyway."""
+OVERDUE = 2 * deadline.CUT_GRACE + CANCEL_GRACE
+"""Seconds past a deadline after which a call that still has not returned is abandoned."""
 
 
 class _Call:
-    """One fan-out's state: which shards are running, and whether to give up."""
+    """One fan-out's state: the turns its calls hold, and whether to give up."""
 
-    def __init__(self) -> None:
+    def __init__(self, indexes: Sequence[int]) -> None:
         self.lock = threading.Lock()
-        self.running: set[int] = set()
+        self.indexes = list(indexes)
+        self.turns: dict[int, Turn] = {}
         self.aborted = False
+
+
+class Pending(Generic[T]):
+    """One shard's call started in the background (a streaming fetch, a COPY): its future, and its stop."""
+
+    def __init__(self, fanout: FanOut, state: _Call, future: Future[T]) -> None:
+        self._fanout = fanout
+        self._state = state
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self) -> T:
+        return self.future.result()
+
+    def cancel(self) -> None:
+        """Cancel the call's statement (or keep it from starting); wait up to the grace for it to stop."""
+        self._fanout.cancel_pending([self])
 
 
 class FanOut:
@@ -46,15 +78,24 @@ class FanOut:
         self.shards = list(shards)
         self._connections = list(connections)
         self._secrets = secrets
+        self._gates = [Gate() for _ in connections]
+        self._watchdog = deadline.Watchdog()
         self._lock = threading.Lock()
-        self._stuck: set[int] = set()
-        self._pool = ThreadPoolExecutor(
-            max_workers or max(4, 2 * len(shards)), thread_name_prefix="parallel_connection"
-        )
+        self._stuck: dict[int, Turn] = {}
+        self._pool = Workers(max_workers or max(4, 2 * len(shards)))
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Run ``fn`` on the pool (for background work such as prefetching)."""
+        """Run ``fn`` on the pool (background work that uses no shard connection)."""
         return self._pool.submit(fn, *args)
+
+    def start(self, index: int, fn: Callable[[], T]) -> Pending[T]:
+        """Run ``fn`` on shard ``index``'s connection in the background, in its turn; the current
+        deadline counts again from now."""
+        state = _Call([index])
+        future: Future[T] = self._pool.submit(
+            contextvars.copy_context().run, self._call, state, lambda _: fn(), index, deadline.renewed()
+        )
+        return Pending(self, state, future)
 
     def error(self, exc: BaseException, index: int) -> BaseException:
         """``exc`` raised on shard ``index``, as the caller should see it."""
@@ -67,14 +108,21 @@ class FanOut:
             # A statement that ignored its cancel holds the connection: nothing
             # else could run on it, so cut it and let the caller see it broken.
             self.release_stuck()
-        state = _Call()
+        state = _Call(indexes)
+        limit = deadline.current()
         if len(indexes) == 1:
-            return [self._run_one(state, fn, indexes[0])]
-        futures = {self._pool.submit(self._call, state, fn, i): i for i in indexes}
+            return [self._run_one(state, fn, indexes[0], limit)]
+        futures = {
+            self._pool.submit(contextvars.copy_context().run, self._call, state, fn, i, limit): i
+            for i in indexes
+        }
         pending: set[Future[T]] = set(futures)
         try:
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                done, pending = wait(pending, timeout=_patience(limit), return_when=FIRST_EXCEPTION)
+                if not done:
+                    self._abort(state, pending)
+                    raise self.error(_abandoned(limit), min(futures[f] for f in pending))
                 failed = sorted((futures[f], f) for f in done if f.exception() is not None)
                 if failed:
                     index, future = failed[0]
@@ -85,7 +133,9 @@ class FanOut:
             raise
         return [f.result() for f in futures]
 
-    def _run_one(self, state: _Call, fn: Callable[[int], T], index: int) -> T:
+    def _run_one(
+        self, state: _Call, fn: Callable[[int], T], index: int, limit: deadline.Deadline | None
+    ) -> T:
         """One shard: wait on its future alone (no other shard to cancel on failure).
 
         Called from a thread other than the main one, the call runs right there:
@@ -93,26 +143,55 @@ class FanOut:
         """
         if threading.current_thread() is not threading.main_thread():
             try:
-                return self._call(state, fn, index)
+                return self._call(state, fn, index, limit)
             except Exception as exc:
                 raise self.error(exc, index) from None
-        future = self._pool.submit(self._call, state, fn, index)
+        future = self._pool.submit(contextvars.copy_context().run, self._call, state, fn, index, limit)
         try:
-            return future.result()
+            done, _ = wait([future], timeout=_patience(limit))
         except KeyboardInterrupt:
-            self._abort(state, {future} if not future.done() else set())
+            self._abort(state, set() if future.done() else {future})
             raise
+        if not done:
+            self._abort(state, {future})
+            raise self.error(_abandoned(limit), index)
+        try:
+            result: T = future.result()
         except Exception as exc:
             raise self.error(exc, index) from None
+        return result
+
+    def hold(self, indexes: Sequence[int]) -> contextlib.AbstractContextManager[object]:
+        """Keep these shards' connections for the calls of one block (see :func:`turns.holding`)."""
+        return holding([self._gates[i] for i in sorted(set(indexes))])
+
+    def take(self, index: int) -> None:
+        """Take shard ``index``'s gate for the :meth:`hold` block the caller is in (see :meth:`give_back`)."""
+        self._gates[index].enter(lambda: False, None)
+
+    def give_back(self, index: int) -> None:
+        self._gates[index].leave()
+
+    def cancel_pending(self, calls: Sequence[Pending[Any]]) -> None:
+        """Cancel these background calls at once; wait up to the grace for them to stop."""
+        self._abort([c._state for c in calls], {c.future for c in calls if not c.future.done()})
 
     def cancel_all(self, indexes: Sequence[int], timeout: float = CANCEL_GRACE) -> None:
-        """Ask each of these shards to cancel its running statement (see :func:`cancel.cancel_all`)."""
-        cancel_all([self._connections[i] for i in indexes], timeout)
+        """Cancel the statement each of these shards is running now, whoever runs it; wait at most
+        ``timeout`` seconds for the requests to be delivered."""
+        turns = [turn for i in indexes if (turn := self._gates[i].turn) is not None]
+        for turn in turns:
+            turn.cancel()
+        end = time.monotonic() + timeout
+        for turn in turns:
+            turn.wait_delivered(max(0.0, end - time.monotonic()))
 
     def release_stuck(self, timeout: float = CANCEL_GRACE) -> None:
         """Cut the connections of shards still stuck in an abandoned statement, and let them end."""
-        for index in self.stuck():
-            sever(self._connections[index])
+        with self._lock:
+            stuck = list(self._stuck.values())
+        for turn in stuck:
+            turn.sever()
         self.wait_unstuck(timeout)
 
     def stuck(self) -> set[int]:
@@ -122,37 +201,86 @@ class FanOut:
 
     def wait_unstuck(self, timeout: float) -> set[int]:
         """Wait up to ``timeout`` for abandoned statements to end; the shards still stuck."""
-        deadline = time.monotonic() + timeout
-        while (stuck := self.stuck()) and time.monotonic() < deadline:
+        end = time.monotonic() + timeout
+        while (stuck := self.stuck()) and time.monotonic() < end:
             time.sleep(0.02)
         return stuck
 
     def close(self) -> None:
+        self._watchdog.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _call(self, state: _Call, fn: Callable[[int], T], index: int) -> T:
-        with state.lock:
+    def _call(self, state: _Call, fn: Callable[[int], T], index: int, limit: deadline.Deadline | None) -> T:
+        gate = self._gates[index]
+        if not gate.enter(lambda: state.aborted, None if limit is None else limit.at):
             if state.aborted:
                 raise _Skipped()
-            state.running.add(index)
+            raise psycopg2.OperationalError(
+                f"the statement deadline of {limit.seconds:g} s passed while another statement of this "  # type: ignore[union-attr]
+                "connection held the shard's connection"
+            )
         try:
-            return fn(index)
-        finally:
+            turn = Turn(index, self._connections[index])
             with state.lock:
-                state.running.discard(index)
-            with self._lock:
-                self._stuck.discard(index)
+                if state.aborted:
+                    raise _Skipped()
+                state.turns[index] = turn
+            outer = gate.turn is None
+            if outer:
+                gate.turn = turn
+            ticket = self._watchdog.watch(turn, limit) if limit is not None else None
+            try:
+                return fn(index)
+            except Exception:
+                if ticket is not None and ticket.expired:
+                    raise deadline.expired_error(ticket) from None
+                raise
+            finally:
+                if ticket is not None:
+                    self._watchdog.release(ticket)
+                with state.lock:
+                    state.turns.pop(index, None)
+                if outer:
+                    gate.turn = None
+                turn.end()
+                with self._lock:
+                    if self._stuck.get(index) is turn:
+                        del self._stuck[index]
+        finally:
+            gate.leave()
 
-    def _abort(self, state: _Call, pending: set[Future[Any]]) -> None:
+    def _abort(self, state: _Call | Sequence[_Call], pending: set[Future[Any]]) -> None:
+        """Stop these calls: those waiting for their turn give up, those running are cancelled; those
+        still running after the grace are stuck (the next call on their shard cuts them)."""
         start = time.monotonic()
-        with state.lock:
-            state.aborted = True
-            running = sorted(state.running)
-        self.cancel_all(running)
+        states = [state] if isinstance(state, _Call) else list(state)
+        turns: list[Turn] = []
+        for one in states:
+            with one.lock:
+                one.aborted = True
+                turns.extend(one.turns.values())
+            for index in one.indexes:
+                self._gates[index].wake()
+        for turn in turns:
+            turn.cancel()
         if pending:
             wait(pending, timeout=max(0.0, CANCEL_GRACE - (time.monotonic() - start)))
-        with state.lock, self._lock:
-            self._stuck |= state.running
+        for one in states:
+            with one.lock, self._lock:
+                self._stuck.update(one.turns)
+
+
+def _patience(limit: deadline.Deadline | None) -> float | None:
+    """How long to wait for calls before abandoning them (None: as long as they take)."""
+    return None if limit is None else max(0.0, limit.at + OVERDUE - time.monotonic())
+
+
+def _abandoned(limit: deadline.Deadline | None) -> psycopg2.OperationalError:
+    seconds = f"{limit.seconds:g}" if limit is not None else "?"
+    return psycopg2.OperationalError(
+        f"no answer within the statement deadline of {seconds} s, even after its connection was cut; "
+        "the call was abandoned"
+    )
 
 
 class _Skipped(Exception):

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.sql
 
+from .errors import server_error
 from .merge.values import type_name
 from .plan import Plan
 from .shards import ShardSet
@@ -28,6 +30,8 @@ __all__ = [
     "Statement",
     "agreed_description",
     "check_copies",
+    "check_procname",
+    "check_query",
     "combined_status",
     "counted",
     "python_encoding",
@@ -147,12 +151,68 @@ def agreed_description(
     return tuple(first) if first is not None else None
 
 
+NUL_IN_TEXT = "A string literal cannot contain NUL (0x00) characters."
+"""psycopg2's words for a NUL it is asked to send (libpq would cut the text short there)."""
+
+
+def check_query(query: Any, cursor: Any) -> None:
+    """Refuse, with psycopg2's class and message, a query that cannot be sent as written.
+
+    Runs before anything is sent: a NUL would make libpq send (and run) only
+    the text before it, so it is refused; bytes that are not text in the
+    client encoding get the server's own error.
+    """
+    if query is None:
+        raise psycopg2.ProgrammingError("can't execute an empty query")
+    if not isinstance(query, (str, bytes, psycopg2.sql.Composable)):
+        raise TypeError(f"argument 1 must be a string or unicode object: got {type(query).__name__} instead")
+    if "\x00" in text_of(query, cursor):
+        raise ValueError(NUL_IN_TEXT)
+
+
+def check_procname(procname: Any, parameters: Any, cursor: Any) -> None:
+    """``callproc``'s arguments checked as psycopg2 checks them, before anything is sent."""
+    if isinstance(procname, bytearray):
+        raise TypeError("argument 1 must be read-only bytes-like object, not bytearray")
+    if not isinstance(procname, (str, bytes)):
+        raise TypeError(f"a bytes-like object is required, not '{type(procname).__name__}'")
+    if parameters is not None:
+        len(parameters)  # psycopg2's own TypeError for parameters that have no length
+    if "\x00" in text_of(procname, cursor):
+        raise ValueError(NUL_IN_TEXT)
+
+
 def text_of(query: Any, cursor: Any) -> str:
+    """The statement's text: a Composable rendered, bytes decoded from the client encoding."""
     if isinstance(query, psycopg2.sql.Composable):
-        return query.as_string(cursor)
+        query = query.as_string(cursor)
     if isinstance(query, bytes):
-        return query.decode(python_encoding(cursor))
+        return _decoded(query, cursor)
     return str(query)
+
+
+def _decoded(data: bytes, cursor: Any) -> str:
+    try:
+        return data.decode(python_encoding(cursor))
+    except UnicodeDecodeError as exc:
+        encoding = cursor.connection.encoding
+        length = _utf8_length(data[exc.start]) if encoding == "UTF8" else exc.end - exc.start
+        found = " ".join(f"0x{byte:02x}" for byte in data[exc.start : exc.start + length])
+        message = f'invalid byte sequence for encoding "{encoding}": {found}'
+        raise server_error(psycopg2.errors.CharacterNotInRepertoire, "22021", message) from None
+
+
+def _utf8_length(first: int) -> int:
+    """The length PostgreSQL gives a UTF-8 sequence from its first byte (how many bytes it names)."""
+    if first < 0x80:
+        return 1
+    if first & 0xE0 == 0xC0:
+        return 2
+    if first & 0xF0 == 0xE0:
+        return 3
+    if first & 0xF8 == 0xF0:
+        return 4
+    return 1
 
 
 def python_encoding(cursor: Any) -> str:

@@ -27,9 +27,10 @@ import psycopg2.extensions
 from . import commit as atomic
 from .catalog import Catalog, StampReader, combine, read_catalog, settings_differences
 from .errors import NotSupportedError, ShardInfo, dsn_secrets
-from .fanout import FanOut
+from .fanout import FanOut, Pending
 from .placement import Placement
 from .plan import ShardFacts
+from .turns import holder
 
 DEFAULT_MOVED_ROWS = 1_000_000
 """The default bound on the rows one statement's steps may move to the coordinator."""
@@ -89,6 +90,10 @@ class ShardSet:
         self._shard_stamps: list[tuple[int, ...]] = [() for _ in self.connections]
         self._written: set[int] = set()
         self._scope: set[int] | None = None
+        self._scope_token: object | None = None
+        self._extra: list[int] = []
+        self._scopes = threading.Lock()
+        """One autocommit write's transaction at a time (:meth:`write_scope`)."""
         self._prepared_slots: list[int | None] = [None for _ in self.connections]
         self.placement: Placement | None = None
         self.moved_rows = DEFAULT_MOVED_ROWS
@@ -149,7 +154,12 @@ class ShardSet:
         return self.fanout.run(fn, indexes)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Background work that uses no shard connection."""
         return self.fanout.submit(fn, *args)
+
+    def start(self, index: int, fn: Callable[[], T]) -> Pending[T]:
+        """``fn()`` on shard ``index``'s connection in the background, in its turn."""
+        return self.fanout.start(index, fn)
 
     def error(self, exc: BaseException, index: int) -> BaseException:
         """``exc`` raised on shard ``index``, naming the shard, without secrets."""
@@ -246,17 +256,19 @@ class ShardSet:
         moment as one database would (where the two are equal in a
         transaction's first statement).
         """
+        conn = self.connections[shard]
+        query = "SELECT now(), statement_timestamp()"
+        if self.autocommit and not self._scoped():
+            # Each statement is a transaction of its own; other threads' moments are not ours.
+            row = self.run(lambda i: _one_row(conn, query), [shard])[0]
+            return {"transaction": row[0], "statement": row[1]}
         idle_status = psycopg2.extensions.TRANSACTION_STATUS_IDLE
         idle = all(c.get_transaction_status() == idle_status for c in self.connections)
         if idle:
             self._moment = None
         if self._moment is not None and kinds == {"transaction"}:
             return {"transaction": self._moment}
-        conn = self.connections[shard]
-        with conn.cursor() as cur:
-            cur.execute("SELECT now(), statement_timestamp()")
-            row = cur.fetchone()
-        assert row is not None
+        row = self.run(lambda i: _one_row(conn, query), [shard])[0]
         transaction: datetime.datetime = row[0] if self._moment is None else self._moment
         if not conn.autocommit:
             self._moment = transaction
@@ -279,7 +291,7 @@ class ShardSet:
     def hold(self, facts: ShardFacts, table: str) -> None:
         """The transaction wrote ``table`` on every shard: until it ends, it holds a lock that keeps
         any other session from changing the table's definition, so ``facts`` stay true of it."""
-        if self.connections[0].autocommit:
+        if self.autocommit:
             return
         if self._held is None or self._held[0] is not facts:
             self._held = (facts, set())
@@ -308,7 +320,7 @@ class ShardSet:
         back if it raises.
         """
         targets = sorted(set(indexes))
-        if self._scope is not None or not self.connections[0].autocommit:
+        if self._scoped() or not self.autocommit:
             self._record(targets)
             yield
             return
@@ -316,38 +328,57 @@ class ShardSet:
             yield
             return
         self._check_prepared(targets)
-        self._scope = set()
-        self._written = set()
-        try:
-            self._record(targets)
-            try:
-                yield
-            except BaseException:
-                with contextlib.suppress(psycopg2.Error):
-                    self.rollback()  # the statement's own error is the one to see
-                raise
-            self.commit()
-        finally:
-            flipped, self._scope = self._scope, None
+        # The shards stay this statement's until it committed: another thread's statement must not
+        # run inside its transaction (and be rolled back with it).
+        with self._scopes, self.fanout.hold(targets) as token:
+            self._scope, self._scope_token = set(), token
             self._written = set()
-            self.end_transaction()
-            for i in sorted(flipped):
-                conn = self.connections[i]
-                with contextlib.suppress(psycopg2.Error):
-                    if not conn.closed and conn.status != psycopg2.extensions.STATUS_READY:
-                        conn.rollback()
-                    conn.autocommit = True
+            try:
+                self._record(targets)
+                try:
+                    yield
+                except BaseException:
+                    with contextlib.suppress(psycopg2.Error):
+                        self.rollback()  # the statement's own error is the one to see
+                    raise
+                self.commit()
+            finally:
+                flipped, self._scope, self._scope_token = self._scope, None, None
+                extra, self._extra = self._extra, []
+                for i in extra:
+                    self.fanout.give_back(i)
+                self._written = set()
+                self.end_transaction()
+                for i in sorted(flipped):
+                    conn = self.connections[i]
+                    with contextlib.suppress(psycopg2.Error):
+                        if not conn.closed and conn.status != psycopg2.extensions.STATUS_READY:
+                            conn.rollback()
+                        conn.autocommit = True
+
+    def _scoped(self) -> bool:
+        """The caller is in the statement an autocommit write made a transaction of (see
+        :meth:`write_scope`)."""
+        return self._scope is not None and holder() is self._scope_token
+
+    @property
+    def autocommit(self) -> bool:
+        """The user's autocommit (a write's own transaction, :meth:`write_scope`, leaves it on)."""
+        return self._scope is not None or bool(self.connections[0].autocommit)
 
     def _record(self, targets: Sequence[int]) -> None:
         """These shards are written in the current transaction (refused first if they can't commit it)."""
         idle_status = psycopg2.extensions.TRANSACTION_STATUS_IDLE
-        if self._scope is None and all(c.get_transaction_status() == idle_status for c in self.connections):
+        scoped = self._scoped()
+        if not scoped and all(c.get_transaction_status() == idle_status for c in self.connections):
             self._written = set()  # a new transaction (the last one ended outside commit())
         written = self._written | set(targets)
         if self.two_phase and len(written) > 1 and written != self._written:
             self._check_prepared(sorted(written))
-        if self._scope is not None:
+        if scoped and self._scope is not None:
             for i in sorted(set(targets) - self._scope):
+                self.fanout.take(i)  # given back with the others when the scope ends
+                self._extra.append(i)
                 self.connections[i].autocommit = False
                 self._scope.add(i)
         self._written = written
@@ -425,7 +456,7 @@ class ShardSet:
         """The current transaction can no longer commit (outside autocommit); ``why`` says what broke it."""
         if isinstance(why, BaseException):
             why = (str(why).splitlines() or [type(why).__name__])[0][:200]
-        if not self.connections[0].autocommit:
+        if not self.autocommit:
             self._failed = why
 
     def check_transaction(self) -> None:
@@ -461,6 +492,14 @@ def _identity(conn: Any) -> tuple[Any, ...]:
         cur.execute(_IDENTITY)
         row = cur.fetchone()
     return tuple(row or ())
+
+
+def _one_row(conn: Any, query: str) -> tuple[Any, ...]:
+    with conn.cursor() as cur:
+        cur.execute(query)
+        row = cur.fetchone()
+    assert row is not None
+    return tuple(row)
 
 
 def _setting(conn: Any, name: str) -> str:

@@ -14,9 +14,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .fanout import FanOut
+    from .fanout import FanOut, Pending
 
-__all__ = ["ShardStream", "interleave", "tagged_interleave"]
+__all__ = ["ShardStream", "cancel_streams", "interleave", "tagged_interleave"]
 
 Row = Any
 
@@ -37,7 +37,7 @@ class ShardStream:
         self._cursor = cursor
         self._fanout = fanout
         self._batch_size = batch_size
-        self._future: Future[list[Row]] | None = None
+        self._future: Pending[list[Row]] | None = None
         self._held: list[Row] | None = first_batch
         """A batch already fetched, served before anything else."""
         self._finished = False
@@ -58,14 +58,14 @@ class ShardStream:
 
     def future(self) -> Future[list[Row]] | None:
         """The batch in flight, if any (to wait on several shards at once)."""
-        return self._future
+        return None if self._future is None else self._future.future
 
     def next_batch(self) -> list[Row]:
         """The next batch of rows; an empty list once the shard has no more."""
         if self._held is not None:
             batch, self._held = self._held, None
             if not self._finished:
-                self._future = self._fanout.submit(self._fetch)
+                self._future = self._fanout.start(self.index, self._fetch)
             return batch
         if self._future is None:
             if self._finished:
@@ -75,17 +75,21 @@ class ShardStream:
                 batch = self._call(self._cursor.fetchall)
                 self.fetched += len(batch)
                 return batch
-            self._future = self._fanout.submit(self._fetch)
-        future, self._future = self._future, None
+            self._future = self._fanout.start(self.index, self._fetch)
         try:
-            batch = future.result()
+            batch = self._future.result()
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
         except BaseException as exc:
             self._finished = True
+            self._future = None
             raise self._fanout.error(exc, self.index) from None
+        self._future = None
         if len(batch) < self._batch_size or self._batch_size <= 0:
             self._finished = True
         if not self._finished:
-            self._future = self._fanout.submit(self._fetch)
+            self._future = self._fanout.start(self.index, self._fetch)
         return batch
 
     def __iter__(self) -> Iterator[list[Row]]:
@@ -96,6 +100,17 @@ class ShardStream:
         """Every remaining row, one at a time."""
         for batch in self:
             yield from batch
+
+    def cancel(self) -> None:
+        """Cancel the fetch under way (Ctrl-C, another shard's error); the stream ends."""
+        cancel_streams([self])
+
+    def _stop(self) -> Pending[list[Row]] | None:
+        """End the stream; the fetch still under way, if any."""
+        self._finished = True
+        self._held = None
+        pending, self._future = self._future, None
+        return pending
 
     def close(self) -> None:
         """Stop prefetching (waiting for a fetch already under way)."""
@@ -120,6 +135,13 @@ class ShardStream:
             return rows
         except BaseException as exc:
             raise self._fanout.error(exc, self.index) from None
+
+
+def cancel_streams(streams: Sequence[ShardStream]) -> None:
+    """End these streams, cancelling at once the fetches they have under way."""
+    pending = [p for s in streams if (p := s._stop()) is not None]
+    if pending:
+        streams[0]._fanout.cancel_pending(pending)
 
 
 def interleave(streams: Sequence[ShardStream]) -> Iterator[list[Row]]:

@@ -182,10 +182,14 @@ def with_keys(shards: ShardSet, split: RowSplit) -> RowSplit:
     """``split`` with every row's key, taken from its sequence (on the first shard) if it has one."""
     if split.sequence is None:
         return split
-    with shards.connections[0].cursor() as cur:
-        cur.execute(
-            "SELECT nextval(%s::regclass) FROM generate_series(1, %s)", (split.sequence, len(split.rows))
-        )
-        keys = [int(key) for (key,) in cur.fetchall()]
+
+    def take(i: int) -> list[int]:
+        with shards.connections[i].cursor() as cur:
+            cur.execute(
+                "SELECT nextval(%s::regclass) FROM generate_series(1, %s)", (split.sequence, len(split.rows))
+            )
+            return [int(key) for (key,) in cur.fetchall()]
+
+    keys = shards.run(take, [0])[0]
     rows = tuple(row[:-1] + f", {key})" for row, key in zip(split.rows, keys, strict=True))
     return replace(split, rows=rows, keys=tuple(Const(key) for key in keys), sequence=None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,30 @@ def ref(sample: Servers) -> Iterator[psycopg2.extensions.connection]:
     conn = psycopg2.connect(sample.reference_dsn)
     yield conn
     conn.close()
+
+
+def active(dsn: str, pattern: str) -> int:
+    """How many backends on ``dsn`` are running a statement like ``pattern``."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                "AND query LIKE %s AND pid <> pg_backend_pid()",
+                (pattern,),
+            )
+            return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
 
 
 def run_on_all(dsns: list[str], sql: str, params: object = None) -> None:

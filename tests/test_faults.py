@@ -11,6 +11,7 @@ import traceback
 import psycopg2
 import psycopg2.pool
 import pytest
+from conftest import active, wait_until
 
 import parallel_connection
 from parallel_connection import ParallelConnection
@@ -23,30 +24,6 @@ SECRET = "s3cr3t-Pa55"
 
 def _port(dsn: str) -> int:
     return int(psycopg2.extensions.parse_dsn(dsn)["port"])
-
-
-def _active(dsn: str, pattern: str) -> int:
-    """How many backends on ``dsn`` are running a statement like ``pattern``."""
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-                "AND query LIKE %s AND pid <> pg_backend_pid()",
-                (pattern,),
-            )
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
-
-
-def _wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_first_failure_cancels_the_other_shards(pdb, sample):
@@ -65,7 +42,7 @@ def test_first_failure_cancels_the_other_shards(pdb, sample):
     assert info.value.pgcode == "22012"
     assert info.value.shard.index == 0
     for dsn in sample.shard_dsns[1:]:
-        assert _wait_until(lambda d=dsn: _active(d, "SELECT pg_sleep(CASE%") == 0, 2)
+        assert wait_until(lambda d=dsn: active(d, "SELECT pg_sleep(CASE%") == 0, 2)
     pdb.rollback()
     with pdb.cursor(merge="union") as cur:
         cur.execute("SELECT 1")
@@ -98,7 +75,7 @@ def test_terminated_backend_names_its_shard_and_is_not_reused(sample):
     assert broken.closed
     assert all(not p._used for p in pools), "a pool slot leaked"
     for dsn in sample.shard_dsns:
-        assert _wait_until(lambda d=dsn: _active(d, "SELECT pg_sleep(20)%") == 0, 2)
+        assert wait_until(lambda d=dsn: active(d, "SELECT pg_sleep(20)%") == 0, 2)
 
 
 def test_broken_connection_goes_back_to_its_pool_closed(sample):
@@ -134,7 +111,7 @@ def test_ctrl_c_cancels_every_shard_and_rollback_recovers(pdb, sample):
         cur.execute("SELECT pg_sleep(30)")
     assert time.monotonic() - start < 1.5
     for dsn in sample.shard_dsns:
-        assert _wait_until(lambda d=dsn: _active(d, "SELECT pg_sleep(30)%") == 0, 1)
+        assert wait_until(lambda d=dsn: active(d, "SELECT pg_sleep(30)%") == 0, 1)
     pdb.rollback()
     cur.execute("SELECT 2")
     assert cur.fetchall() == [(2,)] * 3
@@ -255,7 +232,7 @@ def test_ctrl_c_does_not_wait_for_a_black_holed_shard(sample):
             cur.execute("SELECT pg_sleep(30)")
         assert time.monotonic() - start < 0.5 + CANCEL_GRACE + 0.5
         for dsn in (sample.shard_dsns[0], sample.shard_dsns[2]):
-            assert _wait_until(lambda d=dsn: _active(d, "SELECT pg_sleep(30)%") == 0, 1)
+            assert wait_until(lambda d=dsn: active(d, "SELECT pg_sleep(30)%") == 0, 1)
         pools = pdb.pools
         start = time.monotonic()
         pdb.close()  # the black-holed shard's connection is cut, not waited for
@@ -308,7 +285,7 @@ def test_cancel_stops_statements_of_other_threads_at_once(pdb, sample):
 
     thread = threading.Thread(target=sleeper)
     thread.start()
-    assert _wait_until(lambda: _active(sample.shard_dsns[2], "SELECT pg_sleep(10)%") == 1, 3)
+    assert wait_until(lambda: active(sample.shard_dsns[2], "SELECT pg_sleep(10)%") == 1, 3)
     start = time.monotonic()
     pdb.cancel()
     assert time.monotonic() - start < 1

@@ -7,17 +7,20 @@ from concurrent.futures import Executor
 from os import PathLike
 from typing import Any
 
+from ..pool import DEFAULT_TIMEOUT, PoolTimeout
 from ..shards import Connected
 from .attempt import is_transient
 from .progress import ScanProgress
 from .remote import close_worker_connections
 from .report import RangeFailure, RangeResult, ScanIncomplete, ScanReport
 from .scan import Scan
-from .spec import IdRange, ScanOptions, Target, Work
+from .spec import IdRange, InShard, ScanOptions, Target, Work
 from .split import split_at, split_width
 
 __all__ = [
     "IdRange",
+    "InShard",
+    "PoolTimeout",
     "RangeFailure",
     "RangeResult",
     "ScanIncomplete",
@@ -45,10 +48,11 @@ def scan_ranges(
     retries: int = 3,
     retry_backoff: float = 0.1,
     progress: bool | Callable[[ScanProgress], None] | None = None,
-    checkpoint: str | PathLike[str] | None = None,
+    checkpoint: str | PathLike[str] | InShard | None = None,
     snapshot: bool = False,
     executor: Executor | None = None,
     smoke_test: bool = False,
+    pool_timeout: float = DEFAULT_TIMEOUT,
 ) -> ScanReport:
     """Split ``table.id_column`` into ranges on every shard and run ``work`` once per range.
 
@@ -67,6 +71,7 @@ def scan_ranges(
         snapshot=snapshot,
         executor=executor,
         smoke_test=smoke_test,
+        pool_timeout=pool_timeout,
     )
     options.check()
     return Scan(pdb, Target.parse(table, id_column), Work.of(work), options).run()

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg2
 import psycopg2.extensions
@@ -16,9 +16,13 @@ import psycopg2.extras
 import psycopg2.pool
 
 from ..cancel import broken
+from ..pool import PoolTimeout
 from .spec import IdRange, Work
 
-__all__ = ["Outcome", "is_transient", "run_range", "run_with_retries"]
+if TYPE_CHECKING:
+    from .ledger import Ledger
+
+__all__ = ["Outcome", "Ran", "is_transient", "run_range", "run_with_retries"]
 
 TRANSIENT_CODES = frozenset(
     {
@@ -44,6 +48,8 @@ class Outcome:
     attempts: int = 0
     seconds: float = 0.0
     cancelled: bool = False
+    resumed: bool = False
+    """Another run of the job had finished the range (its record was found in the shard)."""
 
     @property
     def ok(self) -> bool:
@@ -52,6 +58,8 @@ class Outcome:
 
 def is_transient(exc: BaseException, conn: Any = None) -> bool:
     """True for failures worth retrying on a fresh connection (lost connection, 40001, 40P01, 57P0x...)."""
+    if isinstance(exc, PoolTimeout):
+        return False  # it waited its whole timeout already
     if isinstance(exc, psycopg2.pool.PoolError):
         return "exhausted" in str(exc)
     if not isinstance(exc, psycopg2.Error):
@@ -64,14 +72,29 @@ def is_transient(exc: BaseException, conn: Any = None) -> bool:
     return False
 
 
+class Ran(NamedTuple):
+    """A range that finished: its value and rows, and whether another run had done it (``resumed``)."""
+
+    value: Any
+    rows: int
+    resumed: bool = False
+
+
 def run_range(
     conn: Any,
     work: Work,
     id_range: IdRange,
     params: Sequence[Any] | Mapping[str, Any] | None = None,
     snapshot: str | None = None,
-) -> tuple[Any, int]:
-    """Run ``work`` on ``id_range`` in one transaction on ``conn``, committed; returns (value, rows)."""
+    ledger: Ledger | None = None,
+) -> Ran:
+    """Run ``work`` on ``id_range`` in one transaction on ``conn``, committed.
+
+    With a ``ledger`` (``checkpoint=InShard()``), the range's record is inserted
+    in that same transaction, just before the COMMIT. If the range fails and
+    the shard holds a record of it (another run of the job finished it), it
+    is reported as done by that run, its work here rolled back.
+    """
     if conn.autocommit:
         conn.autocommit = False
     if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
@@ -92,19 +115,27 @@ def run_range(
                 assert work.fn is not None
                 value = work.fn(cur, id_range)
                 rows = max(cur.rowcount, 0)
+            if ledger is not None:
+                ledger.record(cur, id_range, value, rows)
         conn.commit()
-    except BaseException:
+    except BaseException as exc:
         if not conn.closed:
             with contextlib.suppress(Exception):
                 conn.rollback()
+        if ledger is not None and isinstance(exc, Exception) and not conn.closed:
+            done = None
+            with contextlib.suppress(Exception):
+                done = ledger.lookup(conn, id_range)
+            if done is not None:
+                return Ran(done[0], done[1], resumed=True)
         raise
-    return value, rows
+    return Ran(value, rows)
 
 
 def run_with_retries(
     acquire: Callable[[], Any],
     release: Callable[[Any, bool], None],
-    run: Callable[[Any], tuple[Any, int]],
+    run: Callable[[Any], Ran],
     *,
     retries: int,
     backoff: float,
@@ -123,7 +154,7 @@ def run_with_retries(
         conn = None
         try:
             conn = acquire()
-            value, rows = run(conn)
+            value, rows, resumed = run(conn)
         except Exception as exc:
             transient = is_transient(exc, conn)
             if conn is not None:
@@ -140,4 +171,6 @@ def run_with_retries(
                 continue
             return Outcome(error=exc, attempts=attempts, seconds=time.monotonic() - began, cancelled=stopped)
         release(conn, False)
-        return Outcome(value=value, rows=rows, attempts=attempts, seconds=time.monotonic() - began)
+        return Outcome(
+            value=value, rows=rows, attempts=attempts, seconds=time.monotonic() - began, resumed=resumed
+        )

@@ -3,7 +3,9 @@
 Each line names the job (a fingerprint of table, column, filter and work),
 the shard and the range, and holds the range's value (pickled: treat the file
 like code and load only your own). A torn last line, from a crash mid-write,
-is ignored.
+is ignored. A line is written after its range commits, so a crash in between
+runs that range again on the rerun: the work must be idempotent (or use
+:class:`~parallel_connection.ranges.ledger.InShard`, exactly once).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg2
 import psycopg2.sql as sql
 
-from .spec import ScanOptions, Target
+from .spec import ScanOptions, Target, check_where
 from .split import Span, split_at, split_width
 
 __all__ = ["ShardPlan", "plan_shard"]
@@ -48,8 +48,11 @@ MAX_WIDTH_RANGES = 1_000_000
 """More ranges than this on one shard means sparse ids (an outlier): refuse rather than stall."""
 
 
-def plan_shard(cur: Any, target: Target, options: ScanOptions) -> ShardPlan:
-    """Check ``target`` on this shard, then bound and split its ids (raises before any work)."""
+def plan_shard(cur: Any, target: Target, options: ScanOptions, *, split: bool = True) -> ShardPlan:
+    """Check ``target`` on this shard, then bound and split its ids (raises before any work).
+
+    ``split=False`` stops at the bounds (the ranges are known already): no spans.
+    """
     check_target(cur, target)
     where = _where(cur, options.where, options.params)
     t, c = target.table_sql, target.column_sql
@@ -62,6 +65,8 @@ def plan_shard(cur: Any, target: Target, options: ScanOptions) -> ShardPlan:
     lo, hi, nulls = cur.fetchone()
     if lo is None:
         return ShardPlan([], nulls)
+    if not split:
+        return ShardPlan([], nulls, lo, hi)
     if options.split == "width":
         ranges = (hi - lo) // options.rows_per_range + 1
         if ranges > MAX_WIDTH_RANGES:
@@ -108,7 +113,13 @@ def check_target(cur: Any, target: Target) -> None:
 
 
 def _where(cur: Any, where: str | None, params: Sequence[Any] | Mapping[str, Any] | None) -> sql.Composable:
-    """The trusted ``where`` text with ``params`` bound, as SQL to embed (or TRUE)."""
+    """The ``where`` text with ``params`` bound, checked to be one expression, as SQL to embed (or TRUE).
+
+    The bound text is what runs, so it is what is checked (a parameter's adapter
+    may render SQL of its own). A line comment at its end cannot reach the ')'.
+    """
     if where is None:
         return sql.SQL("TRUE")
-    return sql.SQL("(") + sql.SQL(cur.mogrify(where, params).decode()) + sql.SQL(")")
+    text = cur.mogrify(where, params).decode()
+    check_where(text, where)
+    return sql.SQL("(") + sql.SQL(text) + sql.SQL("\n)")

@@ -20,6 +20,7 @@ import psycopg2
 
 from ..cancel import broken
 from .attempt import Outcome, run_range, run_with_retries
+from .ledger import Ledger
 from .spec import IdRange, Work
 
 __all__ = ["RemoteJob", "close_worker_connections", "run_remote"]
@@ -42,6 +43,8 @@ class RemoteJob:
     snapshot: str | None = None
     retries: int = 3
     backoff: float = 0.1
+    ledger: Ledger | None = None
+    """The job's in-shard checkpoint (``checkpoint=InShard()``): the range's record commits with its work."""
 
 
 def _key(job: RemoteJob) -> str:
@@ -76,7 +79,7 @@ def run_remote(job: RemoteJob) -> Outcome:
     outcome = run_with_retries(
         lambda: _acquire(job),
         lambda conn, discard: _release(job, conn, discard),
-        lambda conn: run_range(conn, job.work, job.id_range, job.params, job.snapshot),
+        lambda conn: run_range(conn, job.work, job.id_range, job.params, job.snapshot, job.ledger),
         retries=job.retries,
         backoff=job.backoff,
     )

@@ -1,4 +1,9 @@
-"""scan_ranges: plan the ranges of every shard, run them on a late-binding queue, report."""
+"""scan_ranges: plan the ranges of every shard, run them on a late-binding queue, report.
+
+With pools, everything a scan runs is on connections it borrows (see
+:mod:`.lender`), so scans at once on one connection keep out of each other's
+way and out of the user's own transaction.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +12,48 @@ import dataclasses
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, wait
+from dataclasses import dataclass
+from os import PathLike
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 
+from ..cancel import broken
 from ..errors import NotSupportedError, shard_error
 from ..shards import Connected
+from ..workers import Workers
 from .attempt import Outcome, run_range, run_with_retries
 from .checkpoint import Checkpoint, job_key
-from .lender import Lender, pool_capacity
+from .ledger import Ledger, ledger_of
+from .lender import Lender, in_use_by_a_scan, pool_slots
 from .plan import ShardPlan, check_target, plan_shard
 from .progress import Progress
 from .remote import RemoteJob, run_remote
 from .report import RangeFailure, RangeResult, ScanReport
 from .schedule import RangeQueue
-from .spec import IdRange, ScanOptions, Target, Work
+from .spec import IdRange, InShard, ScanOptions, Target, Work
+from .split import Span
 
 __all__ = ["Scan"]
 
 POLL = 0.2
 """Seconds between checks of the running ranges (keeps Ctrl-C responsive)."""
 REMOTE_GRACE = 2.0
+"""Seconds to wait, after Ctrl-C, for ranges running on an executor to report."""
 LOCAL_GRACE = 1.0
 """Seconds Ctrl-C waits for cancelled local ranges, before cutting their connections."""
-"""Seconds to wait, after Ctrl-C, for ranges running on an executor to report."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One shard, ready to run: its ranges, the snapshot they read, the ranges an earlier run finished."""
+
+    plan: ShardPlan
+    snapshot: str | None = None
+    finished: dict[Span, tuple[Any, int]] | None = None
 
 
 class Scan:
@@ -47,13 +67,24 @@ class Scan:
         self.shards = pdb.shards
         self.own: list[psycopg2.extensions.connection] = pdb.connections
         self.secrets = pdb.shard_set.secrets
-        pools = pdb.pools
-        self.pool_caps = [pool_capacity(p) for p in pools] if pools is not None else [0] * len(self.own)
-        self._check_setup(pools)
+        self.pools = pdb.pools
+        pools = self.pools
+        self.slots = (
+            [pool_slots(p, c) for p, c in zip(pools, self.own, strict=True)]
+            if pools is not None
+            else [0] * len(self.own)
+        )
+        self.ledger: Ledger | None = None
+        if isinstance(options.checkpoint, InShard):
+            self.ledger = ledger_of(options.checkpoint, self._job_key())
+        self._check_setup()
+
+    def _job_key(self) -> str:
+        return job_key(self.target, self.options.where, self.options.params, self.work.identity())
 
     # -- set-up ---------------------------------------------------------------
 
-    def _check_setup(self, pools: Sequence[Any] | None) -> None:
+    def _check_setup(self) -> None:
         opts = self.options
         if opts.executor is not None:
             if self.pdb.dsns is None:
@@ -61,21 +92,24 @@ class Scan:
                     "executor= needs the shards' DSNs, so workers can connect: "
                     "open the connection with parallel_connection.connect(dsns)"
                 )
-            default = sum(self.pool_caps) if pools is not None else 2 * len(self.own)
+            default = sum(self.slots) if self.pools is not None else 2 * len(self.own)
             self.parallelism = opts.max_parallelism or max(1, default)
-            self.caps = [c or self.parallelism for c in self.pool_caps]
+            self.caps = [c or self.parallelism for c in self.slots]
         else:
-            if opts.snapshot and (pools is None or 0 in self.pool_caps):
+            if opts.snapshot and (self.pools is None or 0 in self.slots):
                 raise NotSupportedError(
                     "snapshot=True needs a free pooled connection per shard besides the connection's own "
                     "(use parallel_connection.connect(dsns, maxconn=2 or more))"
                 )
-            self.caps = [max(1, c) for c in self.pool_caps]
+            # A snapshot held on a pooled connection keeps that one from the ranges.
+            held_back = [1 if opts.snapshot and c >= 2 else 0 for c in self.slots]
+            self.caps = [max(1, c - h) for c, h in zip(self.slots, held_back, strict=True)]
             self.parallelism = min(opts.max_parallelism or sum(self.caps), sum(self.caps))
         for shard, conn in zip(self.shards, self.own, strict=True):
             if conn.closed:
                 raise psycopg2.InterfaceError(f"{shard}: connection already closed")
-            if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+            busy = conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE
+            if busy and not in_use_by_a_scan(conn):
                 raise psycopg2.ProgrammingError(
                     f"{shard}: a transaction is open; commit or roll back before scan_ranges "
                     "(ranges commit as they finish)"
@@ -86,21 +120,22 @@ class Scan:
     def run(self, ranges: list[IdRange] | None = None) -> ScanReport:
         """Plan (unless ``ranges`` are given), run every range not already done, report."""
         began = time.monotonic()
-        saved = [c.autocommit for c in self.own]
-        snapshots: list[str | None] = [None] * len(self.own)
+        stop = threading.Event()
+        local = self.options.executor is None
+        lender = Lender(
+            self.own,
+            self.pools,
+            self.slots,
+            self.caps if local else [1] * len(self.own),
+            self.parallelism if local else len(self.own),
+            timeout=self.options.pool_timeout,
+            stop=stop,
+        )
         try:
-            if self.options.snapshot:
-                snapshots = self._fanout(self._export_snapshot)
-            plans = self._plan(ranges)
-            if not self.options.snapshot:
-                self._fanout(lambda i: self.own[i].rollback())
-            report = self._execute(plans, snapshots)
+            prepared = self._prepare(lender, stop, ranges)
+            report = self._execute(prepared, lender, stop)
         finally:
-            for conn, autocommit in zip(self.own, saved, strict=True):
-                with contextlib.suppress(Exception):
-                    if not conn.closed:
-                        conn.rollback()
-                        conn.autocommit = autocommit
+            lender.close()
         report.elapsed = time.monotonic() - began
         report._rerun = self._rerun
         return report
@@ -109,49 +144,110 @@ class Scan:
         options = dataclasses.replace(self.options, smoke_test=False)
         return Scan(self.pdb, self.target, self.work, options).run(ranges)
 
-    def _fanout(self, fn: Callable[[int], Any]) -> list[Any]:
-        return self.pdb.shard_set.run(fn)
+    def _prepare(self, lender: Lender, stop: threading.Event, ranges: list[IdRange] | None) -> list[Prepared]:
+        """Plan every shard (and export its snapshot), on borrowed connections, all shards at once."""
+        snapshot = self.options.snapshot
+        exporters: list[Any] = [None] * len(self.own)
+        if snapshot:
+            for i in range(len(self.own)):  # in shard order: see Lender.exporter
+                try:
+                    exporters[i] = lender.exporter(i, local=self.options.executor is None)
+                except Exception as exc:
+                    raise shard_error(exc, self.shards[i], self.secrets) from None
 
-    def _export_snapshot(self, i: int) -> str:
-        conn = self.own[i]
-        conn.autocommit = False
-        with conn.cursor() as cur:
-            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            cur.execute("SELECT pg_export_snapshot()")
-            row = cur.fetchone()
-            assert row is not None  # the function returns one row
-            snapshot: str = row[0]
-            return snapshot
+        def prepare(i: int) -> Prepared:
+            if snapshot:
+                return self._prepare_shard(i, exporters[i], ranges)
+            conn = lender.borrow(i)
+            try:
+                return self._prepare_shard(i, conn, ranges)
+            finally:
+                lender.give_back(i, conn, broken(conn))
 
-    def _plan(self, ranges: list[IdRange] | None) -> list[ShardPlan]:
-        def plan(i: int) -> ShardPlan:
-            with self.own[i].cursor() as cur:
-                if ranges is None:
-                    return plan_shard(cur, self.target, self.options)
-                check_target(cur, self.target)
-                return ShardPlan([(r.start, r.end) for r in ranges if r.shard.index == i], 0)
-
-        plans = self._fanout(plan)
-        nulls = sum(p.null_id_rows for p in plans)
+        prepared = self._on_each_shard(prepare, lender, stop)
+        nulls = sum(p.plan.null_id_rows for p in prepared)
         if nulls:
             warnings.warn(
                 f"{nulls} rows of {self.target.name} have a NULL {self.target.column}: they are in no "
                 "range (report.null_id_rows)",
                 stacklevel=5,
             )
-        return plans
+        return prepared
 
-    def _execute(self, plans: list[ShardPlan], snapshots: list[str | None]) -> ScanReport:
+    def _prepare_shard(self, i: int, conn: Any, ranges: list[IdRange] | None) -> Prepared:
         opts = self.options
+
+        def plan(cur: Any, split: bool = True) -> ShardPlan:
+            if ranges is None:
+                return plan_shard(cur, self.target, opts, split=split)
+            check_target(cur, self.target)
+            return ShardPlan([(r.start, r.end) for r in ranges if r.shard.index == i], 0)
+
+        if conn.autocommit:
+            conn.autocommit = False
+        try:
+            if self.ledger is not None:
+                # Its tables are written in transactions of their own, before any snapshot.
+                records = self.ledger.prepare(conn, plan, pin=ranges is None)
+                exported = _export_snapshot(conn) if opts.snapshot else None
+                return Prepared(records.plan, exported, records.finished)
+            if opts.snapshot:
+                exported = _export_snapshot(conn)
+                with conn.cursor() as cur:
+                    return Prepared(plan(cur), exported)  # the bounds as of the snapshot
+            with conn.cursor() as cur:
+                planned = plan(cur)
+            conn.rollback()
+            return Prepared(planned)
+        except BaseException:
+            if not conn.closed:
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+            raise
+
+    def _on_each_shard(
+        self, fn: Callable[[int], Prepared], lender: Lender, stop: threading.Event
+    ) -> list[Prepared]:
+        """``[fn(i) for i in shards]`` at once; the first failure (lowest shard) cancels the rest."""
+        pool = Workers(len(self.own), "parallel_connection-plan")
+        futures = [pool.submit(fn, i) for i in range(len(self.own))]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+            failed = [(i, f) for i, f in enumerate(futures) if f.done() and f.exception() is not None]
+            if failed:
+                stop.set()
+                lender.cancel_running()
+                wait(futures, timeout=LOCAL_GRACE)
+                i, future = failed[0]
+                error = future.exception()
+                assert error is not None
+                raise shard_error(error, self.shards[i], self.secrets) from None
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:
+            stop.set()
+            lender.cancel_running()
+            with contextlib.suppress(KeyboardInterrupt):
+                wait(futures, timeout=LOCAL_GRACE)
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _execute(self, prepared: list[Prepared], lender: Lender, stop: threading.Event) -> ScanReport:
+        opts = self.options
+        plans = [p.plan for p in prepared]
+        snapshots = [p.snapshot for p in prepared]
         report = ScanReport(null_id_rows=sum(p.null_id_rows for p in plans), smoke_test=opts.smoke_test)
         planned = [IdRange(self.shards[i], a, b) for i, p in enumerate(plans) for a, b in p.spans]
         checkpoint = None
-        if opts.checkpoint is not None:
-            key = job_key(self.target, opts.where, opts.params, self.work.identity())
-            checkpoint = Checkpoint(opts.checkpoint, key)
+        if isinstance(opts.checkpoint, (str, PathLike)):
+            checkpoint = Checkpoint(opts.checkpoint, self._job_key())
         todo = []
         for r in planned:
-            done = checkpoint.finished(r) if checkpoint is not None else None
+            finished = prepared[r.shard.index].finished
+            if finished is not None:
+                done = finished.get((r.start, r.end))
+            else:
+                done = checkpoint.finished(r) if checkpoint is not None else None
             if done is None:
                 todo.append(r)
             else:
@@ -163,7 +259,7 @@ class Scan:
             todo = list(firsts.values())
         progress = Progress(len(todo) + len(report.results), opts.progress, skipped=len(report.results))
         try:
-            self._loop(todo, snapshots, report, checkpoint, progress)
+            self._loop(todo, snapshots, report, checkpoint, progress, lender, stop)
         finally:
             progress.close()
         report.results.sort(key=lambda r: (r.shard.index, r.start))
@@ -178,18 +274,22 @@ class Scan:
         report: ScanReport,
         checkpoint: Checkpoint | None,
         progress: Progress,
+        lender: Lender,
+        stop: threading.Event,
     ) -> None:
         queue = RangeQueue(todo, self.caps)
-        stop = threading.Event()
         running: dict[Future[Outcome], IdRange] = {}
-        lender: Lender | None = None
-        pool: ThreadPoolExecutor | None = None
-        if self.options.executor is None:
-            lender = Lender(self.own, self.pdb.pools, self.pool_caps, self.parallelism)
-            pool = ThreadPoolExecutor(self.parallelism, thread_name_prefix="parallel_connection-ranges")
+        local = self.options.executor is None
+        pool: Workers | None = None
+        if local:
+            pool = Workers(self.parallelism, "parallel_connection-ranges")
             submit = self._local_submitter(pool, lender, snapshots, stop)
         else:
+            lender.release_idle()  # the planning connections: workers connect themselves
             submit = self._remote_submitter(snapshots)
+        for shard in range(len(self.own)):
+            if queue.done_with(shard):
+                lender.retire(shard)
 
         def settle(future: Future[Outcome], r: IdRange) -> None:
             queue.finish(r)
@@ -198,6 +298,8 @@ class Scan:
             except Exception as exc:
                 outcome = Outcome(error=exc, attempts=1)
             self._record(outcome, r, report, checkpoint, progress, stop.is_set())
+            if queue.done_with(r.shard.index):
+                lender.retire(r.shard.index)  # others may be waiting for its connections
 
         try:
             while True:
@@ -214,14 +316,14 @@ class Scan:
         except KeyboardInterrupt:
             stop.set()
             report.interrupted = True
-            if lender is not None:
+            if local:
                 lender.cancel_running()
             for future in running:
                 future.cancel()
-            grace = LOCAL_GRACE if lender is not None else REMOTE_GRACE
+            grace = LOCAL_GRACE if local else REMOTE_GRACE
             with contextlib.suppress(KeyboardInterrupt):
                 wait(running, timeout=grace)
-                if lender is not None and not all(f.done() for f in running):
+                if local and not all(f.done() for f in running):
                     # Ranges that ignored their cancel: cut their connections.
                     lender.sever_running()
                     wait(running, timeout=grace)
@@ -235,11 +337,9 @@ class Scan:
             report.pending.extend(queue.drain())
             if pool is not None:
                 pool.shutdown(wait=not report.interrupted, cancel_futures=True)
-            if lender is not None:
-                lender.close()
 
     def _local_submitter(
-        self, pool: ThreadPoolExecutor, lender: Lender, snapshots: list[str | None], stop: threading.Event
+        self, pool: Workers, lender: Lender, snapshots: list[str | None], stop: threading.Event
     ) -> Callable[[IdRange], Future[Outcome]]:
         opts = self.options
 
@@ -248,7 +348,7 @@ class Scan:
             return run_with_retries(
                 lambda: lender.borrow(s),
                 lambda conn, discard: lender.give_back(s, conn, discard),
-                lambda conn: run_range(conn, self.work, r, opts.params, snapshots[s]),
+                lambda conn: run_range(conn, self.work, r, opts.params, snapshots[s], self.ledger),
                 retries=opts.retries,
                 backoff=opts.retry_backoff,
                 stop=stop,
@@ -266,7 +366,15 @@ class Scan:
         def submit(r: IdRange) -> Future[Outcome]:
             s = r.shard.index
             job = RemoteJob(
-                dsns[s], kwargs, self.work, r, opts.params, snapshots[s], opts.retries, opts.retry_backoff
+                dsns[s],
+                kwargs,
+                self.work,
+                r,
+                opts.params,
+                snapshots[s],
+                opts.retries,
+                opts.retry_backoff,
+                self.ledger,
             )
             return executor.submit(run_remote, job)
 
@@ -283,7 +391,14 @@ class Scan:
     ) -> None:
         if outcome.ok:
             result = RangeResult(
-                r.shard, r.start, r.end, outcome.value, outcome.rows, outcome.attempts, outcome.seconds
+                r.shard,
+                r.start,
+                r.end,
+                outcome.value,
+                outcome.rows,
+                outcome.attempts,
+                outcome.seconds,
+                outcome.resumed,
             )
             report.results.append(result)
             if checkpoint is not None:
@@ -296,6 +411,19 @@ class Scan:
             error = shard_error(outcome.error, r.shard, self.secrets)
             report.failed.append(RangeFailure(r.shard, r.start, r.end, error, outcome.attempts))
             progress.update(False, 0)
+
+
+def _export_snapshot(conn: Any) -> str:
+    """Open a repeatable-read transaction on ``conn`` and export its snapshot (the transaction stays open)."""
+    if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+        conn.rollback()
+    with conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cur.execute("SELECT pg_export_snapshot()")
+        row = cur.fetchone()
+        assert row is not None  # the function returns one row
+        snapshot: str = row[0]
+        return snapshot
 
 
 def _was_cancelled(error: BaseException | None) -> bool:

@@ -33,6 +33,10 @@ class RangeQueue:
         """A range of this shard stopped running: its slot is free."""
         self._active[id_range.shard.index] -= 1
 
+    def done_with(self, shard: int) -> bool:
+        """Whether ``shard`` has no range left to start and none running."""
+        return not self._todo[shard] and self._active[shard] == 0
+
     def drain(self) -> list[IdRange]:
         """Every range not yet started (the queue is left empty)."""
         left = [r for todo in self._todo for r in todo]

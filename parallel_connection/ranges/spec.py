@@ -6,6 +6,7 @@ import functools
 import hashlib
 import inspect
 import pickle
+import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -14,12 +15,48 @@ from typing import Any
 
 import psycopg2
 import psycopg2.sql as sql
+from pglast import ast, enums, parser
 
-from ..errors import ShardInfo
+from ..errors import ShardInfo, shown
+from ..plan.syntax import walk
+from ..pool import DEFAULT_TIMEOUT
 
-__all__ = ["IdRange", "ScanOptions", "Target", "Work"]
+__all__ = ["PLANS_SUFFIX", "IdRange", "InShard", "ScanOptions", "Target", "Work", "check_where"]
 
 SPLITS = ("width", "rows")
+
+NAME_BYTES = 63
+"""PostgreSQL's identifier length (longer names are cut silently)."""
+PLANS_SUFFIX = "_plans"
+
+
+@dataclass(frozen=True)
+class InShard:
+    """``checkpoint=InShard()``: finished ranges kept on each shard, committed with their work (exactly once).
+
+    ``table`` (in ``schema``) holds one row per finished range, and
+    ``table + "_plans"`` each job's ranges; both are created on first use.
+    ``job`` names the job (default: a fingerprint of the table, column,
+    filter and work, as the file checkpoint uses).
+    """
+
+    table: str = "parallel_connection_ranges"
+    schema: str = "public"
+    job: str | None = None
+
+    def __post_init__(self) -> None:
+        for kind, name in (("table", self.table), ("schema", self.schema)):
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"InShard: the {kind} name must be a non-empty string, not {name!r}")
+        if len((self.table + PLANS_SUFFIX).encode()) > NAME_BYTES:
+            raise ValueError(
+                f"InShard: the table name {self.table!r} is too long (its plans table "
+                f"{self.table + PLANS_SUFFIX!r} must fit in {NAME_BYTES} bytes)"
+            )
+        if self.job is not None and (not isinstance(self.job, str) or not self.job):
+            raise ValueError(f"InShard: job must be a non-empty string, not {self.job!r}")
+
+
 _FORBIDDEN = ('"', ";", "'", "\x00")
 
 
@@ -151,10 +188,11 @@ class ScanOptions:
     retries: int = 3
     retry_backoff: float = 0.1
     progress: bool | Callable[[Any], None] | None = None
-    checkpoint: str | PathLike[str] | None = None
+    checkpoint: str | PathLike[str] | InShard | None = None
     snapshot: bool = False
     executor: Executor | None = None
     smoke_test: bool = False
+    pool_timeout: float = DEFAULT_TIMEOUT
 
     def check(self) -> None:
         """Refuse options that cannot work, before anything runs."""
@@ -166,3 +204,68 @@ class ScanOptions:
             raise ValueError(f"max_parallelism must be at least 1, not {self.max_parallelism}")
         if self.retries < 0:
             raise ValueError(f"retries must be 0 or more, not {self.retries}")
+        if isinstance(self.pool_timeout, bool) or not isinstance(self.pool_timeout, (int, float)):
+            raise ValueError(f"pool_timeout must be a number of seconds, not {self.pool_timeout!r}")
+        if not self.pool_timeout > 0:
+            raise ValueError(f"pool_timeout must be more than 0 seconds, not {self.pool_timeout!r}")
+        if self.checkpoint is not None and not isinstance(self.checkpoint, (str, PathLike, InShard)):
+            raise TypeError(
+                "checkpoint must be a file path or parallel_connection.InShard(), "
+                f"not {type(self.checkpoint).__name__}"
+            )
+        if isinstance(self.where, str):
+            # Before any shard is touched; each shard checks the text it runs (params bound) again.
+            held = self.where if self.params is None else _PLACEHOLDER.sub(_held, self.where)
+            check_where(held, self.where)
+
+
+_PLACEHOLDER = re.compile(r"%%|%\([^)]*\)s|%s")
+_WRITES = (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)
+
+
+def _held(match: re.Match[str]) -> str:
+    return "%" if match.group() == "%%" else "NULL"
+
+
+def check_where(text: str, where: Any = None) -> None:
+    """Refuse ``text`` (a where= filter, its parameters bound) unless it is one expression.
+
+    It must stay inside the parentheses it is put in, hold no second statement
+    and nothing that writes or locks rows. A plain syntax error is left to the
+    server to report (the text cannot reach outside its parentheses).
+    """
+    where = text if where is None else where
+    try:
+        tokens = parser.scan(text)
+    except parser.ParseError as exc:
+        raise _bad_where(where, f"it does not scan: {exc}") from None
+    depth = 0
+    for token in tokens:
+        if token.name == "ASCII_59":
+            raise _bad_where(where, "it holds a ';' (a second statement)")
+        depth += {"ASCII_40": 1, "ASCII_41": -1}.get(token.name, 0)
+        if depth < 0:
+            raise _bad_where(where, "it closes a parenthesis it did not open")
+    if depth:
+        raise _bad_where(where, "its parentheses do not balance")
+    try:
+        statements = parser.parse_sql(f"SELECT 1 WHERE (\n{text}\n)")
+    except parser.ParseError:
+        return
+    top = statements[0].stmt if len(statements) == 1 else None
+    if not isinstance(top, ast.SelectStmt) or top.op != enums.SetOperation.SETOP_NONE or top.fromClause:
+        raise _bad_where(where, "it reaches outside its expression")  # kept out by the scan above
+    for node in walk(top.whereClause, into_selects=True):
+        if isinstance(node, _WRITES):
+            raise _bad_where(where, f"the {type(node).__name__[:-4].upper()} inside it writes")
+        if isinstance(node, ast.SelectStmt) and node.lockingClause:
+            raise _bad_where(where, "the FOR UPDATE / SHARE inside it locks rows")
+        if isinstance(node, ast.SelectStmt) and node.intoClause:
+            raise _bad_where(where, "the SELECT INTO inside it creates a table")
+
+
+def _bad_where(where: Any, why: str) -> psycopg2.ProgrammingError:
+    return psycopg2.ProgrammingError(
+        f"where={shown(where)} refused before anything ran: {why}; where= takes one boolean expression "
+        "on the table's columns, with values as %(name)s parameters passed in params="
+    )

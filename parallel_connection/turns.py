@@ -1,0 +1,146 @@
+"""One call at a time on each shard connection, and cancels that reach only the call they were meant for.
+
+psycopg2 runs one statement at a time on a connection; threads sharing it
+queue inside psycopg2, where nobody can see whose statement is running. A
+:class:`Gate` makes that queue ours: the call that holds a shard's gate is
+the one whose statement runs there, and it has a :class:`Turn`. A cancel
+(another shard failed, a deadline passed, Ctrl-C) goes through the turn: it
+is sent only while that turn lasts, and the gate passes to the next call
+only once the cancel request was delivered, so it cannot land on another
+thread's statement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from .cancel import cancel_quietly, sever
+
+__all__ = ["Gate", "Turn", "holder", "holding"]
+
+CANCEL_DELIVERY = 1.0
+"""Seconds a turn's end waits for its cancel request to be delivered before the gate moves on."""
+
+
+class Turn:
+    """One call's turn on one shard connection."""
+
+    def __init__(self, index: int, conn: Any) -> None:
+        self.index = index
+        self.conn = conn
+        self.cancelled = False
+        self.severed = False
+        self._lock = threading.Lock()
+        self._over = False
+        self._requests: list[threading.Thread] = []
+
+    def cancel(self) -> None:
+        """Ask the server to cancel this turn's statement (at once, in the background)."""
+        with self._lock:
+            if self._over:
+                return
+            self.cancelled = True
+            request = threading.Thread(target=cancel_quietly, args=(self.conn,), daemon=True)
+            self._requests.append(request)
+            request.start()
+
+    def sever(self) -> None:
+        """Cut the connection under this turn's statement, which ignored its cancel."""
+        with self._lock:
+            if self._over:
+                return
+            self.severed = True
+            sever(self.conn)
+
+    def end(self) -> None:
+        """The call returned: no cancel may start now, and those sent have been delivered (or given up)."""
+        with self._lock:
+            self._over = True
+            # A cut connection runs nothing more: a late cancel can only reach its dead backend.
+            requests = [] if self.severed else list(self._requests)
+        deadline = time.monotonic() + CANCEL_DELIVERY
+        for request in requests:
+            request.join(max(0.0, deadline - time.monotonic()))
+
+    def wait_delivered(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the cancel requests sent so far."""
+        with self._lock:
+            requests = list(self._requests)
+        deadline = time.monotonic() + timeout
+        for request in requests:
+            request.join(max(0.0, deadline - time.monotonic()))
+
+
+_holder: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "parallel_connection_holder", default=None
+)
+
+
+def holder() -> object | None:
+    """The token of the :func:`holding` block the caller is in (carried to the calls it starts)."""
+    return _holder.get()
+
+
+@contextlib.contextmanager
+def holding(gates: Sequence[Gate]) -> Iterator[object]:
+    """Hold these gates for a block of several calls (a statement and its commit): calls made in
+    the block, on any thread that carries its context, pass; everyone else's wait."""
+    token = object()
+    reset = _holder.set(token)
+    entered: list[Gate] = []
+    try:
+        for gate in gates:
+            gate.enter(lambda: False, None)
+            entered.append(gate)
+        yield token
+    finally:
+        for gate in reversed(entered):
+            gate.leave()
+        _holder.reset(reset)
+
+
+class Gate:
+    """Who holds one shard connection now: a thread, or a :func:`holding` block (re-entrant for it)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._owner: object | None = None
+        self._depth = 0
+        self.turn: Turn | None = None
+        """The turn of the call running on the connection now (the outermost one)."""
+
+    def enter(self, give_up: Callable[[], bool], until: float | None) -> bool:
+        """Take the gate; False if ``give_up()`` became true or ``until`` (monotonic) passed first."""
+        me = _holder.get() or threading.get_ident()
+        with self._cond:
+            while self._owner is not None and self._owner != me:
+                if give_up():
+                    return False
+                remaining = None if until is None else until - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            self._owner = me
+            self._depth += 1
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Wake the waiting calls so they can see that they should give up."""
+        with self._cond:
+            self._cond.notify_all()
+
+    @property
+    def held(self) -> bool:
+        return self._owner is not None

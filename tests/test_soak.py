@@ -1,0 +1,169 @@
+"""32 threads, backends killed at random: never a wrong answer, no leaked slot or backend, flat memory.
+
+The short run is part of the suite; ``make soak`` runs the long one (``-m slow``; its length in
+seconds from PARALLEL_CONNECTION_SOAK_SECONDS, 180 by default).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import psycopg2
+import pytest
+
+import parallel_connection
+
+STATEMENTS: list[tuple[str, tuple[Any, ...]]] = [
+    ("SELECT count(*), sum(amount) FROM orders WHERE id %% 5 = %s", (k,)) for k in range(5)
+] + [
+    ("SELECT status, count(*) FROM orders GROUP BY status ORDER BY status", ()),
+    ("SELECT id, amount FROM orders ORDER BY amount DESC NULLS LAST, id LIMIT 7", ()),
+    ("SELECT customer_id, max(amount) FROM orders WHERE id = %s GROUP BY customer_id", (42,)),
+    ("SELECT count(DISTINCT customer_id) FROM orders", ()),
+    (
+        "SELECT c.country, count(*) FROM orders o JOIN customers c ON c.id = o.customer_id "
+        "GROUP BY c.country ORDER BY c.country NULLS FIRST",
+        (),
+    ),
+]
+WORKERS = 32
+CONNECTIONS = 4
+ALLOWED = (psycopg2.OperationalError, psycopg2.InterfaceError)
+"""What a killed backend may cost a statement: an error, never a wrong answer."""
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _backends(dsn: str) -> list[int]:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                "AND pid <> pg_backend_pid() AND datname = current_database()"
+            )
+            return [pid for (pid,) in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+class _Connections:
+    """A few shared ParallelConnections; a broken one is replaced (the old one closed)."""
+
+    def __init__(self, dsns: list[str]) -> None:
+        self.dsns = dsns
+        self.lock = threading.Lock()
+        self.live = [self._open() for _ in range(CONNECTIONS)]
+        self.retired: list[parallel_connection.ParallelConnection] = []
+
+    def _open(self) -> parallel_connection.ParallelConnection:
+        pdb = parallel_connection.connect(self.dsns, maxconn=2)
+        pdb.autocommit = True
+        return pdb
+
+    def get(self, n: int) -> parallel_connection.ParallelConnection:
+        with self.lock:
+            pdb = self.live[n % CONNECTIONS]
+            if pdb.closed:
+                self.retired.append(pdb)
+                pdb = self.live[n % CONNECTIONS] = self._open()
+            return pdb
+
+    def close(self) -> list[Any]:
+        pools = []
+        for pdb in self.live + self.retired:
+            pools.extend(pdb.pools or [])
+            if not pdb._closed:
+                pdb.close()
+        return pools
+
+
+def _soak(sample: Any, seconds: float) -> None:
+    with psycopg2.connect(sample.reference_dsn) as ref, ref.cursor() as cur:
+        expected = []
+        for sql, params in STATEMENTS:
+            cur.execute(sql, params)
+            expected.append(cur.fetchall())
+    baseline = {dsn: set(_backends(dsn)) for dsn in sample.shard_dsns}
+    conns = _Connections(sample.shard_dsns)
+    stop = threading.Event()
+    wrong: list[Any] = []
+    unexpected: list[BaseException] = []
+    counts: Counter[str] = Counter()
+    rss: list[float] = []
+
+    def worker(n: int) -> None:
+        rng = random.Random(n)
+        while not stop.is_set():
+            k = rng.randrange(len(STATEMENTS))
+            sql, params = STATEMENTS[k]
+            try:
+                with conns.get(n).cursor() as cur:
+                    cur.execute(sql, params)
+                    rows = cur.fetchall()
+            except ALLOWED:
+                counts["failed"] += 1
+                continue
+            except BaseException as exc:
+                unexpected.append(exc)
+                return
+            counts["answered"] += 1
+            if [tuple(r) for r in rows] != [tuple(r) for r in expected[k]]:
+                wrong.append((sql, rows))
+
+    def killer() -> None:
+        rng = random.Random(0)
+        while not stop.wait(rng.uniform(0.2, 0.6)):
+            dsn = rng.choice(sample.shard_dsns)
+            pids = sorted(set(_backends(dsn)) - baseline[dsn])
+            if pids:
+                with psycopg2.connect(dsn) as admin, admin.cursor() as cur:
+                    cur.execute("SELECT pg_terminate_backend(%s)", (rng.choice(pids),))
+                counts["killed"] += 1
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(WORKERS)]
+    threads.append(threading.Thread(target=killer))
+    for t in threads:
+        t.start()
+    began = time.monotonic()
+    warm = min(10.0, seconds / 3)
+    while time.monotonic() - began < seconds and not unexpected:
+        time.sleep(1.0)
+        if time.monotonic() - began >= warm:
+            rss.append(_rss_mb())
+    stop.set()
+    for t in threads:
+        t.join(30)
+    pools = conns.close()
+    assert not unexpected, unexpected[:3]
+    assert not wrong, wrong[:2]
+    assert counts["answered"] > 10 * WORKERS
+    assert counts["killed"] >= seconds / 2
+    assert all(not pool._used for pool in pools), "a pool slot leaked"
+    for dsn in sample.shard_dsns:
+        deadline = time.monotonic() + 5
+        while set(_backends(dsn)) - baseline[dsn] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not set(_backends(dsn)) - baseline[dsn], f"backends left open on {dsn}"
+    if len(rss) >= 2:
+        assert rss[-1] - rss[0] < 50, f"RSS grew from {rss[0]:.0f} to {rss[-1]:.0f} MB"
+
+
+def test_a_short_soak_of_32_threads_with_backends_killed(sample):
+    _soak(sample, 12)
+
+
+@pytest.mark.slow
+def test_soak_of_32_threads_with_backends_killed(sample):
+    _soak(sample, float(os.environ.get("PARALLEL_CONNECTION_SOAK_SECONDS", "180")))
