@@ -309,7 +309,8 @@ class ParallelConnection:
         it outside a transaction, with every shard up.
         """
         self._check_open()
-        return self.shard_set.recover(grace).resolved
+        with deadline.scope(self._deadline):
+            return self.shard_set.recover(grace).resolved
 
     def cancel(self) -> None:
         """Cancel whatever statement each shard is running."""
@@ -323,12 +324,14 @@ class ParallelConnection:
     @autocommit.setter
     def autocommit(self, value: bool) -> None:
         self._check_open()
-        self.shard_set.run(lambda i: setattr(self._connections[i], "autocommit", value))
+        with deadline.scope(self._deadline):
+            self.shard_set.run(lambda i: setattr(self._connections[i], "autocommit", value))
 
     def set_session(self, *args: Any, **kwargs: Any) -> None:
         """``set_session`` on every shard (isolation_level, readonly, deferrable, autocommit)."""
         self._check_open()
-        self.shard_set.run(lambda i: self._connections[i].set_session(*args, **kwargs))
+        with deadline.scope(self._deadline):
+            self.shard_set.run(lambda i: self._connections[i].set_session(*args, **kwargs))
 
     @property
     def isolation_level(self) -> int | None:
@@ -338,7 +341,8 @@ class ParallelConnection:
     @isolation_level.setter
     def isolation_level(self, value: int | None) -> None:
         self._check_open()
-        self.shard_set.run(lambda i: setattr(self._connections[i], "isolation_level", value))
+        with deadline.scope(self._deadline):
+            self.shard_set.run(lambda i: setattr(self._connections[i], "isolation_level", value))
 
     @property
     def readonly(self) -> bool | None:
@@ -348,7 +352,8 @@ class ParallelConnection:
     @readonly.setter
     def readonly(self, value: bool | None) -> None:
         self._check_open()
-        self.shard_set.run(lambda i: setattr(self._connections[i], "readonly", value))
+        with deadline.scope(self._deadline):
+            self.shard_set.run(lambda i: setattr(self._connections[i], "readonly", value))
 
     @property
     def encoding(self) -> str:
@@ -357,7 +362,8 @@ class ParallelConnection:
 
     def set_client_encoding(self, encoding: str) -> None:
         self._check_open()
-        self.shard_set.run(lambda i: self._connections[i].set_client_encoding(encoding))
+        with deadline.scope(self._deadline):
+            self.shard_set.run(lambda i: self._connections[i].set_client_encoding(encoding))
 
     @property
     def server_version(self) -> int:
@@ -394,7 +400,10 @@ class ParallelConnection:
                 f"putconn needs one pool per shard: got {len(pools)} pools "
                 f"for {len(self._connections)} shards"
             )
-        self._shutdown()
+        try:
+            self._roll_back_open()
+        finally:
+            self._shutdown()
         errors = []
         for shard, conn, pool in zip(self._shards, self._connections, pools, strict=True):
             try:
@@ -460,6 +469,17 @@ class ParallelConnection:
     def _shutdown(self) -> None:
         self._closed = True
         self.shard_set.close()
+
+    def _roll_back_open(self) -> None:
+        """Roll back what is open, through the fan-out (so Ctrl-C and the deadline bound it), before
+        the connections go back: the pool's own rollback would wait on a stalled shard."""
+        idle = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        open_ = [
+            i for i, c in enumerate(self._connections) if not c.closed and c.info.transaction_status != idle
+        ]
+        if open_:
+            with contextlib.suppress(psycopg2.Error), deadline.scope(self._deadline):
+                self.shard_set.run(lambda i: self._connections[i].rollback(), open_)
 
     def _set_statement_timeout(self, seconds: float) -> None:
         millis = max(1, round(seconds * 1000))

@@ -20,7 +20,6 @@ import os
 import select
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
@@ -33,9 +32,9 @@ import psycopg2.extensions
 from pglast import ast
 from psycopg2 import sql
 
-from .cancel import sever
 from .copy_format import CopySpec, KeyField, parse_copy, python_codec, split_batches
 from .errors import NotSupportedError, shown
+from .fanout import Pending
 from .keys import as_key
 from .plan import ShardFacts, plan_statement
 from .plan.copies import check_copy
@@ -52,8 +51,6 @@ BLOCK = 64 * 1024
 """Bytes of records gathered for one shard before they are queued for its COPY."""
 DEPTH = 4
 """Blocks queued for one shard at most: the calling thread waits for a shard that is behind."""
-START_TIMEOUT = 30.0
-"""Seconds to wait for a thread of the fan-out to start a shard's COPY (all may be busy)."""
 GRACE = 1.0
 """Seconds to wait for stopped COPYs to end before they are cancelled."""
 
@@ -349,6 +346,7 @@ class _Pump:
         self.cond = threading.Condition()
         self.queues: dict[int, collections.deque[bytes | None]] = {i: collections.deque() for i in targets}
         self.begun: set[int] = set()
+        self.ended: set[int] = set()
         self.reading: set[int] = set()
         self.aborted = False
         self.failure: tuple[int, BaseException] | None = None
@@ -388,6 +386,7 @@ class _Pump:
     def end(self, index: int, exc: BaseException | None) -> None:
         """Shard ``index``'s COPY ended (with ``exc``): the first failure stops the others."""
         with self.cond:
+            self.ended.add(index)
             if exc is not None and self.failure is None and not self.aborted:
                 self.failure = (index, exc)
             self.cond.notify_all()
@@ -399,19 +398,15 @@ class _Pump:
             self.cond.notify_all()
 
     def wait_reading(self, targets: Sequence[int]) -> None:
-        """Wait until every shard's COPY has started reading (the servers accepted the statement)."""
-        deadline = time.monotonic() + START_TIMEOUT
+        """Wait until every shard's COPY has started reading (the servers accepted the statement; a
+        shard's COPY may first wait for its turn behind another thread's statement)."""
         with self.cond:
             while not self.reading.issuperset(targets):
                 if self.failure is not None:
                     raise _Stopped()
-                left = deadline - time.monotonic()
-                if left <= 0 and not self.begun.issuperset(targets):
-                    raise psycopg2.OperationalError(
-                        "COPY through the connection needs a thread per shard at once, and the connection's "
-                        "thread pool had none free; connect with max_workers of at least the number of shards"
-                    )
-                self.cond.wait(max(0.01, min(left, 1.0)))
+                if self.ended.issuperset(targets):
+                    return
+                self.cond.wait(1.0)
 
 
 class _Feed:
@@ -486,18 +481,22 @@ def _pump(
         count: int = cursors[index].rowcount
         return count
 
-    futures = {i: shards.start(i, functools.partial(run, i)).future for i in targets}
+    # Not watched by the statement deadline: a COPY FROM STDIN lasts as long as its file does.
+    calls = {i: shards.start(i, functools.partial(run, i), watch=False) for i in targets}
+    for i, call in calls.items():
+        # A call that fails before it starts reading (its turn never came) must stop the feed too.
+        call.future.add_done_callback(functools.partial(_ended, pump, i))
     try:
         pump.wait_reading(targets)
         feed(pump)
         for i in targets:
             pump.put(i, None)
-        _wait(futures.values())
+        _wait(call.future for call in calls.values())
         if pump.failure is not None:
             raise _Stopped()
     except BaseException as exc:
         pump.abort()
-        _settle(shards, cursors, futures)
+        _settle(shards, calls)
         if pump.failure is not None:
             index, error = pump.failure
             failure = shards.error(error, index)
@@ -505,7 +504,11 @@ def _pump(
             raise failure from None
         shards.fail(exc)
         raise
-    return [futures[i].result() for i in targets]
+    return [calls[i].result() for i in targets]
+
+
+def _ended(pump: _Pump, index: int, future: Future[int]) -> None:
+    pump.end(index, None if future.cancelled() else future.exception())
 
 
 def _wait(futures: Iterable[Future[Any]]) -> None:
@@ -517,17 +520,17 @@ def _wait(futures: Iterable[Future[Any]]) -> None:
             return
 
 
-def _settle(shards: ShardSet, cursors: Sequence[Any], futures: dict[int, Future[int]]) -> None:
-    """Wait for stopped COPYs to end: cancel those that don't within the grace period, then cut the
-    connections of those still stuck (a server that does not answer), so the caller never hangs."""
-    _, running = wait(futures.values(), timeout=GRACE)
-    if running:
-        shards.cancel([i for i, f in futures.items() if f in running])
-        _, running = wait(running, timeout=GRACE)
-    for index, future in futures.items():
-        if future in running:
-            sever(cursors[index].connection)
-    if running:
+def _settle(shards: ShardSet, calls: dict[int, Pending[int]]) -> None:
+    """Wait for stopped COPYs to end: cancel those that don't within the grace period (their own
+    statements, never another thread's), then cut those still stuck (a server that does not
+    answer), so the caller never hangs."""
+    _, running = wait([call.future for call in calls.values()], timeout=GRACE)
+    late = [call for call in calls.values() if call.future in running]
+    if late:
+        shards.fanout.cancel_pending(late)
+        for call in late:
+            if not call.done():
+                call.sever()
         wait(running, timeout=GRACE)
 
 

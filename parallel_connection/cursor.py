@@ -414,7 +414,7 @@ class ParallelCursor:
             for cur in self._cursors:
                 cur.close()
             return
-        with contextlib.suppress(psycopg2.Error):
+        with contextlib.suppress(psycopg2.Error), deadline.scope(self._deadline):
             self._shards.run(lambda i: self._cursors[i].close())
 
     def __enter__(self) -> ParallelCursor:

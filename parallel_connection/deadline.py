@@ -35,6 +35,7 @@ __all__ = [
     "expired_error",
     "renewed",
     "scope",
+    "waited_error",
 ]
 
 CUT_GRACE = 1.0
@@ -115,6 +116,15 @@ def expired_error(ticket: Ticket) -> psycopg2.Error:
     return error
 
 
+def waited_error(limit: Deadline | None) -> psycopg2.OperationalError:
+    """The deadline passed before a call's turn came: nothing ran, nothing was cut."""
+    seconds = f"{limit.seconds:g}" if limit is not None else "?"
+    return psycopg2.OperationalError(
+        f"the statement deadline of {seconds} s passed while another statement of this connection "
+        "held the shard's connection (nothing ran)"
+    )
+
+
 class Watchdog:
     """One thread per connection that cancels calls past their deadline, then cuts them."""
 
@@ -135,7 +145,8 @@ class Watchdog:
                     target=self._watch, name="parallel_connection-deadlines", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][2] is ticket:  # a later one is already waited for
+                self._cond.notify()
         return ticket
 
     def release(self, ticket: Ticket) -> None:

@@ -15,7 +15,7 @@ import contextlib
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from typing import Any, Generic, TypeVar
 
@@ -23,7 +23,7 @@ import psycopg2
 
 from . import deadline
 from .errors import ShardInfo, shard_error
-from .turns import Gate, Turn, holding
+from .turns import Gate, Turn, Waited, holding
 from .workers import Workers
 
 __all__ = ["CANCEL_GRACE", "FanOut", "Pending"]
@@ -64,6 +64,13 @@ class Pending(Generic[T]):
         """Cancel the call's statement (or keep it from starting); wait up to the grace for it to stop."""
         self._fanout.cancel_pending([self])
 
+    def sever(self) -> None:
+        """Cut the connection under the call's statement, which ignored its cancel."""
+        with self._state.lock:
+            turns = list(self._state.turns.values())
+        for turn in turns:
+            turn.sever()
+
 
 class FanOut:
     """A thread pool that runs a callable once per shard, shard failures decorated."""
@@ -88,12 +95,18 @@ class FanOut:
         """Run ``fn`` on the pool (background work that uses no shard connection)."""
         return self._pool.submit(fn, *args)
 
-    def start(self, index: int, fn: Callable[[], T]) -> Pending[T]:
+    def start(self, index: int, fn: Callable[[], T], *, watch: bool = True) -> Pending[T]:
         """Run ``fn`` on shard ``index``'s connection in the background, in its turn; the current
-        deadline counts again from now."""
+        deadline counts again from now (``watch=False``: it bounds only the wait for the turn)."""
         state = _Call([index])
-        future: Future[T] = self._pool.submit(
-            contextvars.copy_context().run, self._call, state, lambda _: fn(), index, deadline.renewed()
+        future: Future[T] = self._submit(
+            contextvars.copy_context().run,
+            self._call,
+            state,
+            lambda _: fn(),
+            index,
+            deadline.renewed(),
+            watch,
         )
         return Pending(self, state, future)
 
@@ -113,7 +126,7 @@ class FanOut:
         if len(indexes) == 1:
             return [self._run_one(state, fn, indexes[0], limit)]
         futures = {
-            self._pool.submit(contextvars.copy_context().run, self._call, state, fn, i, limit): i
+            self._submit(contextvars.copy_context().run, self._call, state, fn, i, limit): i
             for i in indexes
         }
         pending: set[Future[T]] = set(futures)
@@ -123,6 +136,9 @@ class FanOut:
                 if not done:
                     self._abort(state, pending)
                     raise self.error(_abandoned(limit), min(futures[f] for f in pending))
+                if any(f.cancelled() for f in done):  # closed by another thread meanwhile
+                    self._abort(state, pending)
+                    raise psycopg2.InterfaceError("connection already closed")
                 failed = sorted((futures[f], f) for f in done if f.exception() is not None)
                 if failed:
                     index, future = failed[0]
@@ -146,7 +162,7 @@ class FanOut:
                 return self._call(state, fn, index, limit)
             except Exception as exc:
                 raise self.error(exc, index) from None
-        future = self._pool.submit(contextvars.copy_context().run, self._call, state, fn, index, limit)
+        future = self._submit(contextvars.copy_context().run, self._call, state, fn, index, limit)
         try:
             done, _ = wait([future], timeout=_patience(limit))
         except KeyboardInterrupt:
@@ -155,22 +171,41 @@ class FanOut:
         if not done:
             self._abort(state, {future})
             raise self.error(_abandoned(limit), index)
+        if future.cancelled():
+            raise psycopg2.InterfaceError("connection already closed")
         try:
             result: T = future.result()
         except Exception as exc:
             raise self.error(exc, index) from None
         return result
 
-    def hold(self, indexes: Sequence[int]) -> contextlib.AbstractContextManager[object]:
-        """Keep these shards' connections for the calls of one block (see :func:`turns.holding`)."""
-        return holding([self._gates[i] for i in sorted(set(indexes))])
+    @contextlib.contextmanager
+    def hold(self, indexes: Sequence[int]) -> Iterator[object]:
+        """Keep these shards' connections for the calls of one block (see :func:`turns.holding`),
+        waiting for them no longer than the current deadline."""
+        limit = deadline.current()
+        ordered = sorted(set(indexes))
+        try:
+            with holding([self._gates[i] for i in ordered], None if limit is None else limit.at) as token:
+                yield token
+        except Waited:
+            raise self.error(deadline.waited_error(limit), ordered[0]) from None
 
-    def take(self, index: int) -> None:
-        """Take shard ``index``'s gate for the :meth:`hold` block the caller is in (see :meth:`give_back`)."""
-        self._gates[index].enter(lambda: False, None)
+    def take(
+        self,
+        index: int,
+        *,
+        owner: object | None = None,
+        until: float | None = None,
+        give_up: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Take shard ``index``'s gate for ``owner`` (default: the :meth:`hold` block or thread of the
+        caller) until :meth:`give_back`; False if ``until`` passed or ``give_up()`` first."""
+        return self._gates[index].enter(give_up, until, owner) is not None
 
-    def give_back(self, index: int) -> None:
-        self._gates[index].leave()
+    def give_back(self, index: int, owner: object) -> None:
+        """End what :meth:`take` took for ``owner`` (a :meth:`hold` block's token, or the lender's)."""
+        self._gates[index].release(owner)
 
     def cancel_pending(self, calls: Sequence[Pending[Any]]) -> None:
         """Cancel these background calls at once; wait up to the grace for them to stop."""
@@ -206,19 +241,31 @@ class FanOut:
             time.sleep(0.02)
         return stuck
 
+    def _submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        try:
+            return self._pool.submit(fn, *args)
+        except RuntimeError:  # closed by another thread meanwhile
+            raise psycopg2.InterfaceError("connection already closed") from None
+
     def close(self) -> None:
         self._watchdog.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _call(self, state: _Call, fn: Callable[[int], T], index: int, limit: deadline.Deadline | None) -> T:
+    def _call(
+        self,
+        state: _Call,
+        fn: Callable[[int], T],
+        index: int,
+        limit: deadline.Deadline | None,
+        watch: bool = True,
+    ) -> T:
         gate = self._gates[index]
-        if not gate.enter(lambda: state.aborted, None if limit is None else limit.at):
+        me = gate.enter(lambda: state.aborted, None if limit is None else limit.at)
+        if me is None:
             if state.aborted:
                 raise _Skipped()
-            raise psycopg2.OperationalError(
-                f"the statement deadline of {limit.seconds:g} s passed while another statement of this "  # type: ignore[union-attr]
-                "connection held the shard's connection"
-            )
+            raise deadline.waited_error(limit)
+        outer = False
         try:
             turn = Turn(index, self._connections[index])
             with state.lock:
@@ -228,8 +275,10 @@ class FanOut:
             outer = gate.turn is None
             if outer:
                 gate.turn = turn
-            ticket = self._watchdog.watch(turn, limit) if limit is not None else None
+            ticket = None
             try:
+                if limit is not None and watch:
+                    ticket = self._watchdog.watch(turn, limit)
                 return fn(index)
             except Exception:
                 if ticket is not None and ticket.expired:
@@ -240,14 +289,14 @@ class FanOut:
                     self._watchdog.release(ticket)
                 with state.lock:
                     state.turns.pop(index, None)
-                if outer:
-                    gate.turn = None
                 turn.end()
                 with self._lock:
                     if self._stuck.get(index) is turn:
                         del self._stuck[index]
         finally:
-            gate.leave()
+            if outer:
+                gate.turn = None
+            gate.leave(me)
 
     def _abort(self, state: _Call | Sequence[_Call], pending: set[Future[Any]]) -> None:
         """Stop these calls: those waiting for their turn give up, those running are cancelled; those

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
@@ -25,6 +26,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from . import commit as atomic
+from . import deadline
 from .catalog import Catalog, StampReader, combine, read_catalog, settings_differences
 from .errors import NotSupportedError, ShardInfo, dsn_secrets
 from .fanout import FanOut, Pending
@@ -83,6 +85,8 @@ class ShardSet:
         self.fanout = FanOut(self.infos, self.connections, self.secrets, max_workers)
         self._lock = threading.Lock()
         self._facts: ShardFacts | None = None
+        self._generation = 0
+        """Bumped whenever the facts are replaced or forgotten (a read started before is not kept)."""
         self._moment: datetime.datetime | None = None
         self._failed: str | None = None
         self._held: tuple[ShardFacts, set[str]] | None = None
@@ -112,6 +116,7 @@ class ShardSet:
         with self._lock:
             self.placement = placement
             self._facts = None
+            self._generation += 1
 
     def _start(self) -> None:
         """Check the shards before the first statement: distinct databases, equal settings.
@@ -157,9 +162,10 @@ class ShardSet:
         """Background work that uses no shard connection."""
         return self.fanout.submit(fn, *args)
 
-    def start(self, index: int, fn: Callable[[], T]) -> Pending[T]:
-        """``fn()`` on shard ``index``'s connection in the background, in its turn."""
-        return self.fanout.start(index, fn)
+    def start(self, index: int, fn: Callable[[], T], *, watch: bool = True) -> Pending[T]:
+        """``fn()`` on shard ``index``'s connection in the background, in its turn (``watch``: under
+        the statement deadline)."""
+        return self.fanout.start(index, fn, watch=watch)
 
     def error(self, exc: BaseException, index: int) -> BaseException:
         """``exc`` raised on shard ``index``, naming the shard, without secrets."""
@@ -177,9 +183,10 @@ class ShardSet:
     def facts(self) -> ShardFacts:
         """The planner's facts, read on first use (in the current transaction)."""
         with self._lock:
-            if self._facts is None:
-                self._facts = self._read_facts()
-            return self._facts
+            if self._facts is not None:
+                return self._facts
+            generation = self._generation
+        return self._publish(generation)
 
     def check_facts(self, facts: ShardFacts, indexes: Sequence[int] | None = None) -> ShardFacts:
         """The current facts: ``facts``, or fresh ones if the catalog of one of these shards (default:
@@ -187,24 +194,32 @@ class ShardSet:
         indexes = list(range(len(self.connections))) if indexes is None else list(indexes)
         stamps = self.run(self._stamp, indexes)
         with self._lock:
-            current, known = self._facts, list(self._shard_stamps)
+            current, known, generation = self._facts, list(self._shard_stamps), self._generation
         if current is not None and all(known[i] == s for i, s in zip(indexes, stamps, strict=True)):
             return current
-        with self._lock:
-            if self._facts is current or self._facts is None:
-                self._facts = self._read_facts()
-            return self._facts
+        return self._publish(generation)
 
     def forget_facts(self) -> None:
         """Read the facts again before the next statement (after DDL or SET through the connection)."""
         with self._lock:
             self._facts = None
+            self._generation += 1
 
-    def _read_facts(self) -> ShardFacts:
+    def _publish(self, generation: int) -> ShardFacts:
+        """Fresh facts, read without the lock (the shard calls may wait for their turn behind a
+        statement that itself needs the facts), kept unless they were forgotten meanwhile."""
         catalogs: list[Catalog] = self.run(lambda i: _read(self.connections[i]))
-        for reader, catalog in zip(self._stamps, catalogs, strict=True):
-            reader.prime(catalog)
-        self._shard_stamps = [catalog.stamp for catalog in catalogs]
+        facts = self._facts_of(catalogs)
+        with self._lock:
+            for reader, catalog in zip(self._stamps, catalogs, strict=True):
+                reader.prime(catalog)
+            if self._generation == generation:
+                self._facts = facts
+                self._shard_stamps = [catalog.stamp for catalog in catalogs]
+                self._generation += 1
+        return facts
+
+    def _facts_of(self, catalogs: list[Catalog]) -> ShardFacts:
         names = [str(info) for info in self.infos]
         differences = settings_differences(catalogs, names)
         if differences:
@@ -330,31 +345,39 @@ class ShardSet:
         self._check_prepared(targets)
         # The shards stay this statement's until it committed: another thread's statement must not
         # run inside its transaction (and be rolled back with it).
-        with self._scopes, self.fanout.hold(targets) as token:
-            self._scope, self._scope_token = set(), token
-            self._written = set()
-            try:
-                self._record(targets)
+        limit = deadline.current()
+        wait = -1.0 if limit is None else max(0.0, limit.at - time.monotonic())
+        if not self._scopes.acquire(timeout=wait):
+            raise self.error(deadline.waited_error(limit), targets[0])
+        try:
+            with self.fanout.hold(targets) as token:
                 try:
-                    yield
-                except BaseException:
-                    with contextlib.suppress(psycopg2.Error):
-                        self.rollback()  # the statement's own error is the one to see
-                    raise
-                self.commit()
-            finally:
-                flipped, self._scope, self._scope_token = self._scope, None, None
-                extra, self._extra = self._extra, []
-                for i in extra:
-                    self.fanout.give_back(i)
-                self._written = set()
-                self.end_transaction()
-                for i in sorted(flipped):
-                    conn = self.connections[i]
-                    with contextlib.suppress(psycopg2.Error):
-                        if not conn.closed and conn.status != psycopg2.extensions.STATUS_READY:
-                            conn.rollback()
-                        conn.autocommit = True
+                    self._scope, self._scope_token = set(), token
+                    self._written = set()
+                    self._record(targets)
+                    try:
+                        yield
+                    except BaseException:
+                        with contextlib.suppress(psycopg2.Error):
+                            self.rollback()  # the statement's own error is the one to see
+                        raise
+                    self.commit()
+                finally:
+                    # The connections first: until _scope is cleared, autocommit reads the user's.
+                    for i in sorted(self._scope or ()):
+                        conn = self.connections[i]
+                        with contextlib.suppress(psycopg2.Error):
+                            if not conn.closed and conn.status != psycopg2.extensions.STATUS_READY:
+                                conn.rollback()
+                            conn.autocommit = True
+                    for i in self._extra:
+                        self.fanout.give_back(i, token)
+                    self._extra = []
+                    self._written = set()
+                    self.end_transaction()
+                    self._scope, self._scope_token = None, None
+        finally:
+            self._scopes.release()
 
     def _scoped(self) -> bool:
         """The caller is in the statement an autocommit write made a transaction of (see
@@ -370,6 +393,7 @@ class ShardSet:
         """These shards are written in the current transaction (refused first if they can't commit it)."""
         idle_status = psycopg2.extensions.TRANSACTION_STATUS_IDLE
         scoped = self._scoped()
+        limit = deadline.current()
         if not scoped and all(c.get_transaction_status() == idle_status for c in self.connections):
             self._written = set()  # a new transaction (the last one ended outside commit())
         written = self._written | set(targets)
@@ -377,8 +401,9 @@ class ShardSet:
             self._check_prepared(sorted(written))
         if scoped and self._scope is not None:
             for i in sorted(set(targets) - self._scope):
-                self.fanout.take(i)  # given back with the others when the scope ends
-                self._extra.append(i)
+                self._extra.append(i)  # given back with the others when the scope ends
+                if not self.fanout.take(i, until=None if limit is None else limit.at):
+                    raise self.error(deadline.waited_error(limit), i)
                 self.connections[i].autocommit = False
                 self._scope.add(i)
         self._written = written

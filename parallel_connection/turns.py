@@ -21,8 +21,10 @@ from typing import Any
 
 from .cancel import cancel_quietly, sever
 
-__all__ = ["Gate", "Turn", "holder", "holding"]
+__all__ = ["Gate", "Turn", "Waited", "holder", "holding"]
 
+GIVE_UP_POLL = 0.1
+"""Seconds between checks of a waiting call's reason to give up."""
 CANCEL_DELIVERY = 1.0
 """Seconds a turn's end waits for its cancel request to be delivered before the gate moves on."""
 
@@ -87,21 +89,25 @@ def holder() -> object | None:
 
 
 @contextlib.contextmanager
-def holding(gates: Sequence[Gate]) -> Iterator[object]:
+def holding(gates: Sequence[Gate], until: float | None = None) -> Iterator[object]:
     """Hold these gates for a block of several calls (a statement and its commit): calls made in
-    the block, on any thread that carries its context, pass; everyone else's wait."""
+    the block, on any thread that carries its context, pass; everyone else's wait. Past ``until``
+    (monotonic) before every gate was taken, :class:`Waited`."""
     token = object()
     reset = _holder.set(token)
-    entered: list[Gate] = []
     try:
         for gate in gates:
-            gate.enter(lambda: False, None)
-            entered.append(gate)
+            if gate.enter(lambda: False, until) is None:
+                raise Waited()
         yield token
     finally:
-        for gate in reversed(entered):
-            gate.leave()
+        for gate in gates:
+            gate.release(token)
         _holder.reset(reset)
+
+
+class Waited(Exception):
+    """A gate was not free before the deadline (another statement of the connection held it)."""
 
 
 class Gate:
@@ -114,25 +120,43 @@ class Gate:
         self.turn: Turn | None = None
         """The turn of the call running on the connection now (the outermost one)."""
 
-    def enter(self, give_up: Callable[[], bool], until: float | None) -> bool:
-        """Take the gate; False if ``give_up()`` became true or ``until`` (monotonic) passed first."""
-        me = _holder.get() or threading.get_ident()
+    def enter(
+        self, give_up: Callable[[], bool], until: float | None, owner: object | None = None
+    ) -> object | None:
+        """Take the gate: the owner it was taken for (to :meth:`leave` with), or None if
+        ``give_up()`` became true or ``until`` (monotonic) passed first.
+
+        The owner is ``owner``, else the :func:`holding` block the caller is in, else its thread.
+        """
+        me = owner or _holder.get() or threading.get_ident()
         with self._cond:
             while self._owner is not None and self._owner != me:
                 if give_up():
-                    return False
+                    return None
                 remaining = None if until is None else until - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
+                    return None
+                # Woken by leave() and wake(); the poll only bounds a give_up() nobody signals.
+                self._cond.wait(GIVE_UP_POLL if remaining is None else min(remaining, GIVE_UP_POLL))
             self._owner = me
             self._depth += 1
-            return True
+            return me
 
-    def leave(self) -> None:
+    def leave(self, owner: object) -> None:
+        """One :meth:`enter` of ``owner`` ends (a late leave of an owner already released does nothing)."""
         with self._cond:
+            if self._owner != owner:
+                return
             self._depth -= 1
             if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()
+
+    def release(self, owner: object) -> None:
+        """Every :meth:`enter` of ``owner`` ends (whatever was interrupted between them)."""
+        with self._cond:
+            if self._owner == owner:
+                self._depth = 0
                 self._owner = None
                 self._cond.notify_all()
 

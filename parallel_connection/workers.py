@@ -5,6 +5,10 @@ script that stops (Ctrl-C, the end of the program) while a shard is
 black-holed would wait for that shard for ever. These threads are daemons;
 their futures are ``concurrent.futures.Future`` objects, so ``wait`` and
 ``as_completed`` work on them as usual.
+
+A call never waits for a thread: past ``max_workers`` busy threads, a new one
+starts and ends once it is idle. A call waiting for its turn on a shard
+connection therefore never holds up the call that would end the wait.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ _Item = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
 class Workers(Executor):
-    """Up to ``max_workers`` daemon threads, started as work arrives, reused while idle."""
+    """Daemon threads started as work arrives; up to ``max_workers`` of them are kept while idle."""
 
     def __init__(self, max_workers: int, name: str = "parallel_connection") -> None:
         self._max = max(1, max_workers)
@@ -40,7 +44,7 @@ class Workers(Executor):
             if self._shut:
                 raise RuntimeError("cannot schedule new calls after shutdown")
             self._queue.put((future, fn, args, kwargs))
-            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max:
+            if not self._idle.acquire(blocking=False):
                 thread = threading.Thread(
                     target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True
                 )
@@ -81,4 +85,8 @@ class Workers(Executor):
                 else:
                     future.set_result(result)
             del item, future, fn, args, kwargs
+            with self._lock:
+                if len(self._threads) > self._max and not self._shut:
+                    self._threads.remove(threading.current_thread())
+                    return
             self._idle.release()

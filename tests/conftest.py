@@ -97,6 +97,20 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
     return predicate()
 
 
+def first_rows(dsns: list[str], sql: str, params: object = None) -> list[tuple[Any, ...] | None]:
+    """The first row ``sql`` returns on each server, each on a plain connection of its own."""
+    rows = []
+    for dsn in dsns:
+        conn = psycopg2.connect(dsn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                rows.append(cur.fetchone())
+        finally:
+            conn.close()
+    return rows
+
+
 def run_on_all(dsns: list[str], sql: str, params: object = None) -> None:
     """Run one statement on each server, autocommit (for test set-up)."""
     for dsn in dsns:

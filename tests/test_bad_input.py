@@ -13,7 +13,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 import pytest
-from conftest import connected, run_on_all
+from conftest import connected, first_rows, run_on_all
 from psycopg2 import sql
 
 import parallel_connection
@@ -372,19 +372,10 @@ def victim(sample: Any) -> Iterator[list[str]]:
 
 
 def _intact(dsns: list[str]) -> bool:
-    counts = []
-    for dsn in dsns:
-        conn = psycopg2.connect(dsn)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT to_regclass('bi_victim') IS NOT NULL, to_regclass('bi_new') IS NULL")
-                if cur.fetchone() != (True, True):
-                    return False
-                cur.execute("SELECT count(*), min(id) FROM bi_victim")
-                counts.append(cur.fetchone())
-        finally:
-            conn.close()
-    return counts == [(50, 1)] * len(dsns)
+    tables = first_rows(dsns, "SELECT to_regclass('bi_victim') IS NOT NULL, to_regclass('bi_new') IS NULL")
+    if tables != [(True, True)] * len(dsns):
+        return False
+    return first_rows(dsns, "SELECT count(*), min(id) FROM bi_victim") == [(50, 1)] * len(dsns)
 
 
 def _refused(exc: BaseException) -> bool:

@@ -194,3 +194,126 @@ def test_another_threads_write_never_joins_an_autocommit_writes_transaction(samp
     finally:
         pdb.close()
         run_on_all(sample.shard_dsns, "DROP TABLE IF EXISTS iso_items")
+
+
+def _progress_of(loops: dict[str, str], pdb, seconds: float) -> dict[str, int]:
+    """Run each statement in a loop on a thread of its own for ``seconds``; how often each ran (the
+    threads are daemons: a deadlock shows as a count that stops, not as a hung suite)."""
+    stop = threading.Event()
+    counts = dict.fromkeys(loops, 0)
+    errors: list[BaseException] = []
+
+    def loop(key: str, sql: str) -> None:
+        cur = pdb.cursor()
+        while not stop.is_set():
+            try:
+                cur.execute(sql)
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            counts[key] += 1
+
+    threads = [threading.Thread(target=loop, args=item, daemon=True) for item in loops.items()]
+    for t in threads:
+        t.start()
+    time.sleep(seconds / 2)
+    halfway = dict(counts)
+    time.sleep(seconds / 2)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert not errors, errors[:3]
+    return {key: counts[key] - halfway[key] for key in counts}
+
+
+def test_writes_on_several_shards_and_reads_from_more_threads_than_workers_keep_going(sample):
+    """A write's own transaction holds its shards; calls of other threads waiting for them must
+    never take every worker thread from the write's own calls."""
+    from conftest import run_on_all
+
+    run_on_all(sample.shard_dsns, "DROP TABLE IF EXISTS iso_counts")
+    run_on_all(sample.shard_dsns, "CREATE TABLE iso_counts (id int PRIMARY KEY, v int)")
+    run_on_all(sample.shard_dsns, "INSERT INTO iso_counts SELECT g, 0 FROM generate_series(1, 30) g")
+    pdb = parallel_connection.connect(sample.shard_dsns, max_workers=2)
+    pdb.autocommit = True
+    try:
+        loops = {"write": "UPDATE iso_counts SET v = v + 1"}
+        loops.update({f"read{n}": "SELECT count(*) FROM iso_counts" for n in range(5)})
+        loops["set"] = "SET work_mem = '4MB'"  # the catalog facts are read again after each
+        progress = _progress_of(loops, pdb, 4.0)
+        assert all(n > 0 for n in progress.values()), progress
+    finally:
+        pdb.close()
+        run_on_all(sample.shard_dsns, "DROP TABLE IF EXISTS iso_counts")
+
+
+def _sleeper(pdb, seconds: float, outcome: dict[str, object]) -> threading.Thread:
+    def run() -> None:
+        try:
+            with pdb.cursor(merge="union") as cur:
+                cur.execute("SELECT 'slept' FROM pg_sleep(%s)", (seconds,))
+                outcome["rows"] = cur.fetchall()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    return threading.Thread(target=run)
+
+
+def test_an_interrupted_copy_never_cancels_another_threads_statement(sample, monkeypatch):
+    """Ctrl-C while the COPY's shard calls wait for their turn behind another thread's statement."""
+    import io
+    import os
+    import signal
+
+    from conftest import run_on_all
+
+    from parallel_connection import copy_run
+
+    run_on_all(sample.shard_dsns, "DROP TABLE IF EXISTS iso_copied")
+    run_on_all(sample.shard_dsns, "CREATE TABLE iso_copied (id int, v int)")
+    pdb = parallel_connection.connect(sample.shard_dsns, replicated_tables=["iso_copied"])
+    outcome: dict[str, object] = {}
+    other = _sleeper(pdb, 2.0, outcome)
+    real = copy_run._pump
+
+    def pump(*args, **kwargs):  # the other thread's statement takes the shards first
+        other.start()
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(copy_run, "_pump", pump)
+    threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pdb.cursor().copy_from(io.StringIO("1\t0\n"), "iso_copied")
+        other.join(10)
+        assert "error" not in outcome, outcome.get("error")
+        assert outcome["rows"] == [("slept",)] * 3
+        assert pdb.closed == 0
+    finally:
+        pdb.close()
+        run_on_all(sample.shard_dsns, "DROP TABLE IF EXISTS iso_copied")
+
+
+def test_an_interrupted_scan_on_the_connections_own_sessions_never_cancels_another_thread(sample):
+    """Without pools a scan lends the connection's own shard connections: in their turn, so the
+    scan's Ctrl-C reaches only its ranges."""
+    import os
+    import signal
+
+    pdb = parallel_connection.ParallelConnection([psycopg2.connect(d) for d in sample.shard_dsns])
+    pdb.autocommit = True
+    outcome: dict[str, object] = {}
+    other = _sleeper(pdb, 1.5, outcome)
+    threading.Timer(0.3, other.start).start()
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        report = pdb.scan_ranges(
+            "orders", "id", lambda cur, r: cur.execute("SELECT pg_sleep(0.2)"), rows_per_range=50
+        )
+        assert report.interrupted
+        other.join(10)
+        assert "error" not in outcome, outcome.get("error")
+        assert outcome["rows"] == [("slept",)] * 3
+    finally:
+        pdb.close()

@@ -9,7 +9,7 @@ from collections import Counter
 import psycopg2
 import psycopg2.pool
 import pytest
-from conftest import run_on_all
+from conftest import first_rows, run_on_all
 
 import parallel_connection
 from parallel_connection.pool import PoolTimeout, WaitingPool
@@ -37,16 +37,7 @@ def table(sample):
 
 def direct_counts(dsns):
     """Each shard's own answer, on a plain connection."""
-    counts = []
-    for dsn in dsns:
-        conn = psycopg2.connect(dsn)
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT count(*), sum(id) FROM ranges_wait")
-                counts.append(cur.fetchone())
-        finally:
-            conn.close()
-    return counts
+    return first_rows(dsns, "SELECT count(*), sum(id) FROM ranges_wait")
 
 
 def per_shard(report):

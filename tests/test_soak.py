@@ -65,7 +65,7 @@ class _Connections:
         self.dsns = dsns
         self.lock = threading.Lock()
         self.live = [self._open() for _ in range(CONNECTIONS)]
-        self.retired: list[parallel_connection.ParallelConnection] = []
+        self.retired_pools: list[Any] = []
 
     def _open(self) -> parallel_connection.ParallelConnection:
         pdb = parallel_connection.connect(self.dsns, maxconn=2)
@@ -76,13 +76,16 @@ class _Connections:
         with self.lock:
             pdb = self.live[n % CONNECTIONS]
             if pdb.closed:
-                self.retired.append(pdb)
+                # Closed here, so only its pools are kept (to check that no slot leaked).
+                self.retired_pools.extend(pdb.pools or [])
+                if not pdb._closed:
+                    pdb.close()
                 pdb = self.live[n % CONNECTIONS] = self._open()
             return pdb
 
     def close(self) -> list[Any]:
-        pools = []
-        for pdb in self.live + self.retired:
+        pools = list(self.retired_pools)
+        for pdb in self.live:
             pools.extend(pdb.pools or [])
             if not pdb._closed:
                 pdb.close()
@@ -146,6 +149,8 @@ def _soak(sample: Any, seconds: float) -> None:
     for t in threads:
         t.join(30)
     pools = conns.close()
+    growth = rss[-1] - rss[0] if len(rss) >= 2 else 0.0
+    print(f"soak {seconds:g} s: {dict(counts)}, RSS growth after warm-up {growth:.1f} MB")
     assert not unexpected, unexpected[:3]
     assert not wrong, wrong[:2]
     assert counts["answered"] > 10 * WORKERS

@@ -29,6 +29,7 @@ import psycopg2.extensions
 import psycopg2.pool
 
 from ..cancel import broken, cancel_all, sever
+from ..fanout import FanOut
 from ..pool import PoolTimeout, WaitingPool
 
 __all__ = ["Lender", "in_use_by_a_scan", "pool_slots"]
@@ -43,41 +44,10 @@ def pool_slots(pool: psycopg2.pool.AbstractConnectionPool, own: Any) -> int:
     return max(0, int(pool.maxconn) - int(holds))
 
 
-class _Gate:
-    """Turns on one of a connection's own shard connections, shared by every scan using it."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.busy = False
-
-    def enter(self, timeout: float, stop: threading.Event) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self.busy:
-                left = deadline - time.monotonic()
-                if left <= 0 or stop.is_set():
-                    return False
-                self._cond.wait(min(left, 0.1))
-            self.busy = True
-            return True
-
-    def leave(self) -> None:
-        with self._cond:
-            self.busy = False
-            self._cond.notify()
-
-
 _registry_lock = threading.Lock()
-_gates: weakref.WeakKeyDictionary[Any, _Gate] = weakref.WeakKeyDictionary()
+_scanning: weakref.WeakKeyDictionary[Any, object] = weakref.WeakKeyDictionary()
+"""Own shard connections lent to a scan now, with the token their gate is held under."""
 _pair_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
-
-
-def _gate(conn: Any) -> _Gate:
-    with _registry_lock:
-        gate = _gates.get(conn)
-        if gate is None:
-            gate = _gates[conn] = _Gate()
-        return gate
 
 
 def _pair_lock(pool: Any) -> threading.Lock:
@@ -91,8 +61,7 @@ def _pair_lock(pool: Any) -> threading.Lock:
 def in_use_by_a_scan(conn: Any) -> bool:
     """Whether a scan is using this own shard connection right now (its open transaction is the scan's)."""
     with _registry_lock:
-        gate = _gates.get(conn)
-    return gate is not None and gate.busy
+        return conn in _scanning
 
 
 class Lender:
@@ -113,8 +82,10 @@ class Lender:
         *,
         timeout: float,
         stop: threading.Event,
+        turns: FanOut,
     ) -> None:
         self._own = list(own)
+        self._turns = turns
         self._pools = list(pools) if pools is not None else None
         self._slots = list(slots)
         self._caps = list(caps)
@@ -296,11 +267,18 @@ class Lender:
             raise psycopg2.OperationalError(
                 "the shard connection is closed and, without pools, cannot be replaced"
             )
-        if not _gate(conn).enter(self._timeout, self._stop):
+        # The connection's own turn on the shard (as its statements take it), so a cancel of the
+        # range reaches only the range, and the user's statements wait for it.
+        token = object()
+        if not self._turns.take(
+            shard, owner=token, until=time.monotonic() + self._timeout, give_up=self._stop.is_set
+        ):
             raise PoolTimeout(
                 f"couldn't get the connection's own shard connection after {self._timeout:g} s "
-                f"(pool_timeout={self._timeout:g}): another scan on this connection kept it busy"
+                f"(pool_timeout={self._timeout:g}): another scan or statement on this connection kept it busy"
             )
+        with _registry_lock:
+            _scanning[conn] = token
         with self._lock:
             self._saved[shard] = conn.autocommit
             self._busy.add(conn)
@@ -314,7 +292,10 @@ class Lender:
                 autocommit = self._saved.get(shard)
                 if autocommit is not None and conn.autocommit != autocommit:
                     conn.autocommit = autocommit
-        _gate(conn).leave()
+        with _registry_lock:
+            token = _scanning.pop(conn, None)
+        if token is not None:
+            self._turns.give_back(shard, token)
 
     def _take(self, shard: int, *, counted: bool) -> Any:
         """A connection from the shard's pool, waiting for one; past the timeout, PoolTimeout.

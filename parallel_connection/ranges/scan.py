@@ -130,6 +130,7 @@ class Scan:
             self.parallelism if local else len(self.own),
             timeout=self.options.pool_timeout,
             stop=stop,
+            turns=self.pdb.shard_set.fanout,
         )
         try:
             prepared = self._prepare(lender, stop, ranges)
