@@ -126,8 +126,7 @@ class FanOut:
         if len(indexes) == 1:
             return [self._run_one(state, fn, indexes[0], limit)]
         futures = {
-            self._submit(contextvars.copy_context().run, self._call, state, fn, i, limit): i
-            for i in indexes
+            self._submit(contextvars.copy_context().run, self._call, state, fn, i, limit): i for i in indexes
         }
         pending: set[Future[T]] = set(futures)
         try:

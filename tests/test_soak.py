@@ -172,3 +172,20 @@ def test_a_short_soak_of_32_threads_with_backends_killed(sample):
 @pytest.mark.slow
 def test_soak_of_32_threads_with_backends_killed(sample):
     _soak(sample, float(os.environ.get("PARALLEL_CONNECTION_SOAK_SECONDS", "180")))
+
+
+def test_a_closed_connections_catalog_is_not_kept(sample):
+    """Plans are remembered with the facts they were made from, not in a cache of their own that
+    would keep every closed connection's catalog (about a megabyte each) alive."""
+    import gc
+    import weakref
+
+    pdb = parallel_connection.connect(sample.shard_dsns)
+    cur = pdb.cursor()
+    cur.execute("SELECT status, count(*) FROM orders GROUP BY status")
+    assert cur.fetchall()
+    facts = weakref.ref(pdb.shard_set.facts())
+    pdb.close()
+    del pdb, cur
+    gc.collect()
+    assert facts() is None

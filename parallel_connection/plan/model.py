@@ -5,8 +5,11 @@ Plain frozen dataclasses, no SQL and no connections: the merge reads them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+_MISSING = object()
 
 __all__ = [
     "AggregatePlan",
@@ -57,6 +60,19 @@ class ShardFacts:
     """Names of the shards' volatile functions."""
     shadowed: frozenset[str] = frozenset()
     """Names of user aggregates that ``search_path`` finds before pg_catalog's of the same name."""
+    memos: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
+    """Plans made with these facts (they go when the facts do: a global cache would keep every
+    connection's catalog alive)."""
+
+    def memo(self, key: Any, make: Callable[[], Any], size: int = 512) -> Any:
+        """``make()``, remembered under ``key`` for these facts (the oldest of ``size`` dropped)."""
+        found = self.memos.get(key, _MISSING)
+        if found is _MISSING:
+            found = make()
+            if len(self.memos) >= size:
+                self.memos.pop(next(iter(self.memos)), None)
+            self.memos[key] = found
+        return found
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from functools import lru_cache
 from typing import Any, cast
 
 import pglast
@@ -181,9 +180,13 @@ def _skip_comments(query: str) -> int | None:
     return None
 
 
-@lru_cache(maxsize=CACHE_SIZE)
 def _plan(template: Template, facts: ShardFacts) -> Plan | None:
     """The plan, or None when a parameter's rendered value decides what the statement means."""
+    plan: Plan | None = facts.memo(("plan", template), lambda: _make_plan(template, facts), CACHE_SIZE)
+    return plan
+
+
+def _make_plan(template: Template, facts: ShardFacts) -> Plan | None:
     try:
         statements = pglast.parse_sql(template.text)
     except pglast.parser.ParseError:
@@ -330,8 +333,12 @@ def stage_statement(query: str, vars: Any, facts: ShardFacts) -> tuple[Plan, Any
     return (staged, shard_vars(template, vars)) if staged is not None else None
 
 
-@lru_cache(maxsize=CACHE_SIZE)
 def _staged_text(template: Template, facts: ShardFacts) -> Plan | None:
+    staged: Plan | None = facts.memo(("staged", template), lambda: _make_staged(template, facts), CACHE_SIZE)
+    return staged
+
+
+def _make_staged(template: Template, facts: ShardFacts) -> Plan | None:
     try:
         statements = pglast.parse_sql(template.text)
     except pglast.parser.ParseError:
