@@ -11,7 +11,7 @@ import traceback
 import psycopg2
 import psycopg2.pool
 import pytest
-from conftest import active, wait_until
+from conftest import active, run_on_all, wait_until
 
 import parallel_connection
 from parallel_connection import ParallelConnection
@@ -253,6 +253,12 @@ def test_connection_reset_mid_statement_names_the_shard(sample):
         assert time.monotonic() - start < 3
         pdb.close()
         assert all(not p._used for p in pools)
+    # The server notices the lost client only after the sleep: end it, so no later test counts it.
+    run_on_all(
+        [sample.shard_dsns[2]],
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE query = 'SELECT pg_sleep(30)' AND pid <> pg_backend_pid()",
+    )
 
 
 def test_rollback_after_a_black_holed_shard_names_it_instead_of_hanging(sample):
