@@ -548,7 +548,8 @@ def connect(
     statement_deadline: float | None = None,
     **connect_kwargs: Any,
 ) -> ParallelConnection:
-    """Open one ThreadedConnectionPool per DSN and a ParallelConnection over them.
+    """Open one pool per DSN (a ThreadedConnectionPool that waits for a free slot) and a
+    ParallelConnection over them.
 
     ``maxconn`` caps each shard's pool (range jobs borrow from it). Closing
     the connection, or leaving ``with``, hands everything back and closes

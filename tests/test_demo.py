@@ -152,11 +152,15 @@ def test_demo_interrupted_stops_its_servers(folder, signum, after):
     )
     try:
         assert proc.stdout is not None
+        seen = []
         for line in proc.stdout:
+            seen.append(line)
             if line.startswith(after):
                 break
         else:
-            pytest.fail(f"the demo never printed {after!r}")
+            proc.wait(30)
+            assert proc.stderr is not None
+            pytest.fail(f"the demo never printed {after!r}:\n{''.join(seen)}\n{proc.stderr.read()}")
         assert servers_under(folder), "no server to stop"
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
