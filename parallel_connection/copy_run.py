@@ -345,7 +345,6 @@ class _Pump:
     def __init__(self, targets: Sequence[int]) -> None:
         self.cond = threading.Condition()
         self.queues: dict[int, collections.deque[bytes | None]] = {i: collections.deque() for i in targets}
-        self.begun: set[int] = set()
         self.ended: set[int] = set()
         self.reading: set[int] = set()
         self.aborted = False
@@ -376,12 +375,6 @@ class _Pump:
             block = queue.popleft()
             self.cond.notify_all()
         return b"" if block is None else block
-
-    def begin(self, index: int) -> None:
-        """A thread of the fan-out started shard ``index``'s COPY."""
-        with self.cond:
-            self.begun.add(index)
-            self.cond.notify_all()
 
     def end(self, index: int, exc: BaseException | None) -> None:
         """Shard ``index``'s COPY ended (with ``exc``): the first failure stops the others."""
@@ -469,7 +462,6 @@ def _pump(
     feeds = {i: _Feed(pump, i, cursors[i].connection) for i in targets}
 
     def run(index: int) -> int:
-        pump.begin(index)
         try:
             cursors[index].copy_expert(text, feeds[index], size)
         except BaseException as exc:

@@ -91,10 +91,6 @@ class FanOut:
         self._stuck: dict[int, Turn] = {}
         self._pool = Workers(max_workers or max(4, 2 * len(shards)))
 
-    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Run ``fn`` on the pool (background work that uses no shard connection)."""
-        return self._pool.submit(fn, *args)
-
     def start(self, index: int, fn: Callable[[], T], *, watch: bool = True) -> Pending[T]:
         """Run ``fn`` on shard ``index``'s connection in the background, in its turn; the current
         deadline counts again from now (``watch=False``: it bounds only the wait for the turn)."""

@@ -17,7 +17,6 @@ import datetime
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
 import psycopg2
@@ -157,10 +156,6 @@ class ShardSet:
     def run(self, fn: Callable[[int], T], indexes: Sequence[int] | None = None) -> list[T]:
         """``[fn(i) for i in indexes]`` at once on the fan-out; the first failure wins."""
         return self.fanout.run(fn, indexes)
-
-    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Background work that uses no shard connection."""
-        return self.fanout.submit(fn, *args)
 
     def start(self, index: int, fn: Callable[[], T], *, watch: bool = True) -> Pending[T]:
         """``fn()`` on shard ``index``'s connection in the background, in its turn (``watch``: under

@@ -63,11 +63,9 @@ class Turn:
         """The call returned: no cancel may start now, and those sent have been delivered (or given up)."""
         with self._lock:
             self._over = True
-            # A cut connection runs nothing more: a late cancel can only reach its dead backend.
-            requests = [] if self.severed else list(self._requests)
-        deadline = time.monotonic() + CANCEL_DELIVERY
-        for request in requests:
-            request.join(max(0.0, deadline - time.monotonic()))
+        # A cut connection runs nothing more: a late cancel can only reach its dead backend.
+        if not self.severed:
+            self.wait_delivered(CANCEL_DELIVERY)
 
     def wait_delivered(self, timeout: float) -> None:
         """Wait up to ``timeout`` for the cancel requests sent so far."""
@@ -164,7 +162,3 @@ class Gate:
         """Wake the waiting calls so they can see that they should give up."""
         with self._cond:
             self._cond.notify_all()
-
-    @property
-    def held(self) -> bool:
-        return self._owner is not None

@@ -97,6 +97,11 @@ def wait_until(predicate, timeout: float = 5.0) -> bool:
     return predicate()
 
 
+def port_of(dsn: str) -> int:
+    """The port a DSN names."""
+    return int(psycopg2.extensions.parse_dsn(dsn)["port"])
+
+
 def first_rows(dsns: list[str], sql: str, params: object = None) -> list[tuple[Any, ...] | None]:
     """The first row ``sql`` returns on each server, each on a plain connection of its own."""
     rows = []

@@ -9,18 +9,15 @@ import time
 import psycopg2
 import psycopg2.errors
 import pytest
+from conftest import port_of
 
 import parallel_connection
 from parallel_connection.deadline import CUT_GRACE
 from parallel_connection.proxy import TcpProxy
 
 
-def _port(dsn: str) -> int:
-    return int(psycopg2.extensions.parse_dsn(dsn)["port"])
-
-
 def _prefix(dsn: str) -> str:
-    return f"shard 1 (127.0.0.1:{_port(dsn)}/"
+    return f"shard 1 (127.0.0.1:{port_of(dsn)}/"
 
 
 def test_a_slow_statement_is_cancelled_at_its_deadline_and_the_connection_stays_usable(sample):
@@ -31,7 +28,7 @@ def test_a_slow_statement_is_cancelled_at_its_deadline_and_the_connection_stays_
         with pytest.raises(psycopg2.errors.QueryCanceled, match=r"statement deadline of 0\.5 s") as info:
             cur.execute(
                 "SELECT pg_sleep(CASE WHEN inet_server_port() = %s THEN 5 ELSE 0 END)",
-                (_port(sample.shard_dsns[1]),),
+                (port_of(sample.shard_dsns[1]),),
             )
         assert time.monotonic() - start < 0.5 + 0.8
         assert str(info.value).startswith(_prefix(sample.shard_dsns[1]))

@@ -11,7 +11,7 @@ import traceback
 import psycopg2
 import psycopg2.pool
 import pytest
-from conftest import active, run_on_all, wait_until
+from conftest import active, port_of, run_on_all, wait_until
 
 import parallel_connection
 from parallel_connection import ParallelConnection
@@ -22,12 +22,8 @@ from parallel_connection.proxy import TcpProxy
 SECRET = "s3cr3t-Pa55"
 
 
-def _port(dsn: str) -> int:
-    return int(psycopg2.extensions.parse_dsn(dsn)["port"])
-
-
 def test_first_failure_cancels_the_other_shards(pdb, sample):
-    port0 = _port(sample.shard_dsns[0])
+    port0 = port_of(sample.shard_dsns[0])
     sql = (
         "SELECT pg_sleep(CASE WHEN current_setting('port')::int = %s THEN 0 ELSE 20 END), "
         "1 / (current_setting('port')::int - %s)"
@@ -153,7 +149,7 @@ def test_stopped_server_is_named_and_nothing_leaks(spare):
     try:
         with pytest.raises(psycopg2.OperationalError) as info, pdb.cursor(merge="union") as cur:
             cur.execute("SELECT 1")
-        assert str(info.value).startswith(f"shard 1 (127.0.0.1:{_port(spare.shard_dsns[1])}/")
+        assert str(info.value).startswith(f"shard 1 (127.0.0.1:{port_of(spare.shard_dsns[1])}/")
         pdb.close()
         assert all(not p._used for p in pools)
         with pytest.raises(psycopg2.OperationalError) as info:

@@ -9,14 +9,11 @@ import time
 import psycopg2
 import psycopg2.errors
 import pytest
+from conftest import port_of, run_on_all
 
 import parallel_connection
 
 COUNT = "SELECT count(*), sum(id) FROM orders WHERE id %% 7 = %s AND pg_sleep(0) IS NOT NULL"
-
-
-def _port(dsn: str) -> int:
-    return int(psycopg2.extensions.parse_dsn(dsn)["port"])
 
 
 def _expected(ref_dsn: str) -> dict[int, tuple[int, int]]:
@@ -41,7 +38,7 @@ def test_one_threads_failures_never_reach_the_other_threads(sample, threads):
     expected = _expected(sample.reference_dsn)
     pdb = parallel_connection.connect(sample.shard_dsns, maxconn=2)
     pdb.autocommit = True
-    failing = _sleepy_failure(_port(sample.shard_dsns[1]))
+    failing = _sleepy_failure(port_of(sample.shard_dsns[1]))
     stop = threading.Event()
     wrong: list[object] = []
     errors: list[BaseException] = []
@@ -114,7 +111,7 @@ def test_a_failure_does_not_cancel_another_threads_statement_on_the_same_shard(s
     thread.start()
     time.sleep(0.3)
     with pytest.raises(psycopg2.errors.DivisionByZero), pdb.cursor(merge="union") as cur:
-        cur.execute(_sleepy_failure(_port(sample.shard_dsns[1])))
+        cur.execute(_sleepy_failure(port_of(sample.shard_dsns[1])))
     thread.join(10)
     try:
         assert "error" not in outcome, outcome.get("error")
@@ -157,8 +154,6 @@ def _sleep(conn: psycopg2.extensions.connection, seconds: float) -> str:
 def test_another_threads_write_never_joins_an_autocommit_writes_transaction(sample):
     """A write on several shards in autocommit is one transaction until it commits; a write of
     another thread waits for it, and is not rolled back with it."""
-    from conftest import run_on_all
-
     run_on_all(sample.shard_dsns, "DROP TABLE IF EXISTS iso_items")
     run_on_all(sample.shard_dsns, "CREATE TABLE iso_items (id int PRIMARY KEY)")
     pdb = parallel_connection.connect(sample.shard_dsns)
@@ -229,8 +224,6 @@ def _progress_of(loops: dict[str, str], pdb, seconds: float) -> dict[str, int]:
 def test_writes_on_several_shards_and_reads_from_more_threads_than_workers_keep_going(sample):
     """A write's own transaction holds its shards; calls of other threads waiting for them must
     never take every worker thread from the write's own calls."""
-    from conftest import run_on_all
-
     run_on_all(sample.shard_dsns, "DROP TABLE IF EXISTS iso_counts")
     run_on_all(sample.shard_dsns, "CREATE TABLE iso_counts (id int PRIMARY KEY, v int)")
     run_on_all(sample.shard_dsns, "INSERT INTO iso_counts SELECT g, 0 FROM generate_series(1, 30) g")
@@ -264,8 +257,6 @@ def test_an_interrupted_copy_never_cancels_another_threads_statement(sample, mon
     import io
     import os
     import signal
-
-    from conftest import run_on_all
 
     from parallel_connection import copy_run
 
