@@ -101,6 +101,9 @@ class ShardSet:
         self.placement: Placement | None = None
         self.moved_rows = DEFAULT_MOVED_ROWS
         """The most rows one statement may move to the coordinator."""
+        self.setups: list[Callable[[Any], None]] = []
+        """What was done to every shard connection (``register_type`` and the like), in order:
+        a connection that replaces a broken one gets each of them too."""
         try:
             self.set_placement(placement)
             self._start()
