@@ -19,7 +19,7 @@ import shlex
 import signal
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,8 +32,9 @@ from .errors import NotSupportedError, dsn_secrets, redact
 from .formats import FORMATS, write_rows
 from .local import SHARDS_DIR_VARIABLE, LocalCluster, default_base_dir
 from .placement import Placement
-from .ranges import ScanReport
+from .ranges import RangeFailure, RangeResult, ScanReport
 from .ranges.rows import each_range, failure_line, reduced, summary_line
+from .shards import DEFAULT_MOVED_ROWS
 
 __all__ = ["DSNS_VARIABLE", "Exit", "main", "parse_dsn_lines"]
 
@@ -103,8 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _interrupt)
     try:
-        if args.placement is not None and not getattr(args, "takes_placement", False):
-            raise Failure(Exit.USAGE, "--placement is for query, scan and placement check")
+        if not getattr(args, "takes_placement", False):
+            for given, flag in ((args.placement, "--placement"), (args.global_replicated, "--replicated")):
+                if given:
+                    raise Failure(Exit.USAGE, f"{flag} is for query, scan and placement check")
         return int(args.command(args, secrets))
     except Failure as exc:
         _say(f"{_LABELS[exc.code]}: {exc}", secrets)
@@ -138,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--placement", metavar="FILE", help=f"for query, scan and placement check: {PLACEMENT_HELP}"
+    )
+    parser.add_argument(
+        "--replicated",
+        action="append",
+        default=[],
+        dest="global_replicated",
+        metavar="TABLE",
+        help=f"for query, scan and placement check: {REPLICATED_HELP}",
     )
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
     _add_query(commands)
@@ -196,6 +207,14 @@ def _add_query(commands: Any) -> None:
         "--null", default="", metavar="TEXT", help="how table and csv show NULL (default: empty)"
     )
     query.add_argument("--no-header", action="store_true", help="leave out the header (table and csv)")
+    query.add_argument(
+        "--moved-rows",
+        type=_not_negative,
+        default=DEFAULT_MOVED_ROWS,
+        metavar="N",
+        help="the most rows a statement may move to the coordinator for the parts the shards cannot "
+        f"finish alone (default: {DEFAULT_MOVED_ROWS})",
+    )
     query.set_defaults(command=run_query)
 
 
@@ -230,13 +249,19 @@ def _connection_options() -> argparse.ArgumentParser:
 
 
 PLACEMENT_HELP = "a placement TOML file: which tables are sharded (key, function) and which are copied"
+REPLICATED_HELP = (
+    "a table copied whole to every shard (repeatable; instead of --placement: every other table "
+    "is read as sharded)"
+)
 
 
 def _placement_option(text: str = PLACEMENT_HELP) -> argparse.ArgumentParser:
-    """``--placement FILE`` after the command; before it (the global option) works too."""
+    """``--placement FILE`` and ``--replicated TABLE`` after the command; before it (global) works too."""
     options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("where rows live")
     # SUPPRESS: a sub-command's default must not overwrite the global option's value.
-    options.add_argument("--placement", metavar="FILE", default=argparse.SUPPRESS, help=text)
+    group.add_argument("--placement", metavar="FILE", default=argparse.SUPPRESS, help=text)
+    group.add_argument("--replicated", action="append", default=[], metavar="TABLE", help=REPLICATED_HELP)
     options.set_defaults(takes_placement=True)
     return options
 
@@ -253,8 +278,8 @@ def run_query(args: argparse.Namespace, secrets: set[str]) -> Exit:
     sql = sys.stdin.read() if args.sql == "-" else args.sql
     params = _params(args.param)
     fmt = args.format or ("table" if sys.stdout.isatty() else "csv")
-    placement = _load_placement(args.placement, len(dsns))
-    pdb = _connect(dsns, args.connect_timeout, args.timeout, placement=placement)
+    placement = _load_placement(args, len(dsns))
+    pdb = _connect(dsns, args.connect_timeout, args.timeout, placement=placement, moved_rows=args.moved_rows)
     try:
         pdb.autocommit = not args.stream  # server-side cursors live in a transaction
         name = "parallel_connection_cli" if args.stream else None
@@ -384,7 +409,7 @@ def run_scan(args: argparse.Namespace, secrets: set[str]) -> Exit:
     work = sys.stdin.read() if args.work == "-" else args.work
     parallelism = args.max_parallelism or SCAN_PER_SHARD * len(dsns)
     per_shard = -(-parallelism // len(dsns))
-    placement = _load_placement(args.placement, len(dsns))
+    placement = _load_placement(args, len(dsns))
     pdb = _connect(dsns, args.connect_timeout, args.timeout, maxconn=per_shard + 1, placement=placement)
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -403,6 +428,7 @@ def run_scan(args: argparse.Namespace, secrets: set[str]) -> Exit:
                 checkpoint=args.checkpoint,
                 snapshot=args.snapshot,
                 smoke_test=args.smoke_test,
+                check_first=_first_range_check(args),
             )
     finally:
         _close(pdb)
@@ -415,11 +441,42 @@ def run_scan(args: argparse.Namespace, secrets: set[str]) -> Exit:
     return _scan_outcome(args, report, secrets)
 
 
-def _write_scan(args: argparse.Namespace, report: ScanReport) -> None:
+def _first_range_check(args: argparse.Namespace) -> Callable[[RangeResult], None]:
+    """What ``scan_ranges`` runs on the first finished range: can its rows be printed as asked?
+
+    Raising here ends the scan before any other range starts: a work whose
+    rows cannot be summed says so after one range, not after all of them.
+    """
+
+    def check(first: RangeResult) -> None:
+        try:
+            _printable(args, ScanReport(results=[first]))
+        except Failure as exc:
+            raise Failure(
+                exc.code,
+                f"{exc}; checked on the first range ({first.shard} ids {first.start}-{first.end}): "
+                "no other range ran",
+            ) from None
+
+    return check
+
+
+def _printable(args: argparse.Namespace, report: ScanReport) -> tuple[list[str], Iterable[Sequence[Any]]]:
+    """The columns and rows to print: each range's rows, or their sums; a usage Failure if impossible."""
     try:
-        columns, rows = each_range(report) if args.each else _one_row(report)
+        if args.each:
+            columns, each = each_range(report)
+            rows: Iterable[Sequence[Any]] = list(each)
+        else:
+            columns, rows = _one_row(report)
     except (TypeError, ValueError) as exc:
-        raise Failure(Exit.USAGE, f"{exc} (or print each range's rows with --each)") from None
+        hint = "" if args.each else " (or print each range's rows with --each)"
+        raise Failure(Exit.USAGE, f"{exc}{hint}") from None
+    return columns, rows
+
+
+def _write_scan(args: argparse.Namespace, report: ScanReport) -> None:
+    columns, rows = _printable(args, report)
     if not columns:
         return
     if args.format == "json" and len(set(columns)) < len(columns):
@@ -445,13 +502,39 @@ def _scan_outcome(args: argparse.Namespace, report: ScanReport, secrets: set[str
         finished = sum(not r.resumed for r in report.results)
         _say(f"interrupted: {finished} ranges finished before the stop; {rerun}", secrets)
         return Exit.INTERRUPTED
+    label = _LABELS[Exit.RANGES_FAILED]
+    if report.stopped_early is not None:
+        _say_stopped_early(report, secrets)
+        return Exit.RANGES_FAILED
     if report.failed:
-        label = _LABELS[Exit.RANGES_FAILED]
         for failure in report.failed:
             _say(f"{label}: {failure_line(failure)}", secrets)
         _say(f"{label}: {len(report.failed)} ranges failed; {rerun}", secrets)
         return Exit.RANGES_FAILED
     return Exit.OK
+
+
+def _say_stopped_early(report: ScanReport, secrets: set[str]) -> None:
+    """A scan whose first ranges all failed: one line per distinct error, with the ranges not run."""
+    label = _LABELS[Exit.RANGES_FAILED]
+    alike: dict[str, list[RangeFailure]] = {}
+    for failure in report.failed:
+        alike.setdefault(_error_text(failure), []).append(failure)
+    stopped = f"{report.not_run} ranges not run (the scan stopped early: its first ranges all failed)"
+    if len(alike) == 1:
+        (same,) = alike.values()
+        count = f"{len(same)} ranges failed with the same error" if len(same) > 1 else "1 range failed"
+        _say(f"{label}: {count}, {stopped}: {failure_line(same[0])}", secrets)
+        return
+    for same in alike.values():
+        more = f" (and {len(same) - 1} more ranges alike)" if len(same) > 1 else ""
+        _say(f"{label}: {failure_line(same[0])}{more}", secrets)
+    _say(f"{label}: {len(report.failed)} ranges failed, {stopped}", secrets)
+
+
+def _error_text(failure: RangeFailure) -> str:
+    """A failed range's error message without its shard and ids (what makes two failures alike)."""
+    return failure_line(failure).partition(": ")[2]
 
 
 # -- where the shards come from --------------------------------------------------
@@ -509,6 +592,7 @@ def _connect(
     maxconn: int = 1,
     placement: Placement | None = None,
     decision_schema: str = "public",
+    moved_rows: int = DEFAULT_MOVED_ROWS,
 ) -> ParallelConnection:
     try:
         return connect(
@@ -519,6 +603,7 @@ def _connect(
             statement_timeout=timeout,
             placement=placement,
             decision_schema=decision_schema,
+            moved_rows=moved_rows,
         )
     except psycopg2.ProgrammingError as exc:
         raise Failure(Exit.BAD_DSN, _one_line(exc)) from None
@@ -526,8 +611,22 @@ def _connect(
         raise Failure(Exit.UNREACHABLE, _one_line(exc)) from None
 
 
-def _load_placement(path: str | None, shards: int) -> Placement | None:
-    """The placement in ``--placement FILE``, checked against the number of shards; None without one."""
+def _load_placement(args: argparse.Namespace, shards: int) -> Placement | None:
+    """The placement of ``--placement FILE`` or ``--replicated TABLE``, checked against the number of
+    shards (as ``connect(placement=...)`` or ``connect(replicated_tables=...)``); None without either."""
+    path: str | None = args.placement
+    copies = list(dict.fromkeys([*args.global_replicated, *args.replicated]))
+    if path is not None and copies:
+        raise Failure(
+            Exit.USAGE,
+            "give --placement FILE or --replicated TABLE, not both "
+            "(name the copies in the file: copied = [...])",
+        )
+    if copies:
+        try:
+            return Placement.copies_only(copies)
+        except ValueError as exc:
+            raise Failure(Exit.USAGE, f"--replicated: {exc}") from None
     if path is None:
         return None
     try:
@@ -627,12 +726,13 @@ def run_placement_check(args: argparse.Namespace, secrets: set[str]) -> Exit:
     dsns = read_dsns(args.dsn, args.dsn_file)
     for dsn in dsns:
         secrets |= dsn_secrets(dsn)
-    if args.placement is None:
+    placement = _load_placement(args, len(dsns))
+    if placement is None:
         raise Failure(
             Exit.USAGE,
-            f"placement check needs --placement FILE (`{PROG} placement discover` proposes one)",
+            f"placement check needs --placement FILE or --replicated TABLE "
+            f"(`{PROG} placement discover` proposes a placement)",
         )
-    placement = _load_placement(args.placement, len(dsns))
     pdb = _connect(dsns, args.connect_timeout, args.timeout, placement=placement)
     try:
         report = pdb.check_placement(progress=args.progress)
@@ -764,14 +864,24 @@ def _add_shards(commands: Any) -> None:
         type=Path,
         help=f"where the servers live (default: ${SHARDS_DIR_VARIABLE}, else {default_base_dir()})",
     )
-    up = actions.add_parser("up", parents=[where], help="start the shards and load the sample schema")
-    up.add_argument("--shards", type=_positive, default=3, metavar="N", help="how many (default: 3)")
+    up = actions.add_parser(
+        "up",
+        parents=[where],
+        help="start the shards and load the sample schema (or start again the ones that stopped)",
+        description=(
+            "In a new folder: start the shards and load the sample schema. In a folder whose shards "
+            "are up already: start again, on the same ports, the ones that are not running (their data "
+            "kept), so DSNs printed before stay right."
+        ),
+    )
+    up.add_argument(
+        "--shards", type=_positive, metavar="N", help=f"how many (default: {SHARDS}; new folders only)"
+    )
     up.add_argument(
         "--orders",
         type=_positive,
-        default=100_000,
         metavar="N",
-        help="sample orders, spread over the shards by customer_id (default: 100000)",
+        help=f"sample orders, spread over the shards by customer_id (default: {ORDERS}; new folders only)",
     )
     up.set_defaults(command=run_shards_up)
     dsns = actions.add_parser("dsns", parents=[where], help="print the shards' DSNs, one per line")
@@ -785,33 +895,72 @@ def _add_shards(commands: Any) -> None:
     down.set_defaults(command=run_shards_down)
 
 
+SHARDS = 3
+ORDERS = 100_000
+"""``shards up``'s defaults: shards, and sample orders spread over them."""
+
+
 def run_shards_up(args: argparse.Namespace, secrets: set[str]) -> Exit:
     """``parallel-connection shards up``: start the servers, load the sample, print the DSNs."""
     from .sample import load_sample
 
     base = args.dir or default_base_dir()
     if (base / "cluster.json").exists():
-        raise Failure(Exit.LOCAL_SHARDS, f"shards are already up in {base}; run `{PROG} shards down` first")
+        return _restart_shards(args, base)
     if base.exists() and any(base.iterdir()):
         raise Failure(Exit.LOCAL_SHARDS, f"{base} is not empty: choose another --dir")
-    cluster = LocalCluster(args.shards, base_dir=base)
-    _say(f"starting {args.shards} shards in {base} ...")
+    shards, orders = args.shards or SHARDS, args.orders or ORDERS
+    cluster = LocalCluster(shards, base_dir=base)
+    _say(f"starting {shards} shards in {base} ...")
     try:
         cluster.start()
-        _say(f"loading the sample schema ({args.orders} orders) ...")
-        load_sample(cluster.shard_dsns, orders=args.orders)
+        _say(f"loading the sample schema ({orders} orders) ...")
+        load_sample(cluster.shard_dsns, orders=orders)
     except BaseException as exc:
         cluster.remove()
         if isinstance(exc, (RuntimeError, OSError, psycopg2.Error)):
             raise Failure(Exit.LOCAL_SHARDS, _one_line(exc)) from None
         raise
+    _ready(args, cluster)
+    return Exit.OK
+
+
+def _restart_shards(args: argparse.Namespace, base: Path) -> Exit:
+    """``shards up`` in a folder that has shards: each shard's state; the stopped ones started again."""
+    cluster = _attach(base)
+    assert cluster is not None
+    again = f"`{PROG} shards down{_dir_option(args)}` first to start afresh"
+    if args.shards is not None and args.shards != cluster.n_shards:
+        raise Failure(
+            Exit.LOCAL_SHARDS, f"{base} holds {cluster.n_shards} shards, not {args.shards}: {again}"
+        )
+    if args.orders is not None:
+        raise Failure(Exit.LOCAL_SHARDS, f"the shards in {base} have their sample loaded already: {again}")
+    states = cluster.states()
+    try:
+        started = cluster.start_stopped()
+    except (RuntimeError, OSError) as exc:
+        raise Failure(Exit.LOCAL_SHARDS, f"{_one_line(exc)} ({again}, on new ports)") from None
+    for server, was_up in zip(cluster.servers, states, strict=True):
+        where = f"{server.name} on {server.host}:{server.port}"
+        _say(f"{where}: running" if was_up else f"{where}: was not running, started again")
+    if not started:
+        _say(f"shards are already up in {base}")
+    _ready(args, cluster)
+    return Exit.OK
+
+
+def _ready(args: argparse.Namespace, cluster: LocalCluster) -> None:
     _print_lines(cluster.shard_dsns)
-    where = f" --dir {shlex.quote(str(args.dir))}" if args.dir else ""
+    where = _dir_option(args)
     _say(
         f'ready: export {DSNS_VARIABLE}="$({PROG} shards dsns{where})"; '
         f"stop them with `{PROG} shards down{where}`"
     )
-    return Exit.OK
+
+
+def _dir_option(args: argparse.Namespace) -> str:
+    return f" --dir {shlex.quote(str(args.dir))}" if args.dir else ""
 
 
 def run_shards_dsns(args: argparse.Namespace, secrets: set[str]) -> Exit:
@@ -819,10 +968,17 @@ def run_shards_dsns(args: argparse.Namespace, secrets: set[str]) -> Exit:
     cluster = _attach(args.dir)
     if cluster is None:
         raise Failure(Exit.LOCAL_SHARDS, f"no shards are up in {args.dir or default_base_dir()}")
-    if not cluster.running():
+    states = cluster.states()
+    if not all(states):
+        down = [
+            f"{s.name} ({s.host}:{s.port})" for s, up in zip(cluster.servers, states, strict=True) if not up
+        ]
+        verb = "is" if len(down) == 1 else "are"
         raise Failure(
             Exit.LOCAL_SHARDS,
-            f"the shards in {cluster.base_dir} are not running: `{PROG} shards down`, then `shards up`",
+            f"{', '.join(down)} {verb} not running ({sum(states)} of {len(states)} are): "
+            f"`{PROG} shards up{_dir_option(args)}` starts {'it' if len(down) == 1 else 'them'} again "
+            "on the same port",
         )
     if args.export:
         _print_lines([f"export {DSNS_VARIABLE}={shlex.quote(chr(10).join(cluster.shard_dsns))}"])
@@ -842,7 +998,9 @@ def run_shards_down(args: argparse.Namespace, secrets: set[str]) -> Exit:
         cluster.remove()
     except (RuntimeError, OSError) as exc:
         raise Failure(Exit.LOCAL_SHARDS, _one_line(exc)) from None
-    _say(f"stopped {cluster.n_shards} shards and removed their data from {base}")
+    servers = len(cluster.servers)
+    what = f"{servers} shards" if servers == cluster.n_shards else f"{servers} servers"
+    _say(f"stopped {what} and removed their data from {base}")
     return Exit.OK
 
 
@@ -880,9 +1038,56 @@ def _print_lines(lines: Iterable[str]) -> None:
 
 
 def _say(message: str, secrets: Iterable[str] = ()) -> None:
-    """One line on stderr, without any password."""
-    line = " ".join(redact(message, secrets).split())
+    """One line on stderr, in the command line's words, without any password."""
+    line = " ".join(cli_words(redact(message, secrets)).split())
     print(f"{PROG}: {line}", file=sys.stderr, flush=True)
+
+
+def _toml_table(match: re.Match[str]) -> str:
+    name = match.group("name")
+    key = name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'"{name}"'
+    return f'[sharded.{key}] with key = "COLUMN" in a --placement FILE'
+
+
+_CLI_WORDS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
+    (re.compile(r'cursor\(merge="union"\)'), "--union"),
+    (
+        re.compile(
+            r"\(on each shard's own connection, pdb\.connections\[i\], a write touches that shard only\)"
+        ),
+        "(given only one shard's --dsn, a write touches that shard only)",
+    ),
+    (
+        re.compile(r"(?:the shard's own|one shard's) connection(?: \(pdb\.connections\[i\]\))?"),
+        "one shard alone (give only its --dsn)",
+    ),
+    (re.compile(r"Placement\(sharded=\{'(?P<name>[^']+)': (?:'key_column'|key)\}\)"), _toml_table),
+    (
+        re.compile(
+            r"declare it in Placement\(sharded=\{\.\.\.\}\) or Placement\(copied=\[\.\.\.\]\) "
+            r'\(or unknown="sharded" to read'
+        ),
+        "declare it in the --placement FILE (a [sharded.NAME] table with its key, or in copied = [...]) "
+        '(or unknown = "sharded" there to read',
+    ),
+    (re.compile(r"connect\(\.\.\., moved_rows=N\) or pdb\.moved_rows = N"), "--moved-rows N"),
+    (
+        re.compile(r"can't execute COPY TO: use the copy_to\(\) method instead \(or copy_expert\(\)\)"),
+        "query does not run COPY ... TO STDOUT: SELECT the rows instead (--format csv writes CSV)",
+    ),
+    (
+        re.compile(r"can't execute COPY FROM: use the copy_from\(\) method instead \(or copy_expert\(\)\)"),
+        "query does not run COPY ... FROM STDIN: load the rows with INSERT instead",
+    ),
+)
+"""Python-worded hints of the library (and psycopg2) and how the command line says them."""
+
+
+def cli_words(message: str) -> str:
+    """``message`` with the library's Python-worded hints said as this command line's options."""
+    for pattern, words in _CLI_WORDS:
+        message = pattern.sub(words, message)
+    return message
 
 
 def _env_secrets() -> set[str]:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
+import shlex
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -82,10 +85,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, interrupt)
-    cluster = LocalCluster(args.shards, reference=True)
-    ok = False
+    # A folder of our own, named before any server starts: after a kill -9 the user can stop them.
+    cluster = LocalCluster(
+        args.shards, reference=True, base_dir=tempfile.mkdtemp(prefix="parallel_connection_")
+    )
+    ok = closed = False
     try:
         ok = _run(cluster, args.orders)
+    except BrokenPipeError:  # stdout closed early (| head)
+        closed = True
     except Exception as exc:
         if not interrupted.is_set():  # else an error from unwinding the interrupt (a cancelled statement)
             print(f"\ndemo FAILED: {type(exc).__name__}: {exc}", flush=True)
@@ -95,7 +103,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)  # cleanup must finish
-        _step("stopping the servers", cluster.stop)
+        try:
+            _step("stopping the servers", cluster.remove)
+        except OSError:  # nowhere to say it: the servers still stop
+            closed = True
+            cluster.remove()
+        if closed:
+            with contextlib.suppress(OSError, ValueError):  # no complaint from the flush at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if closed:
+        return 141
     if interrupted.is_set():
         print("interrupted")
         return 130
@@ -105,7 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(cluster: LocalCluster, orders: int) -> bool:
     print(f"parallel_connection demo: {cluster.n_shards} throwaway PostgreSQL shards, plus a reference")
-    print("server holding every row in one database to check the answers against.\n")
+    print("server holding every row in one database to check the answers against.")
+    print(f"servers in {cluster.base_dir} (if the demo is killed with kill -9, stop them with")
+    print(f"`parallel-connection shards down --dir {shlex.quote(str(cluster.base_dir))}`)\n")
     _step(f"starting {cluster.n_shards + 1} servers", cluster.start, background=False)
     assert cluster.reference_dsn is not None
     _step(

@@ -26,7 +26,14 @@ import psycopg2
 import psycopg2.extensions
 from psycopg2 import sql
 
-__all__ = ["SHARDS_DIR_VARIABLE", "LocalCluster", "LocalServer", "default_base_dir", "find_bindir"]
+__all__ = [
+    "SHARDS_DIR_VARIABLE",
+    "LocalCluster",
+    "LocalServer",
+    "default_base_dir",
+    "find_bindir",
+    "port_is_free",
+]
 
 SHARDS_DIR_VARIABLE = "PARALLEL_CONNECTION_SHARDS_DIR"
 """The environment variable naming the folder ``parallel-connection shards`` uses by default."""
@@ -99,6 +106,17 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``host:port`` now (bound as PostgreSQL binds: SO_REUSEADDR)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 @dataclass
@@ -181,9 +199,10 @@ class LocalCluster:
             for server in self.servers:
                 self._run_as_owner(["cp", "-a", str(template), server.datadir])
             self._run_as_owner(["rm", "-rf", str(template)])
+            # Saved before they start: a process killed while they start leaves servers attach() finds.
+            self._save_state()
             with ThreadPoolExecutor(len(self.servers)) as pool:
                 list(pool.map(self._start_server, self.servers))
-            self._save_state()
         except BaseException:
             self.stop()
             raise
@@ -213,13 +232,39 @@ class LocalCluster:
 
     def running(self) -> bool:
         """True when every server is running (``pg_ctl status``)."""
+        return bool(self.servers) and all(self.states())
+
+    def states(self) -> list[bool]:
+        """Whether each server is running, as ``pg_ctl status`` says (a stale ``postmaster.pid``,
+        left by a server that was killed, names no live process: not running)."""
         if self._bindir is None:
             self._bindir = find_bindir()
         status = [str(self._bindir / "pg_ctl"), "status", "-D"]
-        return bool(self.servers) and all(
+        return [
             subprocess.run(self._as_owner([*status, s.datadir]), capture_output=True).returncode == 0
             for s in self.servers
-        )
+        ]
+
+    def start_stopped(self) -> list[int]:
+        """Start again, on its own port, each server that is not running; return their indexes.
+
+        PostgreSQL itself sees to a stale ``postmaster.pid`` (and recovers the
+        data of a server that was killed). Raises RuntimeError naming the
+        server when its folder is gone or another process holds its port.
+        """
+        stopped = [i for i, up in enumerate(self.states()) if not up]
+        for i in stopped:
+            server = self.servers[i]
+            if not Path(server.datadir, "PG_VERSION").exists():
+                raise RuntimeError(f"{server.name}: its data folder {server.datadir} is gone")
+            if not port_is_free(server.port, server.host):
+                raise RuntimeError(
+                    f"{server.name} cannot start again on its port {server.port}: another process "
+                    f"listens on {server.host}:{server.port}"
+                )
+        for i in stopped:
+            self.start_server(i)
+        return stopped
 
     def stop_server(self, index: int, mode: str = "immediate") -> None:
         """Stop one server (for fault tests); ``start_server`` brings it back."""
@@ -302,9 +347,13 @@ class LocalCluster:
 
     def _start_server(self, server: LocalServer, create_db: bool = True) -> None:
         log = Path(server.datadir) / "server.log"
-        self._pg_ctl(
-            ["start", "-w", "-t", "60", "-D", server.datadir, "-l", str(log), "-o", f"-p {server.port}"]
-        )
+        try:
+            self._pg_ctl(
+                ["start", "-w", "-t", "60", "-D", server.datadir, "-l", str(log), "-o", f"-p {server.port}"]
+            )
+        except RuntimeError as exc:
+            said = " ".join(str(exc).split())  # pg_ctl's lines, as one
+            raise RuntimeError(f"{server.name} (port {server.port}): {said}{_last_error(log)}") from None
         if create_db and server.dbname != "postgres":
             self._psql(server, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(server.dbname)))
         self._psql(
@@ -336,3 +385,16 @@ class LocalCluster:
         if Path(server.datadir, "postmaster.pid").exists():
             with contextlib.suppress(RuntimeError):
                 self._pg_ctl(["stop", "-m", "immediate", "-w", "-D", server.datadir])
+
+
+def _last_error(log: Path) -> str:
+    """The server log's last FATAL or ERROR line, as ``; log: ...`` (or nothing)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        for level in ("FATAL:", "PANIC:", "ERROR:"):
+            if level in line:
+                return f"; log: {line[line.index(level) :].strip()}"
+    return ""

@@ -21,6 +21,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from .commit import TABLE as DECISIONS_TABLE
+from .display import html_table, short
 from .placement import (
     Custom,
     Hash,
@@ -46,6 +47,12 @@ __all__ = [
 
 T = TypeVar("T")
 ProgressOption = bool | Callable[["CheckProgress"], None] | None
+
+SHOWN_TABLES = 20
+"""Tables a report's HTML lists (those with problems first)."""
+SHOWN_PROBLEMS = 3
+SHOWN_SHARDS = 8
+_CHECK_HEADER = ("table", "kind", "rule", "status", "rows per shard", "problems")
 
 ITERSIZE = 10_000
 """Keys fetched per round trip when a shard function runs in Python."""
@@ -238,6 +245,25 @@ class TableCheck:
     def _where(self, index: int) -> str:
         return self.shards[index].where if 0 <= index < len(self.shards) else f"shard {index}"
 
+    def _row(self) -> tuple[str, ...]:
+        problems = self.problems()
+        shown = "; ".join(short(p) for p in problems[:SHOWN_PROBLEMS])
+        if len(problems) > SHOWN_PROBLEMS:
+            shown += f"; ... and {len(problems) - SHOWN_PROBLEMS} more"
+        counts = self.counts
+        rows = " + ".join("-" if c is None else str(c) for c in counts[:SHOWN_SHARDS])
+        if len(counts) > SHOWN_SHARDS:
+            rows += f" + ... ({len(counts) - SHOWN_SHARDS} more shards)"
+        return (self.table, self.kind, self.rule or "", "ok" if not problems else "problems", rows, shown)
+
+    def __repr__(self) -> str:
+        problems = self.problems()
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        return f"TableCheck({short(self.describe())}{more})"
+
+    def _repr_html_(self) -> str:
+        return html_table(f"TableCheck: {self.table}", _CHECK_HEADER, [self._row()])
+
     def describe(self) -> str:
         """One line: ``orders: ok, sharded by modulo(customer_id), 3000 rows`` or the first problem."""
         problems = self.problems()
@@ -292,6 +318,17 @@ class PlacementReport:
 
     def __repr__(self) -> str:
         return f"PlacementReport(ok={self.ok}, tables={len(self.tables)}, problems={len(self.problems())})"
+
+    def _repr_html_(self) -> str:
+        # Tables with problems first: they are what a reader looks for.
+        ordered = sorted(self.tables, key=lambda t: t.ok)
+        left = len(ordered) - SHOWN_TABLES
+        return html_table(
+            self.headline(),
+            _CHECK_HEADER,
+            [t._row() for t in ordered[:SHOWN_TABLES]],
+            more=f"... and {left} more tables (report.lines() lists them all)" if left > 0 else None,
+        )
 
 
 def _rows(count: int) -> str:

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -23,7 +24,7 @@ from typing import Any
 import psycopg2
 import pytest
 from cli_runner import MODULE, SCRIPT, Ran, cli_env, run, run_on_terminal
-from conftest import run_on_all
+from conftest import port_of, run_on_all
 
 import parallel_connection
 from parallel_connection import cli
@@ -168,6 +169,44 @@ def test_a_statement_without_rows_reports_its_status_on_stderr(sample):
     assert (ran.returncode, ran.stdout, ran.stderr) == (0, "", "CREATE TABLE\n")
 
 
+# -- where rows live -------------------------------------------------------------------
+
+
+def test_replicated_tables_are_read_once_as_one_database_would(sample, ref):
+    sql = "SELECT count(*) AS n FROM customers"
+    _, expected = direct(ref, sql)
+    undeclared = run(["query", sql, "--no-header"], dsns=sample.shard_dsns)
+    assert undeclared.returncode == 0, undeclared.stderr
+    assert undeclared.stdout == f"{3 * expected[0][0]}\n"  # read as sharded: each copy counted
+    for args in (["query", "--replicated", "customers"], ["--replicated", "customers", "query"]):
+        ran = run([*args, sql, "--no-header"], dsns=sample.shard_dsns)
+        assert ran.returncode == 0, ran.stderr
+        assert ran.stdout == f"{expected[0][0]}\n"
+    join = "SELECT count(*) AS n FROM orders o JOIN customers c ON c.id = o.customer_id"
+    twice = ["--replicated", "customers", "--replicated", "customers"]
+    ran = run(["query", *twice, join, "--no-header"], dsns=sample.shard_dsns)
+    assert ran.stdout == f"{direct(ref, join)[1][0][0]}\n", ran.stderr
+
+
+def test_placement_check_takes_replicated_tables(sample):
+    ran = run(["placement", "check", "--replicated", "customers"], dsns=sample.shard_dsns)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == "customers: ok, copied, 5000 rows on every shard\n"
+    assert "placement check: 1 table on 3 shards, all ok" in ran.stderr
+
+
+def test_replicated_and_placement_are_usage_errors_where_they_do_not_fit(sample, tmp_path):
+    placement = tmp_path / "placement.toml"
+    placement.write_text('copied = ["customers"]\n')
+    both = ["query", "--placement", str(placement), "--replicated", "customers", "SELECT 1"]
+    assert_fails(run(both, dsns=sample.shard_dsns), 2, "--placement FILE or --replicated TABLE, not both")
+    bad = run(["scan", "--replicated", "no such", "orders", "id", "SELECT 1"], dsns=sample.shard_dsns)
+    assert_fails(bad, 2, "--replicated: not a valid name")
+    assert_fails(
+        run(["--replicated", "customers", "recover"], dsns=sample.shard_dsns), 2, "--replicated is for"
+    )
+
+
 # -- where the shards come from ---------------------------------------------------
 
 
@@ -267,7 +306,7 @@ def test_unsupported_merge_exits_6(monkeypatch, capsys):
     assert code == 6 and out == ""
     assert err == (
         "parallel-connection: not supported across shards: window functions cannot be merged "
-        'across shards; use cursor(merge="union")\n'
+        "across shards; use --union\n"
     )
 
 
@@ -275,6 +314,59 @@ def test_unsupported_merge_exits_6_end_to_end(sample):
     # Each shard would draw its own random values: refused, whatever the coordinator can finish.
     ran = run(["query", "SELECT id, random() FROM orders ORDER BY id"], dsns=sample.shard_dsns)
     assert_fails(ran, 6, "not supported across shards", "random()")
+
+
+PYTHON_WORDS = ("cursor(", "merge=", "Placement(", "pdb.", "connect(", "moved_rows", "copy_", "()")
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "code", "words"),
+    [
+        (["SELECT id, random() FROM orders ORDER BY id"], None, 6, ["random()", "run it with --union"]),
+        (
+            ["WITH gone AS (DELETE FROM orders WHERE false RETURNING id) SELECT * FROM gone"],
+            None,
+            6,
+            ["data-modifying WITH", "run it on one shard alone (give only its --dsn)"],
+        ),
+        (
+            ["DO $$ BEGIN END $$"],
+            None,
+            6,
+            [
+                "or on every shard with --union",
+                "given only one shard's --dsn, a write touches that shard only",
+            ],
+        ),
+        (
+            ["--replicated", "customers", "INSERT INTO orders (id, customer_id) VALUES (999999, 1)"],
+            None,
+            6,
+            ['declare its shard key ([sharded.orders] with key = "COLUMN" in a --placement FILE)', "--union"],
+        ),
+        (
+            ["--moved-rows", "100", "SELECT id, rank() OVER (ORDER BY amount) FROM orders"],
+            None,
+            6,
+            ["moves more than 100 rows", "raise the bound with --moved-rows N"],
+        ),
+        (["COPY orders TO STDOUT"], None, 5, ["query does not run COPY ... TO STDOUT: SELECT the rows"]),
+        (["COPY orders FROM STDIN"], "1\t2\n", 5, ["query does not run COPY ... FROM STDIN"]),
+    ],
+    ids=["union", "one-shard", "write-one-shard", "placement-key", "moved-rows", "copy-to", "copy-from"],
+)
+def test_refusal_hints_speak_the_command_lines_options(sample, args, stdin, code, words):
+    line = assert_fails(run(["query", *args], dsns=sample.shard_dsns, stdin=stdin), code, *words)
+    assert not [word for word in PYTHON_WORDS if word in line.replace("random()", "")], line
+
+
+def test_an_undeclared_table_hint_names_the_placement_file(sample, tmp_path):
+    placement = tmp_path / "placement.toml"
+    placement.write_text('unknown = "refuse"\ncopied = ["customers"]\n')
+    ran = run(["query", "--placement", str(placement), "SELECT count(*) FROM orders"], dsns=sample.shard_dsns)
+    line = assert_fails(ran, 6, "public.orders is not in the placement", "declare it in the --placement FILE")
+    assert 'unknown = "sharded" there' in line
+    assert not [word for word in PYTHON_WORDS if word in line], line
 
 
 def test_statement_timeout_exits_7_naming_the_shard(sample):
@@ -398,10 +490,12 @@ def test_shards_up_dsns_down(server_dir):
         assert {s for s, _ in rows} == {"0", "1"}
 
         again = run(["shards", "up", *where], env=cli_env())
-        assert_fails(again, 8, "already up", str(folder))
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.splitlines() == dsns
+        assert f"shards are already up in {folder}" in again.stderr
 
         LocalCluster.attach(folder).stop_server(1)
-        assert_fails(run(["shards", "dsns", *where], env=cli_env()), 8, "not running")
+        assert_fails(run(["shards", "dsns", *where], env=cli_env()), 8, "shard1 (127.0.0.1:", "not running")
     finally:
         down = run(["shards", "down", *where], env=cli_env())
     assert down.returncode == 0, down.stderr
@@ -409,6 +503,58 @@ def test_shards_up_dsns_down(server_dir):
     assert_fails(run(["query", "SELECT 1"], dsns=dsns), 4, "cannot connect")
     assert_fails(run(["shards", "dsns", *where], env=cli_env()), 8, "no shards are up")
     assert run(["shards", "down", *where], env=cli_env()).returncode == 0
+
+
+def kill_postmaster(folder: Path, name: str) -> None:
+    """``kill -9`` a server's postmaster (its postmaster.pid stays behind) and wait until it is gone."""
+    pid = int((folder / name / "postmaster.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, "the killed postmaster did not go away"
+        time.sleep(0.05)
+
+
+def test_shards_up_starts_a_killed_shard_again_on_its_port(server_dir):
+    folder = server_dir / "shards"
+    where = ["--dir", str(folder)]
+    up = run(["shards", "up", "--shards", "2", "--orders", "50", *where], env=cli_env())
+    try:
+        assert up.returncode == 0, up.stderr
+        dsns = up.stdout.splitlines()
+        run_on_all(dsns, "CREATE TABLE kept (x int)")
+        run_on_all(dsns, "CHECKPOINT")  # synchronous_commit is off: a killed server loses its last commits
+        kill_postmaster(folder, "shard1")
+        assert (folder / "shard1" / "postmaster.pid").exists()  # stale: PostgreSQL sees to it
+        port = port_of(dsns[1])
+        dead = run(["shards", "dsns", *where], env=cli_env())
+        assert_fails(dead, 8, f"shard1 (127.0.0.1:{port}) is not running (1 of 2 are)", "shards up")
+
+        again = run(["shards", "up", *where], env=cli_env())
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.splitlines() == dsns  # the same ports: exported DSNs stay right
+        assert re.search(r"shard0 on 127\.0\.0\.1:\d+: running$", again.stderr, re.M)
+        assert f"shard1 on 127.0.0.1:{port}: was not running, started again" in again.stderr
+        assert "already up" not in again.stderr
+        ids = run(["query", "SELECT count(*) FROM orders", "--no-header"], dsns=dsns)
+        assert ids.stdout == "50\n", ids.stderr  # the data kept
+        run_on_all(dsns, "SELECT * FROM kept")
+        assert run(["shards", "dsns", *where], env=cli_env()).stdout.splitlines() == dsns
+
+        LocalCluster.attach(folder).stop_server(1)
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            taken = run(["shards", "up", *where], env=cli_env())
+            assert_fails(taken, 8, f"shard1 cannot start again on its port {port}", "shards down")
+        assert run(["shards", "up", *where], env=cli_env()).stdout.splitlines() == dsns
+        changed = run(["shards", "up", "--shards", "3", *where], env=cli_env())
+        assert_fails(changed, 8, f"{folder} holds 2 shards, not 3", "shards down")
+    finally:
+        down = run(["shards", "down", *where], env=cli_env())
+    assert down.returncode == 0, down.stderr
+    assert not folder.exists()
 
 
 def test_shards_up_refuses_a_folder_that_is_not_its_own(tmp_path):
@@ -581,6 +727,37 @@ def test_scan_failed_ranges_exit_9_and_the_checkpoint_reruns_only_them(sample, r
         assert row[:3] == reference_totals(ref) and row[3] == total
     finally:
         run_on_all(sample.shard_dsns, "DROP TABLE IF EXISTS cli_scan_block")
+
+
+def test_scan_checks_the_works_columns_on_the_first_range_before_running_the_rest(sample, tmp_path):
+    checkpoint = tmp_path / "scan.jsonl"
+    work = "SELECT status, count(*) AS n FROM orders WHERE id BETWEEN %(start)s AND %(end)s GROUP BY status"
+    args = ["scan", "orders", "id", work, "--rows-per-range", "50", "--checkpoint", str(checkpoint)]
+    line = assert_fails(run(args, dsns=sample.shard_dsns), 2, "'status' holds str values", "--each")
+    assert re.search(
+        r"checked on the first range \(shard \d \(127\.0\.0\.1:\d+/postgres\) ids \d+-\d+\)", line
+    )
+    assert len(checkpoint.read_text().splitlines()) <= 1  # not the other 60 ranges
+    clash = ["scan", "orders", "id", work.replace("status,", "status AS shard,"), "--each"]
+    assert_fails(run(clash, dsns=sample.shard_dsns), 2, "clash with the range columns", "first range")
+
+
+def test_scan_whose_first_ranges_all_fail_alike_stops_and_says_so_once(sample):
+    work = "SELECT nope FROM orders WHERE id BETWEEN %(start)s AND %(end)s"
+    ran = run(["scan", "orders", "id", work, "--rows-per-range", "2"], dsns=sample.shard_dsns)
+    assert ran.returncode == 9, ran
+    assert ran.stdout == "" and "Traceback" not in ran.stderr
+    summary, line = ran.stderr.splitlines()  # not a line per range: 1,500 of them
+    match = SCAN_SUMMARY.fullmatch(summary)
+    assert match, summary
+    total, _, _, failed, not_run = match.groups()
+    assert int(total) >= 1500 and int(failed) + int(not_run) == int(total) and int(not_run) > 1400
+    assert re.fullmatch(
+        rf"parallel-connection: ranges failed: {failed} ranges failed with the same error, {not_run} "
+        r"ranges not run \(the scan stopped early: its first ranges all failed\): "
+        r'shard \d \(127\.0\.0\.1:\d+/postgres\) ids \d+-\d+: column "nope" does not exist',
+        line,
+    ), line
 
 
 def test_scan_interrupted_exits_130_keeping_finished_ranges_in_the_checkpoint(sample, ref, tmp_path):

@@ -171,3 +171,63 @@ def test_demo_interrupted_stops_its_servers(folder, signum, after):
     assert "Traceback" not in err
     assert servers_under(folder) == []
     assert list(folder.iterdir()) == []
+
+
+def start_demo(folder: Path, until: str, orders: int) -> tuple[subprocess.Popen[str], list[str]]:
+    """The demo running, its stdout read up to the line starting with ``until``."""
+    proc = subprocess.Popen(
+        [*DEMO, "--orders", str(orders)],
+        env=demo_env(folder),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(until):
+            return proc, seen
+    proc.wait(30)
+    assert proc.stderr is not None
+    pytest.fail(f"the demo never printed {until!r}:\n{''.join(seen)}\n{proc.stderr.read()}")
+
+
+def test_demo_names_its_folder_first_so_shards_down_stops_it_after_kill_9(folder):
+    proc, seen = start_demo(folder, "starting 4 servers ... done", 300_000)
+    try:
+        proc.kill()  # kill -9: no cleanup
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    named = re.search(r"^servers in (\S+) ", "".join(seen[:4]), re.M)
+    assert named, seen
+    servers = Path(named.group(1))
+    assert servers.parent == folder
+    assert f"`parallel-connection shards down --dir {servers}`" in "".join(seen)
+    assert len(servers_under(servers)) >= 4  # left running
+    down = subprocess.run(
+        [sys.executable, "-m", "parallel_connection", "shards", "down", "--dir", str(servers)],
+        env=demo_env(folder),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert down.returncode == 0, down.stderr
+    assert "stopped 4 servers" in down.stderr
+    assert servers_under(folder) == []
+    assert list(folder.iterdir()) == []
+
+
+def test_demo_whose_stdout_is_closed_early_still_stops_its_servers(folder):
+    proc, _ = start_demo(folder, "starting 4 servers ... done", 20_000)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # as `| head` does
+        err = proc.stderr.read()
+        assert proc.wait(60) == 141, err
+    finally:
+        proc.kill()
+    assert "Traceback" not in err
+    assert servers_under(folder) == []
+    assert list(folder.iterdir()) == []

@@ -53,10 +53,19 @@ def scan_ranges(
     executor: Executor | None = None,
     smoke_test: bool = False,
     pool_timeout: float = DEFAULT_TIMEOUT,
+    stop_early: bool = True,
+    check_first: Callable[[RangeResult], None] | None = None,
 ) -> ScanReport:
     """Split ``table.id_column`` into ranges on every shard and run ``work`` once per range.
 
-    See :meth:`parallel_connection.ParallelConnection.scan_ranges`.
+    See :meth:`parallel_connection.ParallelConnection.scan_ranges`. ``stop_early``
+    (default True): when the first ranges to finish all fail for good with
+    the same error (three, or one per shard, for an error of the statement;
+    three times as many for others), start no more ranges and say so in
+    ``report.stopped_early`` (see :mod:`.early`). ``check_first``: called with
+    the first finished range's result before any other range starts (ranges
+    run one at a time until one succeeds); whatever it raises ends the scan
+    and propagates.
     """
     options = ScanOptions(
         rows_per_range=rows_per_range,
@@ -72,6 +81,8 @@ def scan_ranges(
         executor=executor,
         smoke_test=smoke_test,
         pool_timeout=pool_timeout,
+        stop_early=stop_early,
+        check_first=check_first,
     )
     options.check()
     return Scan(pdb, Target.parse(table, id_column), Work.of(work), options).run()

@@ -8,12 +8,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from ..display import WIDTH, error_line, html_table, short, short_repr
 from ..errors import ShardInfo
 from .spec import IdRange
 
 __all__ = ["RangeFailure", "RangeResult", "ScanIncomplete", "ScanReport"]
 
 SUMMABLE = (numbers.Number, timedelta)
+SHOWN = 5
+"""Ranges a report's repr lists (failed ones first); its HTML table lists twice as many."""
+HEADER = ("shard", "ids", "status", "rows", "attempts", "value or error")
 
 
 class ScanIncomplete(RuntimeError):
@@ -37,6 +41,24 @@ class RangeResult:
     def id_range(self) -> IdRange:
         return IdRange(self.shard, self.start, self.end)
 
+    def _line(self) -> str:
+        done = "resumed" if self.resumed else "finished"
+        return f"{self.id_range}: {done}, {self.rows} rows, value {short_repr(self.value)}"
+
+    def _row(self) -> tuple[Any, ...]:
+        status = "resumed" if self.resumed else "finished"
+        return (self.shard, _ids(self), status, self.rows, self.attempts, short_repr(self.value))
+
+    def __repr__(self) -> str:
+        resumed = ", resumed" if self.resumed else ""
+        return (
+            f"RangeResult({self.id_range}, rows={self.rows}, attempts={self.attempts}{resumed}, "
+            f"value={short_repr(self.value)})"
+        )
+
+    def _repr_html_(self) -> str:
+        return html_table(f"RangeResult: {self.id_range}", HEADER, [self._row()])
+
 
 @dataclass(frozen=True)
 class RangeFailure:
@@ -52,6 +74,22 @@ class RangeFailure:
     def id_range(self) -> IdRange:
         return IdRange(self.shard, self.start, self.end)
 
+    def _error(self) -> str:
+        return short(f"{type(self.error).__name__}: {error_line(self.error)}", 2 * WIDTH)
+
+    def _line(self) -> str:
+        tries = "attempt" if self.attempts == 1 else "attempts"
+        return f"{self.id_range}: failed after {self.attempts} {tries}: {self._error()}"
+
+    def _row(self) -> tuple[Any, ...]:
+        return (self.shard, _ids(self), "failed", "", self.attempts, self._error())
+
+    def __repr__(self) -> str:
+        return f"RangeFailure({self.id_range}, attempts={self.attempts}, error={self._error()})"
+
+    def _repr_html_(self) -> str:
+        return html_table(f"RangeFailure: {self.id_range}", HEADER, [self._row()])
+
 
 @dataclass
 class ScanReport:
@@ -64,12 +102,22 @@ class ScanReport:
     interrupted: bool = False
     smoke_test: bool = False
     elapsed: float = 0.0
+    stopped_early: str | None = None
+    """Why the scan started no more ranges (its first ranges all failed the same way), else None."""
+    not_run: int = 0
+    """Ranges never started (an early stop, Ctrl-C); they are in ``pending``, and ``rerun()`` runs them."""
     _rerun: Callable[[list[IdRange]], ScanReport] | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
         """True when every planned range finished (and this was not just a smoke test)."""
-        return not self.failed and not self.pending and not self.interrupted and not self.smoke_test
+        return (
+            not self.failed
+            and not self.pending
+            and not self.interrupted
+            and not self.smoke_test
+            and self.stopped_early is None
+        )
 
     @property
     def rows(self) -> int:
@@ -128,10 +176,50 @@ class ScanReport:
             parts.append("interrupted")
         if self.smoke_test:
             parts.append("smoke test")
+        if self.stopped_early is not None:
+            parts.append(f"stopped early: {self.stopped_early}")
         return ", ".join(parts)
 
     def __str__(self) -> str:
         return self.summary()
+
+    def _shown(self, count: int) -> tuple[list[RangeResult | RangeFailure | IdRange], int]:
+        """The first ``count`` ranges to show (failed, then not run, then finished) and how many are left."""
+        total = len(self.failed) + len(self.pending) + len(self.results)
+        shown: list[RangeResult | RangeFailure | IdRange] = [*self.failed[:count]]
+        shown += self.pending[: count - len(shown)]
+        shown += self.results[: count - len(shown)]
+        return shown, total - len(shown)
+
+    def __repr__(self) -> str:
+        shown, more = self._shown(SHOWN)
+        lines = [f"ScanReport({short(self.summary(), 3 * WIDTH)}"]
+        lines += [f"  {short(_line(r), 2 * WIDTH)}" for r in shown]
+        if more:
+            lines.append(f"  ... and {more} more ranges")
+        return "\n".join(lines) + ")"
+
+    def _repr_html_(self) -> str:
+        shown, more = self._shown(2 * SHOWN)
+        rows = [
+            r._row() if not isinstance(r, IdRange) else (r.shard, _ids(r), "not run", "", "", "")
+            for r in shown
+        ]
+        return html_table(
+            "ScanReport: " + ("ok" if self.ok else "not ok"),
+            HEADER,
+            rows,
+            notes=[self.summary()],
+            more=f"... and {more} more ranges" if more else None,
+        )
+
+
+def _line(r: RangeResult | RangeFailure | IdRange) -> str:
+    return f"{r}: not run" if isinstance(r, IdRange) else r._line()
+
+
+def _ids(r: RangeResult | RangeFailure | IdRange) -> str:
+    return f"{r.start}..{r.end}"
 
 
 def _order(result: RangeResult) -> tuple[int, int]:

@@ -27,6 +27,7 @@ from ..shards import Connected
 from ..workers import Workers
 from .attempt import Outcome, run_range, run_with_retries
 from .checkpoint import Checkpoint, job_key
+from .early import MIN_SAMPLE, EarlyStop
 from .ledger import Ledger, ledger_of
 from .lender import Lender, in_use_by_a_scan, pool_slots
 from .plan import ShardPlan, check_target, plan_shard
@@ -292,28 +293,50 @@ class Scan:
             if queue.done_with(shard):
                 lender.retire(shard)
 
-        def settle(future: Future[Outcome], r: IdRange) -> None:
+        check = self.options.check_first
+        early = EarlyStop(
+            max(MIN_SAMPLE, queue.shards_with_work()), rule=self.options.stop_early, gate=check is not None
+        )
+        refused: BaseException | None = None
+
+        def settle(future: Future[Outcome], r: IdRange) -> RangeResult | RangeFailure | None:
             queue.finish(r)
             try:
                 outcome = future.result()
             except Exception as exc:
                 outcome = Outcome(error=exc, attempts=1)
-            self._record(outcome, r, report, checkpoint, progress, stop.is_set())
+            recorded = self._record(outcome, r, report, checkpoint, progress, stop.is_set())
+            if recorded is not None:
+                failure = recorded if isinstance(recorded, RangeFailure) else None
+                early.settled(failure, outcome.error)
             if queue.done_with(r.shard.index):
                 lender.retire(r.shard.index)  # others may be waiting for its connections
+            return recorded
 
         try:
             while True:
-                while not stop.is_set() and len(running) < self.parallelism:
+                limit = 1 if early.serial else self.parallelism
+                while not stop.is_set() and not early.holding and len(running) < limit:
                     r = queue.take()
                     if r is None:
                         break
                     running[submit(r)] = r
                 if not running:
+                    if early.holding and len(queue):
+                        report.stopped_early = early.reason(len(queue))
                     break
                 done, _ = wait(running, timeout=POLL, return_when=FIRST_COMPLETED)
                 for future in done:
-                    settle(future, running.pop(future))
+                    recorded = settle(future, running.pop(future))
+                    if check is not None and isinstance(recorded, RangeResult):
+                        # Alone: the gate let no other range start (serial until a success).
+                        try:
+                            check(recorded)
+                        except BaseException as exc:
+                            refused = exc
+                        check = None
+                if refused is not None:
+                    break
         except KeyboardInterrupt:
             stop.set()
             report.interrupted = True
@@ -335,9 +358,13 @@ class Scan:
                     report.pending.append(r)
             running.clear()
         finally:
-            report.pending.extend(queue.drain())
+            left = queue.drain()
+            report.not_run = len(left)
+            report.pending.extend(left)
             if pool is not None:
                 pool.shutdown(wait=not report.interrupted, cancel_futures=True)
+        if refused is not None:
+            raise refused  # check_first's own exception, as it raised it
 
     def _local_submitter(
         self, pool: Workers, lender: Lender, snapshots: list[str | None], stop: threading.Event
@@ -389,7 +416,8 @@ class Scan:
         checkpoint: Checkpoint | None,
         progress: Progress,
         stopping: bool,
-    ) -> None:
+    ) -> RangeResult | RangeFailure | None:
+        """Put the range in the report (and the checkpoint); what it became, or None if it is pending."""
         if outcome.ok:
             result = RangeResult(
                 r.shard,
@@ -405,13 +433,16 @@ class Scan:
             if checkpoint is not None:
                 checkpoint.record(r, outcome.value, outcome.rows)
             progress.update(True, outcome.rows)
-        elif outcome.cancelled or (stopping and _was_cancelled(outcome.error)):
+            return result
+        if outcome.cancelled or (stopping and _was_cancelled(outcome.error)):
             report.pending.append(r)
-        else:
-            assert outcome.error is not None
-            error = shard_error(outcome.error, r.shard, self.secrets)
-            report.failed.append(RangeFailure(r.shard, r.start, r.end, error, outcome.attempts))
-            progress.update(False, 0)
+            return None
+        assert outcome.error is not None
+        error = shard_error(outcome.error, r.shard, self.secrets)
+        failure = RangeFailure(r.shard, r.start, r.end, error, outcome.attempts)
+        report.failed.append(failure)
+        progress.update(False, 0)
+        return failure
 
 
 def _export_snapshot(conn: Any) -> str:

@@ -1,4 +1,8 @@
-"""The late-binding queue: whichever slot frees up takes the next range, within per-shard caps."""
+"""The late-binding queue: whichever slot frees up takes the next range, within per-shard caps.
+
+Every shard's first range starts before any shard's second, so the first
+ranges of a scan sample every shard (see :mod:`.early`).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ class RangeQueue:
         self._caps = list(caps)
         self._todo: list[deque[IdRange]] = [deque() for _ in caps]
         self._active = [0] * len(caps)
+        self._started = [0] * len(caps)
         for r in ranges:
             self._todo[r.shard.index].append(r)
 
@@ -25,13 +30,20 @@ class RangeQueue:
         ready = [s for s, todo in enumerate(self._todo) if todo and self._active[s] < self._caps[s]]
         if not ready:
             return None
-        shard = max(ready, key=lambda s: (len(self._todo[s]) / (self._active[s] + 1), -s))
+        shard = max(
+            ready, key=lambda s: (not self._started[s], len(self._todo[s]) / (self._active[s] + 1), -s)
+        )
         self._active[shard] += 1
+        self._started[shard] += 1
         return self._todo[shard].popleft()
 
     def finish(self, id_range: IdRange) -> None:
         """A range of this shard stopped running: its slot is free."""
         self._active[id_range.shard.index] -= 1
+
+    def shards_with_work(self) -> int:
+        """How many shards have ranges waiting."""
+        return sum(1 for todo in self._todo if todo)
 
     def done_with(self, shard: int) -> bool:
         """Whether ``shard`` has no range left to start and none running."""

@@ -193,6 +193,8 @@ class ScanOptions:
     executor: Executor | None = None
     smoke_test: bool = False
     pool_timeout: float = DEFAULT_TIMEOUT
+    stop_early: bool = True
+    check_first: Callable[[Any], None] | None = None
 
     def check(self) -> None:
         """Refuse options that cannot work, before anything runs."""
@@ -212,6 +214,12 @@ class ScanOptions:
             raise TypeError(
                 "checkpoint must be a file path or parallel_connection.InShard(), "
                 f"not {type(self.checkpoint).__name__}"
+            )
+        if not isinstance(self.stop_early, bool):
+            raise ValueError(f"stop_early must be True or False, not {self.stop_early!r}")
+        if self.check_first is not None and not callable(self.check_first):
+            raise TypeError(
+                f"check_first must be a callable(range_result) or None, not {type(self.check_first).__name__}"
             )
         if isinstance(self.where, str):
             # Before any shard is touched; each shard checks the text it runs (params bound) again.
