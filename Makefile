@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test bench soak demo lint venv clean docker-init
+.PHONY: test pythons bench soak demo lint venv clean docker-init
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ test: $(STAMP)
 	$(PY) -m ruff check parallel_connection tests benchmarks
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+# The other classified Pythons (3.10 with the dependency floors, 3.12 with psycopg2 built from
+# source, 3.13), each in a throwaway virtualenv under .venv-pythons/, on a subset of the suite.
+pythons: $(STAMP)
+	$(PY) scripts/pythons.py
 
 soak: $(STAMP)
 	$(PY) -m pytest -m slow
@@ -41,4 +46,4 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-pythons *.egg-info .pytest_cache .hypothesis
