@@ -12,17 +12,18 @@ import contextlib
 import ctypes
 import functools
 import os
+import select
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg2
 import psycopg2._psycopg
 import psycopg2.extensions
 
-__all__ = ["broken", "cancel", "cancel_all", "cancel_quietly", "sever"]
+__all__ = ["broken", "cancel", "cancel_all", "cancel_quietly", "lost", "sever", "suspect"]
 
 
 @functools.cache
@@ -78,6 +79,59 @@ def broken(conn: Any) -> bool:
     return bool(conn.closed) or (
         conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
     )
+
+
+def suspect(conns: Sequence[Any]) -> list[int]:
+    """The indexes of the connections among ``conns`` that are closed or have something to read,
+    found without reading it (one ``select``): safe on connections other threads are using, where
+    something to read is usually their statement's answer; :func:`lost` tells, once they are idle."""
+    found, fds = _descriptors(conns)
+    try:
+        readable = select.select(list(fds), [], [], 0)[0] if fds else []
+    except (OSError, ValueError):
+        readable = list(fds)
+    return sorted(found + [fds[fd] for fd in readable])
+
+
+def _descriptors(conns: Sequence[Any]) -> tuple[list[int], dict[int, int]]:
+    """The indexes of the closed connections, and the socket of each other one (socket -> index)."""
+    found = [i for i, conn in enumerate(conns) if conn.closed]
+    fds = {}
+    for i, conn in enumerate(conns):
+        if not conn.closed:
+            try:
+                fds[conn.fileno()] = i
+            except psycopg2.Error:
+                found.append(i)
+    return found, fds
+
+
+def lost(conns: Sequence[Any]) -> list[int]:
+    """The indexes of the idle connections among ``conns`` that are broken or whose server hung up.
+
+    An idle connection's socket has nothing to read unless the server sent
+    something unasked: a notification, or its goodbye (a FATAL message, then
+    the end of the stream). What arrived is read, as psycopg2 would before its
+    next statement, and a connection that reached the end is closed, so
+    ``closed`` tells. One ``select`` looks at them all. Call it only on
+    connections no other thread is using.
+    """
+    found, fds = _descriptors(conns)
+    try:
+        readable = select.select(list(fds), [], [], 0)[0] if fds else []
+    except (OSError, ValueError):
+        readable = list(fds)
+    for fd in readable:
+        conn = conns[fds[fd]]
+        with contextlib.suppress(psycopg2.Error):
+            # The goodbye comes in two reads: the server's message, then the end of the stream.
+            for _ in range(3):
+                if not select.select([fd], [], [], 0)[0]:
+                    break
+                conn.poll()
+        if conn.closed:
+            found.append(fds[fd])
+    return sorted(found)
 
 
 def cancel_all(conns: Iterable[Any], timeout: float) -> None:

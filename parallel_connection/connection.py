@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
+import psycopg2.extras
 import psycopg2.pool
 
 from . import deadline
 from .cancel import broken
+from .casts import LibraryCursor
 from .commit import GRACE, Resolved
 from .cursor import ParallelCursor
 from .deadline import checked_deadline
-from .errors import NotSupportedError, ShardInfo, dsn_secrets, shard_error
+from .errors import NotSupportedError, ShardInfo, dsn_secrets, redact, shard_error
 from .placement import Placement
 from .pool import WaitingPool
-from .rows import rebuildable
+from .rows import rebuildable, tuple_rows
 from .shards import DEFAULT_MOVED_ROWS, ShardSet
 from .workers import Workers
 
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from .placement_check import PlacementReport
     from .ranges import ScanReport
 
-__all__ = ["ParallelConnection", "connect"]
+__all__ = ["ParallelConnection", "ShardConnectionInfo", "connect"]
 
 MERGE_MODES = ("auto", "union")
 
@@ -82,6 +84,7 @@ class ParallelConnection:
         decision_schema: str = "public",
         moved_rows: int = DEFAULT_MOVED_ROWS,
         statement_deadline: float | None = None,
+        cursor_factory: Any = None,
     ) -> None:
         if isinstance(connections, (str, bytes)) or not connections:
             raise psycopg2.InterfaceError(
@@ -100,15 +103,25 @@ class ParallelConnection:
         self._connect_kwargs = dict(connect_kwargs or {})
         self._closed = False
         self._deadline = checked_deadline(statement_deadline)
-        self.shard_set = ShardSet(
-            self._connections,
-            secrets=set(secrets or ()),
-            max_workers=max_workers,
-            placement=_placement(placement, replicated_tables),
-            two_phase=two_phase,
-            decision_schema=decision_schema,
-        )
-        """The shards behind this connection (for the library's own machinery)."""
+        self._own_factories = [conn.cursor_factory for conn in self._connections]
+        self._logging_pending = any(_log_pending(conn) for conn in self._connections)
+        defaults = [_plain_internally(conn) for conn in self._connections]
+        self._cursor_factory: Any = cursor_factory or defaults[0]
+        try:
+            self.shard_set = ShardSet(
+                self._connections,
+                secrets=set(secrets or ()),
+                max_workers=max_workers,
+                placement=_placement(placement, replicated_tables),
+                two_phase=two_phase,
+                decision_schema=decision_schema,
+            )
+            """The shards behind this connection (for the library's own machinery)."""
+        except BaseException:
+            self._give_back_factories()
+            raise
+        self.shard_set.setups.append(_prepare)
+        self.shard_set.pools = self._pools
         self.moved_rows = moved_rows
         self._shards = self.shard_set.infos
         self._statement_timeout = statement_timeout
@@ -188,11 +201,19 @@ class ParallelConnection:
         limit = checked_deadline(limit)
         if merge not in MERGE_MODES:
             raise psycopg2.ProgrammingError(f"merge must be one of {MERGE_MODES}, not {merge!r}")
-        factory = kwargs.get("cursor_factory") or self._connections[0].cursor_factory
+        if self._logging_pending:
+            raise psycopg2.ProgrammingError(
+                "the shards' LoggingConnection has not been initialized: call pdb.initialize(logobj) first"
+            )
+        factory = kwargs.get("cursor_factory") or self._cursor_factory
         # A merging cursor's shards return tuples; merged rows are rebuilt in the user's row type.
         tuples = merge == "auto" and len(self._connections) > 1 and rebuildable(factory)
-        if tuples:
-            kwargs = {**kwargs, "cursor_factory": psycopg2.extensions.cursor}
+        plain = tuples and not tuple_rows(factory)
+        kwargs = {**kwargs, "cursor_factory": psycopg2.extensions.cursor if plain else factory}
+        if kwargs["cursor_factory"] is None:
+            kwargs["cursor_factory"] = (
+                psycopg2.extensions.cursor
+            )  # not the library's own (see _plain_internally)
         shard_cursors = []
         try:
             for conn in self._connections:
@@ -210,6 +231,40 @@ class ParallelConnection:
             tuples=tuples,
             statement_deadline=limit,
         )
+
+    @property
+    def cursor_factory(self) -> Any:
+        """The cursor class :meth:`cursor` makes by default (None: psycopg2's own), as
+        psycopg2's ``connection.cursor_factory``; ``connect(..., cursor_factory=...)`` sets it."""
+        return self._cursor_factory
+
+    @cursor_factory.setter
+    def cursor_factory(self, factory: Any) -> None:
+        self._cursor_factory = factory
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        """``initialize(logobj, ...)`` on every shard's ``LoggingConnection`` (from
+        ``connect(..., connection_factory=psycopg2.extras.LoggingConnection)``): each shard's
+        statements are then logged as that shard runs them."""
+        self._check_open()
+        missing = [
+            str(s)
+            for s, c in zip(self._shards, self._connections, strict=True)
+            if not hasattr(c, "initialize")
+        ]
+        if missing:
+            raise AttributeError(
+                f"initialize() needs LoggingConnection shards, and {', '.join(missing)} "
+                "is not one (connect with connection_factory=psycopg2.extras.LoggingConnection)"
+            )
+
+        def setup(conn: Any) -> None:
+            conn.initialize(*args, **kwargs)
+
+        for conn in self._connections:
+            setup(conn)
+        self.shard_set.setups.append(setup)
+        self._logging_pending = False
 
     @property
     def moved_rows(self) -> int:
@@ -323,15 +378,11 @@ class ParallelConnection:
 
     @autocommit.setter
     def autocommit(self, value: bool) -> None:
-        self._check_open()
-        with deadline.scope(self._deadline):
-            self.shard_set.run(lambda i: setattr(self._connections[i], "autocommit", value))
+        self._on_every_shard(lambda conn: setattr(conn, "autocommit", value))
 
     def set_session(self, *args: Any, **kwargs: Any) -> None:
         """``set_session`` on every shard (isolation_level, readonly, deferrable, autocommit)."""
-        self._check_open()
-        with deadline.scope(self._deadline):
-            self.shard_set.run(lambda i: self._connections[i].set_session(*args, **kwargs))
+        self._on_every_shard(lambda conn: conn.set_session(*args, **kwargs))
 
     @property
     def isolation_level(self) -> int | None:
@@ -340,9 +391,11 @@ class ParallelConnection:
 
     @isolation_level.setter
     def isolation_level(self, value: int | None) -> None:
-        self._check_open()
-        with deadline.scope(self._deadline):
-            self.shard_set.run(lambda i: setattr(self._connections[i], "isolation_level", value))
+        self._on_every_shard(lambda conn: setattr(conn, "isolation_level", value))
+
+    def set_isolation_level(self, level: int) -> None:
+        """psycopg2's older call: ``ISOLATION_LEVEL_AUTOCOMMIT`` (0) or a level, on every shard."""
+        self._on_every_shard(lambda conn: conn.set_isolation_level(level))
 
     @property
     def readonly(self) -> bool | None:
@@ -351,9 +404,16 @@ class ParallelConnection:
 
     @readonly.setter
     def readonly(self, value: bool | None) -> None:
-        self._check_open()
-        with deadline.scope(self._deadline):
-            self.shard_set.run(lambda i: setattr(self._connections[i], "readonly", value))
+        self._on_every_shard(lambda conn: setattr(conn, "readonly", value))
+
+    @property
+    def deferrable(self) -> bool | None:
+        deferrable: bool | None = self._connections[0].deferrable
+        return deferrable
+
+    @deferrable.setter
+    def deferrable(self, value: bool | None) -> None:
+        self._on_every_shard(lambda conn: setattr(conn, "deferrable", value))
 
     @property
     def encoding(self) -> str:
@@ -361,9 +421,15 @@ class ParallelConnection:
         return encoding
 
     def set_client_encoding(self, encoding: str) -> None:
+        self._on_every_shard(lambda conn: conn.set_client_encoding(encoding))
+
+    def _on_every_shard(self, call: Callable[[Any], object]) -> None:
+        """A session call on every shard connection, the broken ones replaced first (between
+        transactions), under the connection's deadline."""
         self._check_open()
         with deadline.scope(self._deadline):
-            self.shard_set.run(lambda i: self._connections[i].set_client_encoding(encoding))
+            self.shard_set.heal()
+            self.shard_set.run(lambda i: call(self._connections[i]))
 
     @property
     def server_version(self) -> int:
@@ -380,6 +446,27 @@ class ParallelConnection:
         """The least healthy transaction status among the shards."""
         status: int = max(c.get_transaction_status() for c in self._connections)
         return status
+
+    def get_dsn_parameters(self) -> list[dict[str, str]]:
+        """Each shard connection's ``get_dsn_parameters()`` (libpq's, without the password), in
+        shard order."""
+        self._check_open()
+        secrets = self.shard_set.secrets
+        return [
+            {key: redact(value, secrets) for key, value in conn.get_dsn_parameters().items()}
+            for conn in self._connections
+        ]
+
+    @property
+    def dsn(self) -> list[str]:
+        """Each shard connection's ``dsn`` (``password=xxx``, as psycopg2 shows it), in shard order."""
+        return [redact(conn.dsn, self.shard_set.secrets) for conn in self._connections]
+
+    @property
+    def info(self) -> list[ShardConnectionInfo]:
+        """Each shard connection's ``info`` (psycopg2's ``ConnectionInfo``, its ``password`` shown as
+        ``xxx``), in shard order."""
+        return [ShardConnectionInfo(conn.info, self.shard_set.secrets) for conn in self._connections]
 
     # -- lifetime ------------------------------------------------------------
 
@@ -405,6 +492,7 @@ class ParallelConnection:
         finally:
             self._shutdown()
         errors = []
+        self._give_back_factories()
         for shard, conn, pool in zip(self._shards, self._connections, pools, strict=True):
             try:
                 pool.putconn(conn, close=close or broken(conn))
@@ -432,6 +520,7 @@ class ParallelConnection:
                     pool.closeall()
             return
         self._shutdown()
+        self._give_back_factories()
         for conn in self._connections:
             conn.close()
 
@@ -440,16 +529,13 @@ class ParallelConnection:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        """Commit (or roll back on an error); a connection from :func:`connect` is also closed."""
-        try:
-            if not self._closed and not self.closed:
-                if exc_type is None:
-                    self.commit()
-                else:
-                    self.rollback()
-        finally:
-            if self._pools is not None and not self._closed:
-                self.close()
+        """Commit, or roll back when the block raised; the connection stays open, as psycopg2's
+        does since 2.9 (close it with :meth:`close`, or ``contextlib.closing``)."""
+        if not self._closed and not self.closed:
+            if exc_type is None:
+                self.commit()
+            else:
+                self.rollback()
 
     def __repr__(self) -> str:
         shards = ", ".join(str(s) for s in self._shards)
@@ -465,6 +551,12 @@ class ParallelConnection:
     def _check_open(self) -> None:
         if self._closed:
             raise psycopg2.InterfaceError("connection already closed")
+
+    def _give_back_factories(self) -> None:
+        """Each shard connection's own ``cursor_factory`` again (see :func:`_plain_internally`)."""
+        for conn, factory in zip(self._connections, self._own_factories, strict=True):
+            with contextlib.suppress(psycopg2.Error):
+                conn.cursor_factory = factory
 
     def _shutdown(self) -> None:
         self._closed = True
@@ -493,6 +585,67 @@ class ParallelConnection:
                 conn.commit()
 
         self.shard_set.run(apply)
+
+
+class ShardConnectionInfo:
+    """A shard connection's psycopg2 ``ConnectionInfo``, with its password hidden (``xxx``)."""
+
+    def __init__(self, info: Any, secrets: set[str]) -> None:
+        self._info = info
+        self._secrets = secrets
+
+    @property
+    def password(self) -> str | None:
+        return "xxx" if self._info.password else None
+
+    @property
+    def dsn_parameters(self) -> dict[str, str]:
+        return {key: redact(value, self._secrets) for key, value in self._info.dsn_parameters.items()}
+
+    @property
+    def error_message(self) -> str | None:
+        message: str | None = self._info.error_message
+        return redact(message, self._secrets) if message else message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._info, name)
+
+    def __repr__(self) -> str:
+        return f"<ShardConnectionInfo {self._info.host}:{self._info.port}/{self._info.dbname}>"
+
+
+class _Discard:
+    """A log that keeps nothing: what a LoggingConnection logs to until ``pdb.initialize()``."""
+
+    def write(self, text: str) -> None:
+        """Drop ``text``."""
+
+
+def _log_pending(conn: Any) -> bool:
+    """``conn`` is a LoggingConnection whose ``initialize()`` has not been called."""
+    return isinstance(conn, psycopg2.extras.LoggingConnection) and not hasattr(conn, "_logobj")
+
+
+def _plain_internally(conn: Any) -> Any:
+    """Make ``conn.cursor()`` give the library's own queries (catalog reads, commits) its own cursors,
+    whatever the connection's ``cursor_factory``, class or typecasters; the cursor class it gave
+    before (None: psycopg2's own), which stays the user's default."""
+    factory = conn.cursor_factory
+    if factory is LibraryCursor:
+        return None  # prepared already
+    if factory is None and type(conn).cursor is not psycopg2.extensions.connection.cursor:
+        if _log_pending(conn):
+            conn.initialize(_Discard())  # only the user's cursors log, once pdb.initialize() says where
+        probe = conn.cursor()  # what the connection's class makes by default
+        factory = type(probe)
+        probe.close()
+    conn.cursor_factory = LibraryCursor
+    return None if factory is psycopg2.extensions.cursor else factory
+
+
+def _prepare(conn: Any) -> None:
+    """What every shard connection gets before anything else (see :func:`_plain_internally`)."""
+    _plain_internally(conn)
 
 
 def _placement(placement: Placement | None, replicated_tables: Iterable[str]) -> Placement | None:
@@ -551,9 +704,12 @@ def connect(
     """Open one pool per DSN (a ThreadedConnectionPool that waits for a free slot) and a
     ParallelConnection over them.
 
-    ``maxconn`` caps each shard's pool (range jobs borrow from it). Closing
-    the connection, or leaving ``with``, hands everything back and closes
-    the pools. ``statement_timeout`` and ``connect_timeout`` are in seconds.
+    ``maxconn`` caps each shard's pool (range jobs borrow from it).
+    ``close()`` hands everything back and closes the pools; leaving ``with``
+    commits (or rolls back) and keeps the connection open, as psycopg2 does.
+    ``cursor_factory`` is the connection's default for :meth:`ParallelConnection.cursor`;
+    the other ``connect_kwargs`` (``connection_factory`` too) go to every
+    ``psycopg2.connect``. ``statement_timeout`` and ``connect_timeout`` are in seconds.
     ``placement`` says where rows live (a :class:`Placement`);
     ``replicated_tables`` is a shorthand naming only the tables copied whole
     to every shard. A transaction that wrote on several shards commits with
@@ -580,6 +736,8 @@ def connect(
             )
     if not dsns:
         raise psycopg2.InterfaceError("connect needs at least one DSN")
+    # The connection's default, not the shard connections': the library's own queries read tuples.
+    cursor_factory = connect_kwargs.pop("cursor_factory", None)
     if connect_timeout is not None:
         connect_kwargs["connect_timeout"] = max(1, round(connect_timeout))
     secrets = set()
@@ -639,6 +797,7 @@ def connect(
             decision_schema=decision_schema,
             moved_rows=moved_rows,
             statement_deadline=statement_deadline,
+            cursor_factory=cursor_factory,
         )
     except BaseException:
         for pool in pools:

@@ -28,6 +28,7 @@ import psycopg2
 import psycopg2.extensions
 from pglast.stream import maybe_double_quote_name
 
+from .casts import LibraryCursor
 from .errors import NotSupportedError
 from .merge.values import ARRAY_OF, CALENDAR, INTERVAL, JSON, JSONB, TIME, TIMETZ, stand_in
 from .outcome import Outcome, Statement
@@ -128,8 +129,9 @@ def _step_rows(
     ``raw``: nothing is computed on the rows on the way (a table's rows, or each shard's own
     groups), so dates and timestamps come as the server's text too (see ``_RAW_TEXT``).
     """
-    # Plain cursors whatever the connections' cursor_factory: the rows are read by position.
-    readers = [conn.cursor(cursor_factory=psycopg2.extensions.cursor) for conn in shards.connections]
+    # The library's cursors whatever the connections' cursor_factory or the user's typecasters: the
+    # rows are read by position, as psycopg2's own values.
+    readers = [conn.cursor(cursor_factory=LibraryCursor) for conn in shards.connections]
     for reader in readers:
         psycopg2.extensions.register_type(_RAW_TEXT if raw else _PAYLOAD_TEXT, reader)
     outcome: Outcome | None = None
@@ -269,7 +271,7 @@ def _type_names(shards: ShardSet, oids: list[int]) -> dict[int, tuple[str, str]]
 
 
 def _read_types(conn: Any, oids: list[int]) -> list[tuple[int, str, str]]:
-    with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cur:
+    with conn.cursor(cursor_factory=LibraryCursor) as cur:
         cur.execute(
             # The quoted internal name: "bpchar" and "bit" take any length, character and bit one.
             # bpchar unqualified: pglast prints pg_catalog.bpchar as char, which is char(1).

@@ -19,6 +19,7 @@ from . import copy_run, deadline
 from .deadline import checked_deadline
 from .errors import NotSupportedError
 from .executor import execute, execute_many, run_finished
+from .healing import cursor_like
 from .outcome import Outcome, Statement, check_procname, check_query
 from .rows import RowMaker, row_maker
 from .shards import Connected
@@ -116,6 +117,7 @@ class ParallelCursor:
     _description: tuple[Any, ...] | None
     _statusmessage: str | None
     _targets: list[int]
+    _cleanups: list[Callable[[], None]]
 
     def __init__(
         self,
@@ -139,6 +141,7 @@ class ParallelCursor:
         self._itersize = 2000
         self._closed = False
         self._deadline = statement_deadline
+        self._cleanups = []
         self._reset()
 
     # -- DB-API attributes ------------------------------------------------------
@@ -213,13 +216,20 @@ class ParallelCursor:
 
     # -- executing ----------------------------------------------------------------
 
-    def execute(self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None) -> None:
+    def execute(
+        self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None, *, parameters: Any = None
+    ) -> None:
         """Run ``query`` on the shards it needs, at once; its rows are then ready to fetch.
 
         With ``merge="auto"`` the statement is planned first, so the merged
         rows are what one database holding every shard's rows would return.
+        ``parameters`` is another name for ``vars`` (what polars' ``read_database`` passes).
         """
-        self._check_open()
+        if parameters is not None:
+            if vars is not None:
+                raise psycopg2.ProgrammingError("execute() takes vars or parameters, not both")
+            vars = parameters
+        self._check_ready()
         check_query(query, self._cursors[0])
         self._reset()
         statement = Statement(
@@ -231,7 +241,7 @@ class ParallelCursor:
 
     def executemany(self, query: str | bytes | psycopg2.sql.Composable, vars_list: Iterable[Any]) -> None:
         """Run ``query`` once per parameter set, on every shard."""
-        self._check_open()
+        self._check_ready()
         if self._name is not None:
             raise psycopg2.ProgrammingError("executemany cannot be used with a named cursor")
         vars_list = list(vars_list)
@@ -250,7 +260,7 @@ class ParallelCursor:
         What a function reads is not known here, so a merging cursor over several
         shards refuses it: ``execute("SELECT * FROM f(%s)", ...)`` is planned.
         """
-        self._check_open()
+        self._check_ready()
         check_procname(procname, parameters, self._cursors[0])
         if self._merge_mode == "auto" and len(self._cursors) > 1:
             raise NotSupportedError(
@@ -273,7 +283,7 @@ class ParallelCursor:
         copied table's rows to every copy); ``COPY t TO STDOUT`` writes each shard's rows to
         ``file``, one shard after another (a copied table's once).
         """
-        self._check_open()
+        self._check_ready()
         if self._name is not None:
             raise psycopg2.ProgrammingError("copy_expert cannot be used with a named cursor")
         self._reset()
@@ -318,13 +328,16 @@ class ParallelCursor:
         self._statusmessage = outcome.statusmessage
         self._streams = outcome.streams
         self._targets = outcome.targets
+        self._cleanups = outcome.cleanups
         if outcome.description is None or outcome.batches is None:
+            self._clean_up()
             return
         maker = row_maker(self._row_factory, outcome.description) if self._tuples else None
         if not outcome.merged or self._name is not None:
             self._rows = _Rows(outcome.batches, self._cancel_fetches, maker, lambda: self._deadline)
             return
         batches = list(outcome.batches)
+        self._clean_up()
         rows = batches[0] if len(batches) == 1 else [row for batch in batches for row in batch]
         self._rowcount = len(rows)
         self._statusmessage = f"SELECT {len(rows)}"
@@ -408,6 +421,7 @@ class ParallelCursor:
         self._closed = True
         for stream in self._streams:
             stream.close()
+        self._clean_up()
         if self._connection.closed:
             return
         if self._name is None:
@@ -437,16 +451,34 @@ class ParallelCursor:
         if busy or getattr(exc, "shard", None) is not None:
             self._shards.fail(exc)
 
+    def _check_ready(self) -> None:
+        """:meth:`_check_open` for a new statement, once the shard connections that broke were
+        replaced between transactions (as a pool checks what it lends), this cursor's with them."""
+        if not self._closed and self._connection.closed != 1:
+            self._shards.heal()
+            connections = self._shards.connections
+            for i, (cur, conn) in enumerate(zip(self._cursors, connections, strict=True)):
+                if cur.connection is not conn:
+                    self._cursors[i] = cursor_like(cur, conn)
+        self._check_open()
+
     def _check_open(self) -> None:
         if self._closed:
             raise psycopg2.InterfaceError("cursor already closed")
         if self._connection.closed:
             raise psycopg2.InterfaceError("connection already closed")
 
+    def _clean_up(self) -> None:
+        """Undo what the last statement changed on the shard cursors (see ``Outcome.cleanups``)."""
+        cleanups, self._cleanups = self._cleanups, []
+        for cleanup in reversed(cleanups):
+            cleanup()
+
     def _reset(self) -> None:
         for stream in getattr(self, "_streams", []):
             stream.close()
         self._streams = []
+        self._clean_up()
         self._rows = None
         self._description = None
         self._rowcount = -1

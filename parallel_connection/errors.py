@@ -219,26 +219,56 @@ def server_error(cls: type[psycopg2.Error], pgcode: str, message: str) -> psycop
     return exc
 
 
-def shard_error(exc: BaseException, shard: ShardInfo, secrets: Iterable[str] = ()) -> BaseException:
-    """``exc`` re-made as the same class, its message naming ``shard``.
+_DIAG_FIELDS = (
+    "column_name", "constraint_name", "context", "datatype_name", "internal_position", "internal_query",
+    "message_detail", "message_hint", "message_primary", "schema_name", "severity", "severity_nonlocalized",
+    "source_file", "source_function", "source_line", "sqlstate", "statement_position", "table_name",
+)  # fmt: skip
+"""What psycopg2's ``Diagnostics`` says of a server's error."""
 
-    psycopg2 errors keep ``pgcode`` and ``pgerror`` (redacted). The original
-    is not chained: its text may hold a password the new message hides.
+
+def shard_error(exc: BaseException, shard: ShardInfo, secrets: Iterable[str] = ()) -> BaseException:
+    """``exc`` as the caller should see it: its message naming ``shard``, no secret in it.
+
+    A server's error is kept as the object psycopg2 raised (its class, ``diag``,
+    ``cursor``: the shard's cursor, ``pgcode``, ``pgerror``: the server's own
+    text), only its message rewritten. Any other psycopg2 error, or one whose
+    fields hold a secret, is re-made as the same class with ``pgcode`` and a
+    redacted ``pgerror`` but no ``diag``: its original text may hold a
+    password, so it is not chained.
     """
+    if getattr(exc, "shard", None) is not None:
+        return exc  # named already (by a fan-out inside this one)
     if isinstance(exc, psycopg2.Error):
+        secrets = set(secrets)
         message = redact(f"{shard}: {str(exc).strip()}", secrets)
-        new = type(exc)(message)
-        new.__setstate__(  # type: ignore[no-untyped-call]  # types-psycopg2: Error.__setstate__ is unannotated
-            {
-                "pgcode": exc.pgcode,
-                "pgerror": redact(exc.pgerror, secrets) if exc.pgerror else exc.pgerror,
-            }
-        )
-        new.shard = shard  # type: ignore[attr-defined]
-        new.__suppress_context__ = True
-        return new
+        if _is_clean(exc, secrets):
+            exc.args = (message,)
+            same = exc
+        else:
+            same = type(exc)(message)
+            same.__setstate__(  # type: ignore[no-untyped-call]  # types-psycopg2: unannotated
+                {
+                    "pgcode": exc.pgcode,
+                    "pgerror": redact(exc.pgerror, secrets) if exc.pgerror else exc.pgerror,
+                }
+            )
+        same.shard = shard  # type: ignore[attr-defined]
+        same.__context__ = same.__cause__ = None
+        same.__suppress_context__ = True
+        return same
     if hasattr(exc, "add_note"):
         exc.add_note(f"raised on {shard}")
     with contextlib.suppress(AttributeError):
         exc.shard = shard  # type: ignore[attr-defined]
     return exc
+
+
+def _is_clean(exc: psycopg2.Error, secrets: set[str]) -> bool:
+    """``exc`` is a server's answer (its fields are in ``diag``) and neither they nor its text hold a
+    secret: it can be shown as it is."""
+    diag = exc.diag
+    if diag.sqlstate is None:
+        return False
+    texts = [str(exc), exc.pgerror, *(getattr(diag, name, None) for name in _DIAG_FIELDS)]
+    return all(not text or redact(text, secrets) == text for text in texts)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+from .casts import UserCasts
 from .coordinator import run_staged
 from .errors import NotSupportedError, refuse
 from .merge.pipeline import MergeInputs, build_merge
@@ -322,34 +323,42 @@ def _run_merge(
     vars: Any,
     targets: list[int],
 ) -> Outcome:
-    firsts = shards.run_statement(runner(cursors, query, vars, statement), targets)
-    shard_description = agreed_description(shards, cursors, targets)
-    assert shard_description is not None
-    facts = shards.facts()
-    check_shard_types(plan.client, [column.type_code for column in shard_description])
+    casts = UserCasts(cursors, targets)  # the merge computes on psycopg2's own values
     try:
-        description, merged = build_merge(
-            plan.client,
-            shard_description,
-            params=vars,
-            names=plan.names,
-            text_order_c=facts.text_order_c,
-            streaming=statement.streaming,
-            batch_size=max(1, statement.batch_size),
-        )
-    except NotSupportedError:
-        # Types the client cannot order or compare as the server does (text under a collation
-        # other than C, say): PostgreSQL does it, in stages. A named cursor has run its statement.
-        restaged = None if statement.streaming else _restaged(cursors, statement, facts)
-        if restaged is None:
-            raise
-        staged, staged_vars = restaged
-        staged_vars = with_moments(staged, staged_vars, shards, targets[0])
-        return run_staged(shards, cursors, statement, staged, staged_vars, execute)
+        firsts = shards.run_statement(runner(cursors, query, vars, statement), targets)
+        shard_description = agreed_description(shards, cursors, targets)
+        assert shard_description is not None
+        facts = shards.facts()
+        check_shard_types(plan.client, [column.type_code for column in shard_description])
+        try:
+            description, merged = build_merge(
+                plan.client,
+                shard_description,
+                params=vars,
+                names=plan.names,
+                text_order_c=facts.text_order_c,
+                streaming=statement.streaming,
+                batch_size=max(1, statement.batch_size),
+            )
+        except NotSupportedError:
+            # Types the client cannot order or compare as the server does (text under a collation
+            # other than C, say): PostgreSQL does it, in stages. A named cursor has run its statement.
+            restaged = None if statement.streaming else _restaged(cursors, statement, facts)
+            if restaged is None:
+                raise
+            casts.restore()
+            staged, staged_vars = restaged
+            staged_vars = with_moments(staged, staged_vars, shards, targets[0])
+            return run_staged(shards, cursors, statement, staged, staged_vars, execute)
+    except BaseException:
+        casts.restore()
+        raise
     streams = shard_streams(shards, cursors, targets, firsts, statement)
     outcome = counted(shards, cursors, targets)
     outcome.description = description
     outcome.streams = streams
     outcome.merged = True
-    outcome.batches = merged(MergeInputs([(s.index, s) for s in streams], lambda: interleave(streams)))
+    rows = merged(MergeInputs([(s.index, s) for s in streams], lambda: interleave(streams)))
+    outcome.batches = casts.apply(description, rows)
+    outcome.cleanups.append(casts.restore)
     return outcome

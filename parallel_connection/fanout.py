@@ -83,7 +83,8 @@ class FanOut:
         max_workers: int | None = None,
     ) -> None:
         self.shards = list(shards)
-        self._connections = list(connections)
+        self._connections = connections if isinstance(connections, list) else list(connections)
+        """The caller's list when it gives one: a connection replaced in it is used from the next call."""
         self._secrets = secrets
         self._gates = [Gate() for _ in connections]
         self._watchdog = deadline.Watchdog()
@@ -185,6 +186,18 @@ class FanOut:
                 yield token
         except Waited:
             raise self.error(deadline.waited_error(limit), ordered[0]) from None
+
+    @contextlib.contextmanager
+    def attend(self, index: int) -> Iterator[bool]:
+        """Hold shard ``index``'s connection for the block if nobody else has it now (True), without
+        waiting; False (and the block runs without it) when another statement has it."""
+        gate = self._gates[index]
+        me = gate.enter(lambda: True, None)
+        try:
+            yield me is not None
+        finally:
+            if me is not None:
+                gate.leave(me)
 
     def take(
         self,

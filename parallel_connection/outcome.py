@@ -8,7 +8,7 @@ server's, the moments a statement sees, and the write scope a write runs in.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +60,8 @@ class Outcome:
     merged: bool = False
     """The rows come from a merge (a plain union otherwise)."""
     targets: list[int] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+    """What to undo on the shard cursors once the rows are served (or given up)."""
 
 
 @dataclass(frozen=True)

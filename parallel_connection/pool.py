@@ -12,10 +12,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import psycopg2.extensions
 import psycopg2.pool
+
+from .cancel import lost
 
 __all__ = ["DEFAULT_TIMEOUT", "PoolTimeout", "WaitingPool"]
 
@@ -53,7 +55,6 @@ class WaitingPool(psycopg2.pool.ThreadedConnectionPool):
     _pool: list[Any]
     _used: dict[Any, Any]
     _rused: dict[int, Any]
-    _getconn: Callable[[Any], Any]
     _closeall: Callable[[], None]
 
     def __init__(
@@ -145,6 +146,13 @@ class WaitingPool(psycopg2.pool.ThreadedConnectionPool):
             f"couldn't get a connection after {wait:g} s: all {self.maxconn} connections of the pool{where} "
             "stayed in use"
         )
+
+    def _getconn(self, key: Any = None) -> Any:
+        """psycopg2's, after closing the idle connections whose server hung up (a check on borrow,
+        as psycopg_pool makes): a server that restarted leaves none of them usable."""
+        for i in reversed(lost(self._pool)):
+            self._pool.pop(i).close()
+        return cast(Any, super())._getconn(key)  # the type stubs leave it out
 
     def putconn(self, conn: Any = None, key: Any = None, close: bool = False) -> None:
         """Give ``conn`` back; the first caller waiting gets it (or its free slot)."""

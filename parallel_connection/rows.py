@@ -2,6 +2,8 @@
 
 Shard cursors of a merging cursor return plain tuples; the merged tuples are
 turned into the type the user's ``cursor_factory`` would have returned.
+Factories whose rows are tuples (psycopg2's cursor, LoggingCursor) are kept
+on the shards as they are.
 """
 
 from __future__ import annotations
@@ -13,14 +15,22 @@ from typing import Any
 import psycopg2.extensions
 import psycopg2.extras
 
-__all__ = ["RowMaker", "rebuildable", "row_maker"]
+__all__ = ["RowMaker", "rebuildable", "row_maker", "tuple_rows"]
 
 RowMaker = Callable[[tuple[Any, ...]], Any]
 
 
+def tuple_rows(factory: Any) -> bool:
+    """``factory``'s rows are psycopg2's plain tuples (its own cursor, or a LoggingCursor, which
+    only logs), so its shard cursors can feed a merge as they are."""
+    if factory is None or factory is psycopg2.extensions.cursor:
+        return True
+    return isinstance(factory, type) and issubclass(factory, psycopg2.extras.LoggingCursor)
+
+
 def rebuildable(factory: Any) -> bool:
     """True when merged rows can be rebuilt in the rows ``factory`` makes."""
-    if factory is None or factory is psycopg2.extensions.cursor:
+    if tuple_rows(factory):
         return True
     return isinstance(factory, type) and issubclass(
         factory,
@@ -30,7 +40,7 @@ def rebuildable(factory: Any) -> bool:
 
 def row_maker(factory: Any, description: Sequence[Any]) -> RowMaker | None:
     """A function from a merged tuple to the user's row (None: tuples already are)."""
-    if factory is None or factory is psycopg2.extensions.cursor:
+    if tuple_rows(factory):
         return None
     names = [column.name for column in description]
     if issubclass(factory, psycopg2.extras.RealDictCursor):

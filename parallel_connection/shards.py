@@ -26,9 +26,11 @@ import psycopg2.extensions
 
 from . import commit as atomic
 from . import deadline
+from .cancel import lost, suspect
 from .catalog import Catalog, StampReader, combine, read_catalog, settings_differences
 from .errors import NotSupportedError, ShardInfo, dsn_secrets
 from .fanout import FanOut, Pending
+from .healing import read_settings, replacement
 from .placement import Placement
 from .plan import ShardFacts
 from .turns import holder
@@ -73,7 +75,11 @@ class ShardSet:
         two_phase: bool = True,
         decision_schema: str = "public",
     ) -> None:
-        self.connections = list(connections)
+        self.connections = connections if isinstance(connections, list) else list(connections)
+        """The shard connections, in shard order (the caller's list when it gives one: :meth:`heal`
+        replaces broken connections in it)."""
+        self.pools: Sequence[Any] | None = None
+        """Each shard's pool, when the connections came from pools: :meth:`heal` borrows from them."""
         self.two_phase = two_phase
         """Commit a transaction that wrote on several shards with two-phase commit."""
         self.decisions = atomic.DecisionLog(decision_schema)
@@ -443,17 +449,93 @@ class ShardSet:
         self._written = set()
         self.end_transaction()
         if failed:
-            self.run(lambda i: self.connections[i].rollback())
+            self.run(lambda i: self.connections[i].rollback(), self._live())
+            broken = [i for i, conn in enumerate(self.connections) if conn.closed]
+            if broken:  # what the others rolled back, as one connection would, cannot reach it
+                raise self.error(psycopg2.InterfaceError("connection already closed"), broken[0])
         elif self.two_phase and len(written) > 1:
             atomic.two_phase_commit(self, written, self.decisions)
         else:
             self.run(lambda i: self.connections[i].commit())
 
     def rollback(self) -> None:
-        """Roll back the current transaction on every shard."""
+        """Roll back the current transaction on every shard (a broken connection's ended with it)."""
         self._written = set()
         self.end_transaction()
-        self.run(lambda i: self.connections[i].rollback())
+        self.run(lambda i: self.connections[i].rollback(), self._live())
+
+    def _live(self) -> list[int]:
+        return [i for i, conn in enumerate(self.connections) if not conn.closed]
+
+    # -- broken connections ------------------------------------------------------------
+
+    def heal(self) -> list[int]:
+        """Between transactions, replace the shard connections found broken (or whose server hung
+        up) with fresh ones from their pools, as a pool checks a connection it lends; the shards
+        replaced. In a transaction a broken shard stays broken, as one connection would, until
+        ``rollback()`` or ``commit()`` ends it. A connection another statement is using is left
+        for later.
+        """
+        pools = self.pools
+        if pools is None or self._scoped() or not self._between_transactions():
+            return []
+        suspects = suspect(self.connections)  # others' statements may be running: nothing is read yet
+        if not suspects:
+            return []
+        settings = self._peer_settings(suspects)
+        healed = []
+        for i in suspects:
+            with self.fanout.attend(i) as mine:
+                if mine and (self.connections[i].closed or lost([self.connections[i]])):
+                    self._replace(i, pools[i], settings)
+                    healed.append(i)
+        return healed
+
+    def _peer_settings(self, suspects: Sequence[int]) -> dict[str, str] | None:
+        """The compared settings of the first healthy shard connection free now, read there (the
+        facts may hold a SET that a rollback undid since); None when there is none."""
+        for i, conn in enumerate(self.connections):
+            if i in suspects:
+                continue
+            with self.fanout.attend(i) as mine:
+                if not mine or conn.closed:
+                    continue
+                try:
+                    return read_settings(conn)
+                except psycopg2.Error:
+                    continue
+        return None
+
+    def _between_transactions(self) -> bool:
+        if self.autocommit:
+            return True
+        idle = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        return self._failed is None and all(
+            conn.closed or conn.get_transaction_status() == idle for conn in self.connections
+        )
+
+    def _replace(self, index: int, pool: Any, settings: dict[str, str] | None) -> None:
+        limit = deadline.current()
+        old = self.connections[index]
+        try:
+            fresh = replacement(
+                pool,
+                old,
+                settings,
+                list(self.setups),
+                None if limit is None else max(0.0, limit.at - time.monotonic()),
+            )
+        except Exception as exc:
+            reason = f"its connection broke and a new one could not be made: {exc}"
+            failure = self.error(psycopg2.OperationalError(reason), index)
+        else:
+            self.connections[index] = fresh
+            self.secrets |= dsn_secrets(None, [_password_of(fresh)])
+            with self._lock:
+                self._stamps[index] = StampReader()
+            self.forget_facts()
+            return
+        raise failure
 
     def recover(self, grace: float = atomic.GRACE) -> atomic.Recovery:
         """Resolve what a crashed client or a lost shard left prepared (:func:`commit.recover`)."""

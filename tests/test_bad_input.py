@@ -3,6 +3,7 @@ runs; DSN mistakes name the keyword, never the password; scan_ranges(where=) tak
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 from collections.abc import Callable, Iterator
@@ -330,7 +331,7 @@ def test_a_password_with_every_special_character_logs_in_and_never_shows(login_p
     run_on_all([admin], f"ALTER ROLE {USER} PASSWORD %s", (SPECIAL,))
     try:
         for dsn, kwargs in forms(login_port):
-            with parallel_connection.connect([dsn], **kwargs) as pdb:
+            with contextlib.closing(parallel_connection.connect([dsn], **kwargs)) as pdb, pdb:
                 texts = [repr(pdb), str(pdb.shards), repr(pdb.shards)]
                 with pytest.raises(psycopg2.errors.InvalidTextRepresentation) as info, pdb.cursor() as cur:
                     cur.execute("SELECT %s::int", (SPECIAL,))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import psycopg2
@@ -165,11 +166,13 @@ def test_module_and_connection_expose_dbapi_globals(pdb):
     assert parallel_connection.Binary(b"x") is not None
 
 
-def test_connect_owns_its_pools_and_with_hands_them_back(sample):
-    with parallel_connection.connect(sample.shard_dsns, maxconn=2) as pdb:
-        pools = pdb.pools
-        with pdb.cursor() as cur:
-            cur.execute("SELECT 1")
+def test_connect_owns_its_pools_and_close_hands_them_back(sample):
+    pdb = parallel_connection.connect(sample.shard_dsns, maxconn=2)
+    pools = pdb.pools
+    with pdb, pdb.cursor() as cur:  # commits, and keeps the connection open (psycopg2 >= 2.9)
+        cur.execute("SELECT 1")
+    assert not pdb.closed and not any(p.closed for p in pools)
+    pdb.close()
     assert pdb.closed
     assert all(p.closed for p in pools)
     with pytest.raises(psycopg2.InterfaceError, match="closed"):
@@ -177,11 +180,19 @@ def test_connect_owns_its_pools_and_with_hands_them_back(sample):
 
 
 def test_leaving_with_on_error_rolls_back(sample):
-    with pytest.raises(ZeroDivisionError), parallel_connection.connect(sample.shard_dsns) as pdb:
+    with (
+        pytest.raises(ZeroDivisionError),
+        contextlib.closing(parallel_connection.connect(sample.shard_dsns)) as pdb,
+        pdb,
+    ):
         with pdb.cursor() as cur:
             cur.execute("CREATE TABLE rolled_back (x int)")
         raise ZeroDivisionError
-    with parallel_connection.connect(sample.shard_dsns) as pdb, pdb.cursor(merge="union") as cur:
+    with (
+        contextlib.closing(parallel_connection.connect(sample.shard_dsns)) as pdb,
+        pdb,
+        pdb.cursor(merge="union") as cur,
+    ):
         cur.execute("SELECT to_regclass('rolled_back') IS NULL")
         assert cur.fetchall() == [(True,)] * 3
 
@@ -202,7 +213,10 @@ def test_callproc_runs_on_every_shard_of_a_union_cursor_and_is_refused_when_merg
 
 
 def test_statement_timeout_applies_to_every_shard(sample):
-    with parallel_connection.connect(sample.shard_dsns, statement_timeout=0.25) as pdb:
+    with (
+        contextlib.closing(parallel_connection.connect(sample.shard_dsns, statement_timeout=0.25)) as pdb,
+        pdb,
+    ):
         with pdb.cursor(merge="union") as cur:  # every shard's setting
             cur.execute("SHOW statement_timeout")
             assert cur.fetchall() == [("250ms",)] * 3

@@ -9,6 +9,7 @@ for what the client merges as before.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 from collections.abc import Iterator
@@ -166,7 +167,12 @@ def test_the_rows_moved_to_the_coordinator_are_bounded(placed, ref):
 
 
 def test_the_bound_can_be_set_at_connect(sample, ref):
-    with parallel_connection.connect(sample.shard_dsns, placement=PLACEMENT, moved_rows=5) as conn:
+    with (
+        contextlib.closing(
+            parallel_connection.connect(sample.shard_dsns, placement=PLACEMENT, moved_rows=5)
+        ) as conn,
+        conn,
+    ):
         assert conn.moved_rows == 5
         with pytest.raises(NotSupportedError, match="more than 5 rows"):
             _answer(conn, "SELECT customer_id FROM orders UNION SELECT id FROM customers")
@@ -262,7 +268,10 @@ def typed(sample: Any) -> Any:
             for row in own:
                 cur.execute(f"INSERT INTO co_types VALUES ({', '.join(['%s'] * len(row))})", row)
     placement = Placement(sharded={"co_types": ("k", "modulo")})
-    with parallel_connection.connect(sample.shard_dsns, placement=placement) as conn:
+    with (
+        contextlib.closing(parallel_connection.connect(sample.shard_dsns, placement=placement)) as conn,
+        conn,
+    ):
         yield conn
 
 
@@ -319,7 +328,10 @@ def big_and_small(sample: Any) -> Any:
             cur.execute("ANALYZE co_big")
             cur.execute("ANALYZE co_small")
     placement = Placement(sharded={"co_big": ("k", "modulo"), "co_small": ("k", "modulo")})
-    with parallel_connection.connect(sample.shard_dsns, placement=placement) as conn:
+    with (
+        contextlib.closing(parallel_connection.connect(sample.shard_dsns, placement=placement)) as conn,
+        conn,
+    ):
         yield conn
 
 
@@ -404,7 +416,12 @@ def icu_database(sample: Any) -> Any:
             if own:
                 psycopg2.extras.execute_values(cur, "INSERT INTO w VALUES %s", own)
     placement = Placement(sharded={"w": ("k", "modulo")})
-    with parallel_connection.connect(sample.shard_dsns, placement=placement, dbname="co_icu") as conn:
+    with (
+        contextlib.closing(
+            parallel_connection.connect(sample.shard_dsns, placement=placement, dbname="co_icu")
+        ) as conn,
+        conn,
+    ):
         reference = psycopg2.connect(sample.reference_dsn, dbname="co_icu")
         yield conn, reference
         reference.close()
@@ -472,7 +489,10 @@ def test_an_outer_joined_side_off_the_key_is_not_combined_per_shard(sample, big_
         "SELECT c.id, count(s.k), max(b.k) FROM customers c LEFT JOIN (co_big b JOIN co_small s "
         "ON s.k = b.s) ON c.id = b.s WHERE c.id < 30 GROUP BY c.id ORDER BY c.id"
     )
-    with parallel_connection.connect(sample.shard_dsns, placement=placement) as conn:
+    with (
+        contextlib.closing(parallel_connection.connect(sample.shard_dsns, placement=placement)) as conn,
+        conn,
+    ):
         assert _typed(_answer(conn, sql)[1]) == _typed(_answer(ref, sql)[1])
     ref.rollback()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -201,7 +202,7 @@ def test_password_login_never_leaks(spare):
         parallel_connection.connect([wrong])
     assert "password authentication failed" in str(info.value)
     assert SECRET not in str(info.value)
-    with parallel_connection.connect([good]) as pdb:
+    with contextlib.closing(parallel_connection.connect([good])) as pdb, pdb:
         assert SECRET not in repr(pdb)
         with pytest.raises(psycopg2.Error) as info, pdb.cursor() as cur:
             cur.execute("SELECT %s::int", (SECRET,))
@@ -312,7 +313,12 @@ def test_close_frees_every_pool_even_when_a_shard_died(spare):
 
 
 def test_statement_timeout_reaches_connections_opened_later(sample):
-    with parallel_connection.connect(sample.shard_dsns, statement_timeout=0.3, maxconn=3) as pdb:
+    with (
+        contextlib.closing(
+            parallel_connection.connect(sample.shard_dsns, statement_timeout=0.3, maxconn=3)
+        ) as pdb,
+        pdb,
+    ):
         extra = pdb.pools[1].getconn()
         try:
             with extra.cursor() as cur:

@@ -3,6 +3,7 @@ rows cut by it land where one database would keep them."""
 
 from __future__ import annotations
 
+import contextlib
 from decimal import Decimal
 from typing import Any
 
@@ -117,7 +118,7 @@ def tables(sample: Any) -> Any:
 def test_execute_values_puts_every_row_where_one_database_has_it(tables: Any, rows: Any, page: int) -> None:
     every = [*tables.shard_dsns, tables.reference_dsn]
     run_on_all(every, "TRUNCATE lr_t, lr_h")
-    with parallel_connection.connect(tables.shard_dsns, placement=PLACEMENT) as pdb:
+    with contextlib.closing(parallel_connection.connect(tables.shard_dsns, placement=PLACEMENT)) as pdb, pdb:
         with pdb.cursor() as cur:
             psycopg2.extras.execute_values(
                 cur,

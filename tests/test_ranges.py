@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import threading
@@ -225,7 +226,7 @@ def test_max_parallelism_is_never_exceeded(pdb):
 
 
 def test_per_shard_cap_follows_the_pool_and_connections_are_reused(sample):
-    with parallel_connection.connect(sample.shard_dsns, maxconn=3) as pdb:
+    with contextlib.closing(parallel_connection.connect(sample.shard_dsns, maxconn=3)) as pdb, pdb:
         tracker = Tracker()
         report = pdb.scan_ranges("orders", "id", tracker, rows_per_range=100, progress=False)
         assert report.ok and tracker.calls >= 3 * 25

@@ -71,10 +71,10 @@ def assert_every_row_is(dsns, n):
 
 SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import contextlib, json, sys
     import parallel_connection
     dsns, job, work = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
-    with parallel_connection.connect(dsns) as pdb:
+    with contextlib.closing(parallel_connection.connect(dsns)) as pdb, pdb:
         print("ready", flush=True)
         report = pdb.scan_ranges(
             "ranges_once", "id", work, rows_per_range=100, max_parallelism=3, progress=False,

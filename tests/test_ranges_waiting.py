@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -73,7 +74,7 @@ def at_once(n, scan):
 
 def test_four_scans_at_once_on_one_connection_all_finish_exactly(table):
     expected = direct_counts(table.shard_dsns)
-    with parallel_connection.connect(table.shard_dsns, maxconn=2) as pdb:
+    with contextlib.closing(parallel_connection.connect(table.shard_dsns, maxconn=2)) as pdb, pdb:
         reports = at_once(
             4, lambda: pdb.scan_ranges("ranges_wait", "id", COUNT, rows_per_range=20, progress=False)
         )
@@ -89,7 +90,7 @@ def test_four_scans_at_once_on_one_connection_all_finish_exactly(table):
 @pytest.mark.parametrize("maxconn", [2, 3])
 def test_snapshot_scans_at_once_all_finish(table, maxconn):
     expected = direct_counts(table.shard_dsns)
-    with parallel_connection.connect(table.shard_dsns, maxconn=maxconn) as pdb:
+    with contextlib.closing(parallel_connection.connect(table.shard_dsns, maxconn=maxconn)) as pdb, pdb:
         reports = at_once(
             3,
             lambda: pdb.scan_ranges(
@@ -101,7 +102,7 @@ def test_snapshot_scans_at_once_all_finish(table, maxconn):
 
 
 def test_the_users_statements_run_while_a_scan_runs_in_another_thread(table):
-    with parallel_connection.connect(table.shard_dsns, maxconn=2) as pdb:
+    with contextlib.closing(parallel_connection.connect(table.shard_dsns, maxconn=2)) as pdb, pdb:
         running = threading.Event()
         result = {}
 
@@ -129,7 +130,7 @@ def test_the_users_statements_run_while_a_scan_runs_in_another_thread(table):
 
 
 def test_a_range_waits_for_a_connection_the_user_holds_and_runs_once_given_back(table):
-    with parallel_connection.connect(table.shard_dsns, maxconn=2) as pdb:
+    with contextlib.closing(parallel_connection.connect(table.shard_dsns, maxconn=2)) as pdb, pdb:
         first = threading.Event()
         grabbed = threading.Event()
         seen: list[tuple[int, float]] = []
@@ -177,7 +178,7 @@ def test_a_range_waits_for_a_connection_the_user_holds_and_runs_once_given_back(
 
 
 def test_planning_waits_for_a_pool_the_user_holds(table):
-    with parallel_connection.connect(table.shard_dsns, maxconn=2) as pdb:
+    with contextlib.closing(parallel_connection.connect(table.shard_dsns, maxconn=2)) as pdb, pdb:
         held = pdb.pools[2].getconn()
         timer = threading.Timer(0.4, pdb.pools[2].putconn, (held,))
         began = time.monotonic()
@@ -188,7 +189,7 @@ def test_planning_waits_for_a_pool_the_user_holds(table):
 
 
 def test_held_past_the_timeout_fails_clearly_naming_the_shard_and_the_timeout(table):
-    with parallel_connection.connect(table.shard_dsns, maxconn=2) as pdb:
+    with contextlib.closing(parallel_connection.connect(table.shard_dsns, maxconn=2)) as pdb, pdb:
         held = pdb.pools[1].getconn()
         try:
             began = time.monotonic()
@@ -206,7 +207,7 @@ def test_held_past_the_timeout_fails_clearly_naming_the_shard_and_the_timeout(ta
 
 
 def test_a_range_waiting_past_the_timeout_fails_alone(table):
-    with parallel_connection.connect(table.shard_dsns, maxconn=2) as pdb:
+    with contextlib.closing(parallel_connection.connect(table.shard_dsns, maxconn=2)) as pdb, pdb:
         taken = {}
 
         def work(cur, r):

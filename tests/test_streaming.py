@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import psycopg2.extras
 import pytest
 
@@ -70,7 +72,7 @@ def test_empty_named_cursor(pdb):
 
 
 def test_named_cursor_needs_a_transaction_like_psycopg2(sample):
-    with parallel_connection.connect(sample.shard_dsns) as pdb:
+    with contextlib.closing(parallel_connection.connect(sample.shard_dsns)) as pdb, pdb:
         pdb.autocommit = True
         with pytest.raises(psycopg2.ProgrammingError), pdb.cursor(name="nope") as cur:
             cur.execute("SELECT 1")

@@ -8,6 +8,7 @@ write through the connection takes.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -246,11 +247,11 @@ def test_autocommit_write_on_one_shard_runs_as_before(tp, dsns, monkeypatch):
 
 def test_decision_schema_names_where_decisions_are_kept(dsns):
     _query(dsns[0], "CREATE SCHEMA IF NOT EXISTS tp_decisions")
-    with parallel_connection.connect(dsns, decision_schema="tp_decisions") as pdb:
+    with contextlib.closing(parallel_connection.connect(dsns, decision_schema="tp_decisions")) as pdb, pdb:
         write(pdb, [0, 1])
         pdb.commit()
     assert len(decision_rows(dsns[0], "tp_decisions")) == 1
-    with parallel_connection.connect(dsns, decision_schema="tp_missing") as pdb:
+    with contextlib.closing(parallel_connection.connect(dsns, decision_schema="tp_missing")) as pdb, pdb:
         write(pdb, [1, 2], first=10)
         with pytest.raises(psycopg2.errors.InvalidSchemaName) as info:
             pdb.commit()
@@ -274,7 +275,7 @@ def writer(dsns) -> Iterator[list[str]]:
 
 
 def test_a_user_who_cannot_create_the_decision_table_is_told_the_way_out(writer, dsns):
-    with parallel_connection.connect(writer) as pdb:
+    with contextlib.closing(parallel_connection.connect(writer)) as pdb, pdb:
         write(pdb, [0, 1])
         with pytest.raises(psycopg2.errors.InsufficientPrivilege) as info:
             pdb.commit()
@@ -299,7 +300,7 @@ def unprepared() -> Iterator[list[str]]:
 
 def test_writing_on_shards_that_cannot_prepare_is_refused_before_anything_runs(unprepared):
     ran = []
-    with parallel_connection.connect(unprepared) as pdb:
+    with contextlib.closing(parallel_connection.connect(unprepared)) as pdb, pdb:
         write(pdb, [0])  # one shard: nothing to prepare
         with pytest.raises(psycopg2.NotSupportedError) as info, pdb.shard_set.write_scope([1]):
             ran.append(1)
@@ -316,7 +317,7 @@ def test_writing_on_shards_that_cannot_prepare_is_refused_before_anything_runs(u
 
 
 def test_two_phase_false_commits_each_shard_on_its_own(unprepared):
-    with parallel_connection.connect(unprepared, two_phase=False) as pdb:
+    with contextlib.closing(parallel_connection.connect(unprepared, two_phase=False)) as pdb, pdb:
         write(pdb, [0, 1])
         pdb.commit()
         pdb.autocommit = True
@@ -344,7 +345,7 @@ def test_a_shard_lost_after_the_decision_is_committed_by_recover(tp, dsns, monke
     assert "is committed" in message and "shard 2 (" in message and "recover" in message
     assert [ids(d) for d in dsns] == [[1], [2], []]
     assert len(ours_prepared(dsns[2])) == 1
-    with parallel_connection.connect(dsns) as other:
+    with contextlib.closing(parallel_connection.connect(dsns)) as other, other:
         resolved = other.recover(grace=0)
     assert [(r.shard.index, r.action) for r in resolved] == [(2, "committed")]
     assert [ids(d) for d in dsns] == [[1], [2], [3]]
@@ -365,7 +366,7 @@ def test_the_decision_shard_lost_while_deciding_leaves_recover_to_decide(tp, dsn
         tp.commit()
     assert "outcome is unknown" in str(info.value) and "shard 0 (" in str(info.value)
     assert [len(ours_prepared(d)) for d in dsns] == [0, 1, 1]
-    with parallel_connection.connect(dsns) as other:
+    with contextlib.closing(parallel_connection.connect(dsns)) as other, other:
         resolved = other.recover(grace=0)
     # Shard 0 never committed: no decision, so its partners roll back.
     assert sorted((r.shard.index, r.action) for r in resolved) == [(1, "rolled back"), (2, "rolled back")]
@@ -402,7 +403,7 @@ def test_a_client_killed_mid_commit_is_recovered(dsns, stage, action, rows):
     )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     assert [len(ours_prepared(d)) for d in dsns] == [0, 1, 1]
-    with parallel_connection.connect(dsns) as pdb:
+    with contextlib.closing(parallel_connection.connect(dsns)) as pdb, pdb:
         # Young parts may belong to a client still committing: left alone.
         early = pdb.shard_set.recover()
         assert (early.resolved, early.waiting) == ([], 2)
@@ -424,7 +425,7 @@ def test_recover_while_a_client_is_deciding_waits_for_its_decision(tp, dsns, mon
     found: list[list[commit.Resolved]] = []
 
     def recover_now() -> None:
-        with parallel_connection.connect(dsns) as other:
+        with contextlib.closing(parallel_connection.connect(dsns)) as other, other:
             found.append(other.recover(grace=0))
 
     def race(stage: str) -> None:

@@ -4,6 +4,7 @@ write that cannot be exact refused before anything is written."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -367,7 +368,7 @@ def test_a_copied_table_is_written_alike_on_every_copy(db) -> None:
 
 def test_without_a_placement_an_insert_is_refused_and_the_union_cursor_runs_it_everywhere(db, sample) -> None:
     _, _, shards = db
-    with parallel_connection.connect(sample.shard_dsns) as pdb:
+    with contextlib.closing(parallel_connection.connect(sample.shard_dsns)) as pdb, pdb:
         with pytest.raises(NotSupportedError, match='merge="union"'):
             pdb.cursor().execute("INSERT INTO wr_b VALUES (1, 1)")
         pdb.rollback()
@@ -402,7 +403,10 @@ def test_a_commit_of_writes_on_several_shards_is_all_or_nothing(db, commit: str)
         "CREATE TABLE wr_new (k int PRIMARY KEY DEFERRABLE INITIALLY DEFERRED, v int)",
     )
     placement = Placement(sharded={"wr_new": ("k", Modulo())})
-    with parallel_connection.connect([c.dsn for c in shards], placement=placement) as conn:
+    with (
+        contextlib.closing(parallel_connection.connect([c.dsn for c in shards], placement=placement)) as conn,
+        conn,
+    ):
         cur = conn.cursor()
         cur.execute("INSERT INTO wr_new VALUES (1, 1), (2, 2)")
         cur.execute("INSERT INTO wr_new VALUES (4, 4)")  # shard 1 again: checked only at commit
@@ -523,7 +527,7 @@ def test_executemany_in_autocommit_keeps_what_ran_before_an_error(db) -> None:
 
 def test_without_a_placement_a_write_reading_other_sharded_rows_is_refused(db, sample) -> None:
     _, _, _shards = db
-    with parallel_connection.connect(sample.shard_dsns) as pdb:
+    with contextlib.closing(parallel_connection.connect(sample.shard_dsns)) as pdb, pdb:
         for sql in (
             "UPDATE wr_a SET v = wr_b.w FROM wr_b WHERE wr_b.w = wr_a.k",
             "DELETE FROM wr_a WHERE k IN (SELECT w FROM wr_b)",
@@ -531,7 +535,10 @@ def test_without_a_placement_a_write_reading_other_sharded_rows_is_refused(db, s
         ):
             with pytest.raises(NotSupportedError, match="no declared shard key"):
                 pdb.cursor().execute(sql)
-    with parallel_connection.connect(sample.shard_dsns, replicated_tables=["wr_c"]) as pdb:
+    with (
+        contextlib.closing(parallel_connection.connect(sample.shard_dsns, replicated_tables=["wr_c"])) as pdb,
+        pdb,
+    ):
         pdb.cursor().execute("UPDATE wr_a SET v = 1 WHERE v IN (SELECT id FROM wr_c)")  # a copy: fine
 
 
@@ -555,7 +562,10 @@ def test_a_copied_tables_default_each_copy_would_compute_is_refused(sample, sql:
     )
     placement = Placement(copied=["wr_d", "wr_c"])
     try:
-        with parallel_connection.connect(sample.shard_dsns, placement=placement) as pdb:
+        with (
+            contextlib.closing(parallel_connection.connect(sample.shard_dsns, placement=placement)) as pdb,
+            pdb,
+        ):
             with pytest.raises(NotSupportedError, match="default, which each copy"):
                 pdb.cursor().execute(sql)
             pdb.rollback()
