@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import psycopg2
@@ -23,7 +23,7 @@ from .placement import Placement
 from .pool import WaitingPool
 from .rows import rebuildable, tuple_rows
 from .shards import DEFAULT_MOVED_ROWS, ShardSet
-from .workers import Workers
+from .workers import Workers, wait
 
 if TYPE_CHECKING:
     from .placement_check import PlacementReport

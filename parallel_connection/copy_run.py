@@ -22,7 +22,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from concurrent.futures import FIRST_EXCEPTION, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,7 @@ from .plan.query import layout_of
 from .plan.syntax import deparse
 from .shards import ShardSet
 from .targets import bind_targets
+from .workers import AWAKE, wait
 
 __all__ = ["BLOCK", "DEPTH", "CopyResult", "copy_expert", "copy_from_sql", "copy_to_sql"]
 
@@ -355,7 +356,7 @@ class _Pump:
         with self.cond:
             queue = self.queues[index]
             while len(queue) >= DEPTH and block is not None and self.failure is None and not self.aborted:
-                self.cond.wait()
+                self.cond.wait(AWAKE)  # awake: Ctrl-C is seen while it waits
             if self.failure is not None:
                 raise _Stopped()
             queue.append(block)
@@ -369,7 +370,7 @@ class _Pump:
                 self.cond.notify_all()
             queue = self.queues[index]
             while not queue and not self.aborted:
-                self.cond.wait()
+                self.cond.wait(AWAKE)  # awake: Ctrl-C is seen while it waits
             if self.aborted:
                 raise _Aborted("the COPY through the connection was stopped")
             block = queue.popleft()

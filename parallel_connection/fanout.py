@@ -16,7 +16,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from concurrent.futures import FIRST_EXCEPTION, Future
 from typing import Any, Generic, TypeVar
 
 import psycopg2
@@ -24,7 +24,7 @@ import psycopg2
 from . import deadline
 from .errors import ShardInfo, shard_error
 from .turns import Gate, Turn, Waited, holding
-from .workers import Workers
+from .workers import Workers, wait
 
 __all__ = ["CANCEL_GRACE", "FanOut", "Pending"]
 
@@ -58,6 +58,7 @@ class Pending(Generic[T]):
         return self.future.done()
 
     def result(self) -> T:
+        wait([self.future])  # awake: Ctrl-C is seen while it waits
         return self.future.result()
 
     def cancel(self) -> None:

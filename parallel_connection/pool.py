@@ -24,9 +24,7 @@ __all__ = ["DEFAULT_TIMEOUT", "PoolTimeout", "WaitingPool"]
 DEFAULT_TIMEOUT = 30.0
 """Seconds ``getconn()`` waits for a connection by default (psycopg_pool's default)."""
 _SLICE = 0.1
-"""Seconds between looks at a ``stop`` event while waiting."""
-_LONGEST = 60.0
-"""The longest single wait (an infinite timeout is waited for in pieces)."""
+"""Seconds between looks at a ``stop`` event (and at Ctrl-C) while waiting."""
 
 
 class PoolTimeout(psycopg2.pool.PoolError):
@@ -120,7 +118,7 @@ class WaitingPool(psycopg2.pool.ThreadedConnectionPool):
         try:
             while True:
                 left = deadline - time.monotonic()
-                if waiter.event.wait(max(0.0, min(left, _SLICE if stop is not None else _LONGEST))):
+                if waiter.event.wait(max(0.0, min(left, _SLICE))):  # awake, so Ctrl-C is seen at once
                     break
                 if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
                     break

@@ -15,13 +15,47 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
-from concurrent.futures import Executor, Future
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Executor, Future
+from concurrent.futures import wait as _wait
 from typing import Any, TypeVar
 
-__all__ = ["Workers"]
+__all__ = ["AWAKE", "Workers", "wait"]
 
 T = TypeVar("T")
+
+AWAKE = 0.1
+"""The longest a caller sleeps in :func:`wait` before it looks at its signals again."""
+
+
+def wait(
+    futures: Iterable[Future[T]], timeout: float | None = None, return_when: str = ALL_COMPLETED
+) -> tuple[set[Future[T]], set[Future[T]]]:
+    """``concurrent.futures.wait``, woken every :data:`AWAKE` seconds.
+
+    Python runs a signal's handler in the main thread, but the kernel may
+    deliver the signal to any thread: to one of a native library's (polars',
+    a BLAS), the main thread's wait is not interrupted and Ctrl-C would be
+    seen only when the wait ends. Waking up in slices bounds that delay.
+    """
+    every = set(futures)
+    end = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = AWAKE if end is None else min(AWAKE, max(0.0, end - time.monotonic()))
+        done, not_done = _wait(every, timeout=left, return_when=return_when)
+        if _reached(done, not_done, return_when) or (end is not None and time.monotonic() >= end):
+            return done, not_done
+
+
+def _reached(done: set[Future[T]], not_done: set[Future[T]], return_when: str) -> bool:
+    if not not_done:
+        return True
+    if return_when == FIRST_COMPLETED:
+        return bool(done)
+    if return_when == FIRST_EXCEPTION:
+        return any(not f.cancelled() and f.exception() is not None for f in done)
+    return False
 
 _Item = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 

@@ -95,3 +95,33 @@ def test_a_script_interrupted_while_a_shard_is_black_holed_exits(sample, mode, t
     assert "interrupted" in done.stdout, done.stderr
     assert done.returncode == 0, done.stderr
     assert took < 1.0 + 2 * CANCEL_GRACE + 4  # start-up, the interrupt, the graces, the exit
+
+
+def test_ctrl_c_is_seen_when_a_native_librarys_thread_takes_the_signal(sample):
+    # polars' threads do not block SIGINT: the kernel may hand it to one of them, and a main thread
+    # asleep until its shards answer would see it only when they do (here after 30 s).
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, threading, time
+        import polars.testing  # starts polars' native threads
+        import parallel_connection
+        pdb = parallel_connection.connect({sample.shard_dsns!r})
+        cur = pdb.cursor(merge="union")
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start = time.monotonic()
+        try:
+            cur.execute("SELECT pg_sleep(30)")
+        except KeyboardInterrupt:
+            print(f"interrupted after {{time.monotonic() - start:.1f}} s")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    seconds = float(done.stdout.split()[2])
+    assert seconds < 0.5 + CANCEL_GRACE + 0.5, done.stdout

@@ -13,7 +13,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, wait
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future
 from dataclasses import dataclass
 from os import PathLike
 from typing import Any
@@ -24,7 +24,7 @@ import psycopg2.extensions
 from ..cancel import broken
 from ..errors import NotSupportedError, shard_error
 from ..shards import Connected
-from ..workers import Workers
+from ..workers import Workers, wait
 from .attempt import Outcome, run_range, run_with_retries
 from .checkpoint import Checkpoint, job_key
 from .early import MIN_SAMPLE, EarlyStop
