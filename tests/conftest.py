@@ -66,6 +66,18 @@ def pdb(sample: Servers) -> Iterator[parallel_connection.ParallelConnection]:
         conn.close()
 
 
+@pytest.fixture(scope="module")
+def reference_engine(sample: Servers) -> Iterator[Any]:
+    """A plain psycopg2 SQLAlchemy engine on the reference database, to compare an engine with."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(
+        "postgresql+psycopg2://", creator=lambda: psycopg2.connect(sample.reference_dsn)
+    )
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture
 def ref(sample: Servers) -> Iterator[psycopg2.extensions.connection]:
     conn = psycopg2.connect(sample.reference_dsn)

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import polars
-import psycopg2
 import pytest
 import sqlalchemy as sa
 from polars.testing import assert_frame_equal
@@ -30,25 +29,20 @@ def engine(sample: Any) -> Iterator[sa.Engine]:
     eng.dispose()
 
 
-@pytest.fixture(scope="module")
-def reference(sample: Any) -> Iterator[sa.Engine]:
-    eng = sa.create_engine("postgresql+psycopg2://", creator=lambda: psycopg2.connect(sample.reference_dsn))
-    yield eng
-    eng.dispose()
-
-
-def test_read_database_through_the_engine_equals_the_reference(engine, reference):
+def test_read_database_through_the_engine_equals_the_reference(engine, reference_engine):
     options = {"parameters": CUSTOMERS}
     got = polars.read_database(BY_CUSTOMER, connection=engine, execute_options=options)
     assert got.height > 1 and got["customer_id"].n_unique() == 2
-    assert_frame_equal(got, polars.read_database(BY_CUSTOMER, connection=reference, execute_options=options))
+    assert_frame_equal(
+        got, polars.read_database(BY_CUSTOMER, connection=reference_engine, execute_options=options)
+    )
 
 
-def test_read_database_in_batches_through_the_engine(engine, reference):
+def test_read_database_in_batches_through_the_engine(engine, reference_engine):
     query = SQL + " ORDER BY id"
     batches = list(polars.read_database(query, connection=engine, iter_batches=True, batch_size=1000))
     assert [b.height for b in batches] == [1000, 1000, 1000]
-    assert_frame_equal(polars.concat(batches), polars.read_database(query, connection=reference))
+    assert_frame_equal(polars.concat(batches), polars.read_database(query, connection=reference_engine))
 
 
 def test_read_database_on_a_parallel_connection_equals_the_reference(pdb, ref):

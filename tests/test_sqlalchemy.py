@@ -48,13 +48,6 @@ def engine(sample: Any) -> Iterator[sa.Engine]:
     eng.dispose()
 
 
-@pytest.fixture(scope="module")
-def reference(sample: Any) -> Iterator[sa.Engine]:
-    eng = sa.create_engine("postgresql+psycopg2://", creator=lambda: psycopg2.connect(sample.reference_dsn))
-    yield eng
-    eng.dispose()
-
-
 @pytest.fixture
 def scratch(sample: Any) -> Iterator[None]:
     """The scratch tables are gone before and after the test, on every server."""
@@ -141,17 +134,17 @@ def test_url_without_shards_or_with_a_host_is_refused(sample):
 # -- Core ---------------------------------------------------------------------------
 
 
-def test_text_with_parameters_equals_the_reference(engine, reference):
+def test_text_with_parameters_equals_the_reference(engine, reference_engine):
     sql = sa.text(
         "SELECT status, count(*), sum(amount) FROM orders WHERE customer_id < :top "
         "GROUP BY status ORDER BY status NULLS LAST"
     )
     got = rows(engine, sql, {"top": 2500})
     assert len(got) == 5
-    assert got == rows(reference, sql, {"top": 2500})
+    assert got == rows(reference_engine, sql, {"top": 2500})
 
 
-def test_select_over_a_reflected_table_equals_the_reference(engine, reference):
+def test_select_over_a_reflected_table_equals_the_reference(engine, reference_engine):
     orders = sa.Table("orders", sa.MetaData(), autoload_with=engine)
     customers = sa.Table("customers", sa.MetaData(), autoload_with=engine)
     query = (
@@ -162,10 +155,10 @@ def test_select_over_a_reflected_table_equals_the_reference(engine, reference):
         .order_by(customers.c.country.nulls_last())
     )
     got = rows(engine, query)
-    assert got and got == rows(reference, query)
+    assert got and got == rows(reference_engine, query)
 
 
-def test_stream_results_streams_through_named_cursors(engine, reference):
+def test_stream_results_streams_through_named_cursors(engine, reference_engine):
     query = sa.text("SELECT id, customer_id, ref, payload FROM orders ORDER BY id")
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, max_row_buffer=100).execute(query)
@@ -174,7 +167,7 @@ def test_stream_results_streams_through_named_cursors(engine, reference):
         got = [tuple(row) for row in result]
         streamed = conn.execution_options(stream_results=True).execute(sa.text("SELECT id FROM orders"))
         partitions = [len(p) for p in streamed.partitions(700)]
-    assert got == rows(reference, query)
+    assert got == rows(reference_engine, query)
     assert partitions == [700] * (len(got) // 700) + [len(got) % 700]
 
 
@@ -221,7 +214,7 @@ def test_isolation_level_and_autocommit_reach_every_shard(sample):
         eng.dispose()
 
 
-def test_pool_pre_ping_replaces_a_connection_whose_shard_went_away(sample, reference):
+def test_pool_pre_ping_replaces_a_connection_whose_shard_went_away(sample, reference_engine):
     eng = sa.create_engine(
         shard_url(sample.shard_dsns), connect_args={"placement": PLACEMENT}, pool_pre_ping=True, pool_size=1
     )
@@ -237,7 +230,7 @@ def test_pool_pre_ping_replaces_a_connection_whose_shard_went_away(sample, refer
             assert conn.connection.dbapi_connection.connections[1].info.backend_pid != pid
     finally:
         eng.dispose()
-    assert got == rows(reference, query)[0][0]
+    assert got == rows(reference_engine, query)[0][0]
 
 
 def test_sqlalchemy_two_phase_is_refused_with_the_way_out(engine):
@@ -280,7 +273,7 @@ def orm_rows(eng: sa.Engine, query: Any) -> list[tuple[Any, ...]]:
         return [(o.id, o.customer_id, o.status, o.amount, o.customer.name) for o in session.scalars(query)]
 
 
-def test_orm_reads_equal_the_reference(engine, reference):
+def test_orm_reads_equal_the_reference(engine, reference_engine):
     query = (
         sa.select(Order)
         .where(Order.customer_id.in_([2920, 1543, 7, 8, 9]))
@@ -289,9 +282,9 @@ def test_orm_reads_equal_the_reference(engine, reference):
     )
     got = orm_rows(engine, query)
     assert len({customer for _, customer, *_ in got}) > 1
-    assert got == orm_rows(reference, query)
+    assert got == orm_rows(reference_engine, query)
     top = sa.select(Order.status, sa.func.sum(Order.amount)).group_by(Order.status).order_by(Order.status)
-    with orm.Session(engine) as ours, orm.Session(reference) as theirs:
+    with orm.Session(engine) as ours, orm.Session(reference_engine) as theirs:
         assert ours.execute(top).all() == theirs.execute(top).all()
 
 
@@ -328,18 +321,18 @@ def reflected(eng: sa.Engine, table: str) -> dict[str, Any]:
     }
 
 
-def test_reflection_equals_the_reference(engine, reference):
+def test_reflection_equals_the_reference(engine, reference_engine):
     for table in ("orders", "customers"):
-        assert reflected(engine, table) == reflected(reference, table)
+        assert reflected(engine, table) == reflected(reference_engine, table)
     ours = sa.Table("orders", sa.MetaData(), autoload_with=engine)
-    theirs = sa.Table("orders", sa.MetaData(), autoload_with=reference)
+    theirs = sa.Table("orders", sa.MetaData(), autoload_with=reference_engine)
     assert [(c.name, repr(c.type), c.nullable, c.primary_key) for c in ours.columns] == [
         (c.name, repr(c.type), c.nullable, c.primary_key) for c in theirs.columns
     ]
 
 
 def test_reflection_of_constraints_comments_and_views_equals_the_reference(
-    engine, reference, scratch, sample
+    engine, reference_engine, scratch, sample
 ):
     ddl = f"""
         CREATE TABLE {LOOKUP} (
@@ -355,15 +348,15 @@ def test_reflection_of_constraints_comments_and_views_equals_the_reference(
     """
     run_on_all([*sample.shard_dsns, sample.reference_dsn], ddl)
     try:
-        assert reflected(engine, LOOKUP) == reflected(reference, LOOKUP)
-        ours, theirs = sa.inspect(engine), sa.inspect(reference)
+        assert reflected(engine, LOOKUP) == reflected(reference_engine, LOOKUP)
+        ours, theirs = sa.inspect(engine), sa.inspect(reference_engine)
         assert ours.get_view_names() == theirs.get_view_names()
         assert ours.get_view_definition(f"{LOOKUP}_view") == theirs.get_view_definition(f"{LOOKUP}_view")
     finally:
         run_on_all([*sample.shard_dsns, sample.reference_dsn], f"DROP VIEW IF EXISTS {LOOKUP}_view")
 
 
-def test_each_table_is_listed_once_and_the_commit_decisions_are_not_listed(engine, reference, scratch):
+def test_each_table_is_listed_once_and_the_commit_decisions_are_not_listed(engine, reference_engine, scratch):
     with engine.begin() as conn:  # a write on several shards: two-phase, a decision recorded
         conn.execute(sa.text(f"CREATE TABLE {NOTES} (customer_id int NOT NULL, body text)"))
         conn.execute(sa.text(f"INSERT INTO {NOTES} VALUES (1, 'a'), (2, 'b'), (3, 'c')"))
@@ -379,7 +372,7 @@ def test_each_table_is_listed_once_and_the_commit_decisions_are_not_listed(engin
     metadata = sa.MetaData()
     metadata.reflect(engine)
     assert {"orders", "customers", NOTES} <= set(metadata.tables) and DECISIONS not in metadata.tables
-    assert set(names) - {NOTES} == set(sa.inspect(reference).get_table_names())
+    assert set(names) - {NOTES} == set(sa.inspect(reference_engine).get_table_names())
 
 
 # -- pandas -------------------------------------------------------------------------
@@ -387,7 +380,7 @@ def test_each_table_is_listed_once_and_the_commit_decisions_are_not_listed(engin
 SQL = "SELECT id, customer_id, status, amount, paid, ordered_at, ref FROM orders WHERE id <= 700 ORDER BY id"
 
 
-def test_read_sql_equals_the_reference_frame_without_a_warning(engine, reference):
+def test_read_sql_equals_the_reference_frame_without_a_warning(engine, reference_engine):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         got = pandas.read_sql(SQL, engine)
@@ -400,18 +393,18 @@ def test_read_sql_equals_the_reference_frame_without_a_warning(engine, reference
         table = pandas.read_sql_table("customers", engine).sort_values("id", ignore_index=True)
         chunks = list(pandas.read_sql(SQL, engine, chunksize=250))
     assert len(got) == 700
-    pandas.testing.assert_frame_equal(got, pandas.read_sql(SQL, reference))
+    pandas.testing.assert_frame_equal(got, pandas.read_sql(SQL, reference_engine))
     pandas.testing.assert_frame_equal(
         with_params,
         pandas.read_sql(
             sa.text("SELECT id, amount FROM orders WHERE customer_id = :c ORDER BY id"),
-            reference,
+            reference_engine,
             params={"c": 2920},
             coerce_float=False,
         ),
     )
     pandas.testing.assert_frame_equal(
-        table, pandas.read_sql_table("customers", reference).sort_values("id", ignore_index=True)
+        table, pandas.read_sql_table("customers", reference_engine).sort_values("id", ignore_index=True)
     )
     assert [len(c) for c in chunks] == [250, 250, 200]
     pandas.testing.assert_frame_equal(pandas.concat(chunks, ignore_index=True), got)
