@@ -80,6 +80,10 @@ class ShardSet:
         replaces broken connections in it)."""
         self.pools: Sequence[Any] | None = None
         """Each shard's pool, when the connections came from pools: :meth:`heal` borrows from them."""
+        self._healing = threading.Lock()
+        """Held while a connection is replaced; :meth:`close` waits for it, so the list it leaves
+        holds every connection borrowed."""
+        self._shut = False
         self.two_phase = two_phase
         """Commit a transaction that wrote on several shards with two-phase commit."""
         self.decisions = atomic.DecisionLog(decision_schema)
@@ -179,6 +183,8 @@ class ShardSet:
         self.fanout.cancel_all(indexes)
 
     def close(self) -> None:
+        with self._healing:
+            self._shut = True
         self.fanout.release_stuck()
         self.fanout.close()
 
@@ -485,7 +491,9 @@ class ShardSet:
         settings = self._peer_settings(suspects)
         healed = []
         for i in suspects:
-            with self.fanout.attend(i) as mine:
+            with self.fanout.attend(i) as mine, self._healing:
+                if self._shut:
+                    break
                 if mine and (self.connections[i].closed or lost([self.connections[i]])):
                     self._replace(i, pools[i], settings)
                     healed.append(i)
