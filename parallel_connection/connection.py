@@ -214,6 +214,8 @@ class ParallelConnection:
             kwargs["cursor_factory"] = (
                 psycopg2.extensions.cursor
             )  # not the library's own (see _plain_internally)
+        with deadline.scope(self._deadline):
+            self.shard_set.heal()  # a cursor needs live connections: broken ones are replaced first
         shard_cursors = []
         try:
             for conn in self._connections:

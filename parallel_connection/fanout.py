@@ -189,11 +189,13 @@ class FanOut:
             raise self.error(deadline.waited_error(limit), ordered[0]) from None
 
     @contextlib.contextmanager
-    def attend(self, index: int) -> Iterator[bool]:
-        """Hold shard ``index``'s connection for the block if nobody else has it now (True), without
-        waiting; False (and the block runs without it) when another statement has it."""
+    def attend(self, index: int, *, wait: bool = False) -> Iterator[bool]:
+        """Hold shard ``index``'s connection for the block if nobody else has it now (True); False
+        (and the block runs without it) when another statement has it. With ``wait``, wait for it
+        as a call does, up to the current deadline."""
         gate = self._gates[index]
-        me = gate.enter(lambda: True, None)
+        limit = deadline.current()
+        me = gate.enter(lambda: not wait, None if limit is None or not wait else limit.at)
         try:
             yield me is not None
         finally:

@@ -491,7 +491,10 @@ class ShardSet:
         settings = self._peer_settings(suspects)
         healed = []
         for i in suspects:
-            with self.fanout.attend(i) as mine, self._healing:
+            # A closed connection fails every call at once, so its turn comes soon: wait for it
+            # (under load a free moment may never come). Another may just be answering a statement.
+            closed = bool(self.connections[i].closed)
+            with self.fanout.attend(i, wait=closed) as mine, self._healing:
                 if self._shut:
                     break
                 if mine and (self.connections[i].closed or lost([self.connections[i]])):

@@ -8,6 +8,7 @@ transactions the ParallelConnection goes on, as a pooled application would.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 
 import psycopg2
@@ -225,3 +226,43 @@ def test_what_was_registered_on_the_connection_reaches_the_new_one(pair, pdb):
         cur.execute("SELECT id FROM heal_t WHERE id = 3")
         assert cur.fetchall() == [("<3>",), ("<3>",)]  # shard 1's rows come from the new connection
     pdb.rollback()
+
+
+def test_a_new_cursor_after_the_break_heals_too(pair, pdb):
+    pdb.autocommit = True
+    with pdb.cursor() as cur:
+        _count(cur)
+    pdb.connections[0].close()  # as psycopg2 leaves a connection it found broken
+    with pdb.cursor() as cur:
+        assert _count(cur) == 20
+    assert pdb.closed == 0
+
+
+def test_threads_hammering_a_broken_shard_let_it_heal(pair, pdb):
+    pdb.autocommit = True
+    stop = threading.Event()
+    answered = []
+
+    def worker() -> None:
+        while not stop.is_set():
+            try:
+                with pdb.cursor(merge="union") as cur:
+                    cur.execute("SELECT 1 FROM pg_sleep(0.005)")
+                    answered.append(len(cur.fetchall()))
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                pass
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        _terminate(pair.shard_dsns[0], pdb.connections[0].info.backend_pid)
+        time.sleep(0.5)
+        before = len(answered)
+        assert wait_until(lambda: len(answered) > before + 20, 5)  # the statements answer again
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
+    assert pdb.closed == 0

@@ -59,36 +59,22 @@ def _backends(dsn: str) -> list[int]:
 
 
 class _Connections:
-    """A few shared ParallelConnections; a broken one is replaced (the old one closed)."""
+    """A few shared ParallelConnections, kept for the whole soak: a shard connection whose backend
+    was killed is replaced by the connection itself before its next statement."""
 
     def __init__(self, dsns: list[str]) -> None:
-        self.dsns = dsns
-        self.lock = threading.Lock()
-        self.live = [self._open() for _ in range(CONNECTIONS)]
-        self.retired_pools: list[Any] = []
-
-    def _open(self) -> parallel_connection.ParallelConnection:
-        pdb = parallel_connection.connect(self.dsns, maxconn=2)
-        pdb.autocommit = True
-        return pdb
+        self.live = [parallel_connection.connect(dsns, maxconn=2) for _ in range(CONNECTIONS)]
+        for pdb in self.live:
+            pdb.autocommit = True
 
     def get(self, n: int) -> parallel_connection.ParallelConnection:
-        with self.lock:
-            pdb = self.live[n % CONNECTIONS]
-            if pdb.closed:
-                # Closed here, so only its pools are kept (to check that no slot leaked).
-                self.retired_pools.extend(pdb.pools or [])
-                if not pdb._closed:
-                    pdb.close()
-                pdb = self.live[n % CONNECTIONS] = self._open()
-            return pdb
+        return self.live[n % CONNECTIONS]
 
     def close(self) -> list[Any]:
-        pools = list(self.retired_pools)
+        pools = []
         for pdb in self.live:
             pools.extend(pdb.pools or [])
-            if not pdb._closed:
-                pdb.close()
+            pdb.close()
         return pools
 
 
@@ -135,8 +121,9 @@ def _soak(sample: Any, seconds: float) -> None:
                     cur.execute("SELECT pg_terminate_backend(%s)", (rng.choice(pids),))
                 counts["killed"] += 1
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(WORKERS)]
-    threads.append(threading.Thread(target=killer))
+    # Daemons: a worker that hung must fail the test below, not keep the interpreter from exiting.
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(WORKERS)]
+    threads.append(threading.Thread(target=killer, daemon=True))
     for t in threads:
         t.start()
     began = time.monotonic()
@@ -148,6 +135,8 @@ def _soak(sample: Any, seconds: float) -> None:
     stop.set()
     for t in threads:
         t.join(30)
+    hung = [t.name for t in threads if t.is_alive()]
+    assert not hung, f"threads still running 30 s after the stop: {hung}"
     pools = conns.close()
     growth = rss[-1] - rss[0] if len(rss) >= 2 else 0.0
     print(f"soak {seconds:g} s: {dict(counts)}, RSS growth after warm-up {growth:.1f} MB")
