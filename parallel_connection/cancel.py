@@ -123,15 +123,23 @@ def lost(conns: Sequence[Any]) -> list[int]:
         readable = list(fds)
     for fd in readable:
         conn = conns[fds[fd]]
+        heard = len(conn.notices)
         with contextlib.suppress(psycopg2.Error):
-            # The goodbye comes in two reads: the server's message, then the end of the stream.
+            # The goodbye comes in two reads: the server's message, then the end of the stream,
+            # which may come a moment later (the server is still exiting).
             for _ in range(3):
-                if not select.select([fd], [], [], 0)[0]:
+                said = conn.notices[heard:]
+                wait = GOODBYE if any(n.startswith("FATAL:") for n in said) else 0.0
+                if not select.select([fd], [], [], wait)[0]:
                     break
                 conn.poll()
         if conn.closed:
             found.append(fds[fd])
     return sorted(found)
+
+
+GOODBYE = 1.0
+"""Seconds to wait for the end of the stream after an idle connection's server said FATAL."""
 
 
 def cancel_all(conns: Iterable[Any], timeout: float) -> None:
