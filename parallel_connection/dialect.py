@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import types
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -90,6 +91,18 @@ def _typed(name: str, text: str) -> Any:
     return text
 
 
+class _Driver(types.ModuleType):
+    """:mod:`parallel_connection` as the dialect's DB-API module, with psycopg2's ``__version__``:
+    SQLAlchemy 2.0's psycopg2 dialect reads the features it may use from that version."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(parallel_connection, name)
+
+
+_DBAPI = _Driver("parallel_connection")
+_DBAPI.__version__ = psycopg2.__version__  # type: ignore[attr-defined]
+
+
 class ParallelExecutionContext(PGExecutionContext_psycopg2):
     """psycopg2's execution context, for a connection whose notices and refusals are the library's."""
 
@@ -125,7 +138,7 @@ class ParallelDialect(PGDialect_psycopg2):
 
     @classmethod
     def import_dbapi(cls) -> Any:
-        return parallel_connection
+        return _DBAPI
 
     def retrieve_dbapi_version(self, dbapi: Any) -> util.VersionInfo:
         # The psycopg2 behind the library is what the dialect's version checks are about.
