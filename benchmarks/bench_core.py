@@ -10,6 +10,7 @@ from parallel_connection.proxy import TcpProxy
 from .common import BenchEnv, best_of, median_of, report
 
 ROWS = 1_000_000
+ONE_WAY = 0.010  # the proxy's delay in each direction: a 20 ms round trip
 
 _LOAD = """
 DROP TABLE IF EXISTS bench_union;
@@ -44,7 +45,8 @@ def fanout_latency(env: BenchEnv) -> None:
                 cur.execute(sql)
                 cur.fetchall()
 
-        one(), fan()
+        one()  # warm up both
+        fan()
         t_one = median_of(one, 21)
         t_fan = median_of(fan, 21)
     finally:
@@ -54,13 +56,18 @@ def fanout_latency(env: BenchEnv) -> None:
 
 
 def remote_shards(env: BenchEnv) -> None:
-    """Shards behind 10 ms (one way) of network: one fan-out vs asking them one after another."""
-    proxies = [TcpProxy.for_dsn(d, delay=0.010) for d in env.shard_dsns]
+    """Shards behind 10 ms each way (20 ms round trip): one fan-out vs asking them one after another."""
+    proxies = [TcpProxy.for_dsn(d, delay=ONE_WAY) for d in env.shard_dsns]
     dsns = [p.dsn(d) for p, d in zip(proxies, env.shard_dsns, strict=True)]
     sql = "SELECT count(*) FROM pg_class"
     raw = [psycopg2.connect(d) for d in dsns]
     pdb = parallel_connection.connect(dsns)
     try:
+
+        def select_1() -> None:
+            with raw[0].cursor() as cur:
+                cur.execute("SELECT 1")
+                cur.fetchall()
 
         def sequential() -> None:
             for conn in raw:
@@ -73,6 +80,7 @@ def remote_shards(env: BenchEnv) -> None:
                 cur.execute(sql)
                 cur.fetchall()
 
+        t_rtt = median_of(select_1, 11)
         t_seq = median_of(sequential, 11)
         t_par = median_of(parallel, 11)
     finally:
@@ -81,7 +89,9 @@ def remote_shards(env: BenchEnv) -> None:
         pdb.close()
         for proxy in proxies:
             proxy.close()
-    report(env, "shards 10 ms away: shard-after-shard time / fan-out time", t_seq / t_par)
+    ms = f"{ONE_WAY * 1e3:g} ms each way"
+    report(env, f"proxy {ms}: SELECT 1 round trip ms, median", t_rtt * 1e3, unit="ms")
+    report(env, f"shards {ms}: shard-after-shard time / fan-out time", t_seq / t_par)
 
 
 def union_throughput(env: BenchEnv) -> None:
