@@ -11,6 +11,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 import psycopg2.pool
+import psycopg2.sql
 
 from . import deadline
 from .cancel import broken
@@ -26,6 +27,8 @@ from .shards import DEFAULT_MOVED_ROWS, ShardSet
 from .workers import Workers, wait
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from .placement_check import PlacementReport
     from .ranges import ScanReport
 
@@ -102,6 +105,7 @@ class ParallelConnection:
         self._dsns = list(dsns) if dsns is not None else None
         self._connect_kwargs = dict(connect_kwargs or {})
         self._closed = False
+        self._arrow: Any = None  # the columnar reader, made on first use (pyarrow is optional)
         self._deadline = checked_deadline(statement_deadline)
         self._own_factories = [conn.cursor_factory for conn in self._connections]
         self._logging_pending = any(_log_pending(conn) for conn in self._connections)
@@ -233,6 +237,46 @@ class ParallelConnection:
             tuples=tuples,
             statement_deadline=limit,
         )
+
+    # -- columnar results -----------------------------------------------------------
+
+    def read_arrow(self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None) -> pa.Table:
+        """The answer of ``query`` as one ``pyarrow.Table``, read from the shards as columns."""
+        from .columnar.read import read_table
+
+        return read_table(self, self._columnar(), query, vars)
+
+    def read_arrow_batches(
+        self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None
+    ) -> pa.RecordBatchReader:
+        """The answer of ``query`` as a ``pyarrow.RecordBatchReader``, in bounded memory when the
+        shards' rows need no ordering across shards."""
+        import pyarrow
+
+        from .columnar.read import read_batches
+
+        batches = read_batches(self, self._columnar(), query, vars)
+        return pyarrow.RecordBatchReader.from_batches(next(batches), batches)
+
+    def read_pandas(
+        self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None, **options: Any
+    ) -> Any:
+        """The answer of ``query`` as a pandas DataFrame (``options`` go to ``Table.to_pandas``)."""
+        return self.read_arrow(query, vars).to_pandas(**options)
+
+    def read_polars(self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None) -> Any:
+        """The answer of ``query`` as a polars DataFrame."""
+        import polars
+
+        return polars.from_arrow(self.read_arrow(query, vars))
+
+    def _columnar(self) -> Any:
+        self._check_open()
+        if self._arrow is None:
+            from .columnar.read import Reader
+
+            self._arrow = Reader(self._dsns, self._connect_kwargs)
+        return self._arrow
 
     @property
     def cursor_factory(self) -> Any:
@@ -514,6 +558,8 @@ class ParallelConnection:
         """
         if self._closed:
             raise psycopg2.InterfaceError("connection already closed")
+        if self._arrow is not None:
+            self._arrow.close()
         if self._pools is not None:
             try:
                 self.putconn(self._pools)
@@ -562,6 +608,8 @@ class ParallelConnection:
 
     def _shutdown(self) -> None:
         self._closed = True
+        if self._arrow is not None:
+            self._arrow.close()
         self.shard_set.close()
 
     def _roll_back_open(self) -> None:

@@ -8,8 +8,8 @@ the merged rows one, many or all at a time.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
@@ -25,9 +25,17 @@ from .rows import RowMaker, row_maker
 from .shards import Connected
 from .streams import ShardStream, cancel_streams, tagged_interleave
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 __all__ = ["ParallelCursor"]
 
 Row = Any
+
+
+def _tuples(rows: list[Row]) -> list[Sequence[Any]]:
+    """Rows of any cursor_factory as sequences in the description's order."""
+    return [tuple(row.values()) if isinstance(row, Mapping) else row for row in rows]
 
 
 class _Rows:
@@ -411,6 +419,50 @@ class ParallelCursor:
         if self._rows is None:
             raise psycopg2.ProgrammingError("no results to fetch")
         return self._rows
+
+    # -- columnar fetches ----------------------------------------------------------
+
+    def fetch_arrow(self) -> pa.Table:
+        """The rest of the rows as a ``pyarrow.Table`` in the columns' PostgreSQL types.
+
+        The rows came through psycopg2; ``ParallelConnection.read_arrow`` reads them as columns.
+        """
+        description = self._results_description()
+        from .columnar.read import rows_as_table, session_zone
+
+        return rows_as_table(description, _tuples(self.fetchall()), session_zone(self._shards))
+
+    def fetch_arrow_batches(self, size: int = 65_536) -> pa.RecordBatchReader:
+        """The rest of the rows as a ``pyarrow.RecordBatchReader`` of ``size`` rows a batch."""
+        description = self._results_description()
+        import pyarrow
+
+        from .columnar.read import rows_as_table, session_zone
+
+        zone = session_zone(self._shards)
+        first = rows_as_table(description, _tuples(self.fetchmany(size)), zone)
+
+        def rest() -> Iterator[pa.RecordBatch]:
+            yield from first.to_batches()
+            while rows := self.fetchmany(size):
+                yield from rows_as_table(description, _tuples(rows), zone).cast(first.schema).to_batches()
+
+        return pyarrow.RecordBatchReader.from_batches(first.schema, rest())
+
+    def fetch_pandas(self, **options: Any) -> Any:
+        """The rest of the rows as a pandas DataFrame (``options`` go to ``Table.to_pandas``)."""
+        return self.fetch_arrow().to_pandas(**options)
+
+    def fetch_polars(self) -> Any:
+        """The rest of the rows as a polars DataFrame."""
+        import polars
+
+        return polars.from_arrow(self.fetch_arrow())
+
+    def _results_description(self) -> tuple[Any, ...]:
+        self._results()
+        assert self._description is not None
+        return self._description
 
     # -- lifetime -----------------------------------------------------------------
 

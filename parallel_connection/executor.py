@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .casts import UserCasts
@@ -33,17 +33,19 @@ from .outcome import (
     with_moments,
     write_scope,
 )
-from .plan import Plan, ShardFacts, check_shard_types, plan_statement, quick_plan, stage_statement
+from .plan import ClientPlan, Plan, ShardFacts, check_shard_types, plan_statement, quick_plan, stage_statement
 from .shards import ShardSet
 from .streams import interleave
 from .targets import bind_targets, placed
 from .writing import run_batch, run_rerouted, run_split
 
 __all__ = [
+    "ShardQueries",
     "execute",
     "execute_many",
     "run_finished",
     "run_union",
+    "shard_queries",
 ]
 
 
@@ -57,6 +59,63 @@ def execute(shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, m
         if quick.word in _ENDING and not shards.autocommit:
             return _end_transaction(shards, cursors, statement, quick)
         return _run(shards, cursors, statement, quick, statement.vars)
+    plan, shard_vars, targets = _planned(shards, cursors, statement, text)
+    return _run(shards, cursors, statement, plan, shard_vars, targets)
+
+
+@dataclass(frozen=True)
+class ShardQueries:
+    """A read the shards answer as planned: what each target runs, and what the client does after."""
+
+    targets: list[int]
+    queries: list[Any]
+    """Each target's statement (psycopg2 placeholders), in the order of ``targets``."""
+    vars: Any
+    client: ClientPlan | None
+    """The merge (None: the union of the targets' rows)."""
+    names: tuple[str, ...]
+    text_order_c: bool
+
+
+def shard_queries(shards: ShardSet, cursors: Sequence[Any], statement: Statement) -> ShardQueries | None:
+    """The plan of a read that needs only a union or an order / DISTINCT / LIMIT merge of the shards'
+    rows (None: anything else, which the row path runs: writes, aggregates, stages, splits...)."""
+    text = text_of(statement.query, cursors[0])
+    if len(cursors) == 1:
+        return ShardQueries([0], [statement.query], statement.vars, None, (), True)
+    if quick_plan(text) is not None:
+        return None
+    plan, shard_vars, targets = _planned(shards, cursors, statement, text)
+    if plan.split or plan.batch or plan.reroute or plan.writes or plan.copies or plan.refresh:
+        return None
+    one = bool(plan.pins) and len(targets) <= 1
+    if (plan.staged is not None or plan.refusal is not None) and not one:
+        return None
+    shards.check_transaction()
+    text_order_c = shards.facts().text_order_c
+    if one:
+        local = plan.local
+        targets = targets or [0]
+        if local is None or local.sql is None:
+            return ShardQueries(targets, [statement.query], statement.vars, None, (), text_order_c)
+        vars = with_moments(plan, shard_vars, shards, targets[0])
+        return ShardQueries(targets, [local.sql], vars, None, (), text_order_c)
+    task = plan.tasks[0]
+    if task.sql is None and not plan.merge:
+        used = targets[:1] if plan.first else targets
+        return ShardQueries(used, [statement.query] * len(used), statement.vars, None, (), text_order_c)
+    vars = with_moments(plan, shard_vars, shards, targets[0])
+    query = task.sql if task.sql is not None else statement.query
+    client = plan.client if plan.merge else None
+    if client is not None and (client.aggregate is not None or client.distinct_on):
+        return None
+    return ShardQueries(targets, [query] * len(targets), vars, client, plan.names, text_order_c)
+
+
+def _planned(
+    shards: ShardSet, cursors: Sequence[Any], statement: Statement, text: str
+) -> tuple[Plan, Any, list[int]]:
+    """The statement's plan, its shard values and targets, with the shards' facts checked fresh."""
     facts = shards.facts()
     plan, shard_vars = _plan(text, statement.vars, facts, cursors[0], shards)
     targets = bind_targets(plan, shard_vars, len(cursors))
@@ -66,7 +125,7 @@ def execute(shards: ShardSet, cursors: Sequence[Any], statement: Statement, *, m
         if fresh is not facts:
             plan, shard_vars = _plan(text, statement.vars, fresh, cursors[0], shards)
             targets = bind_targets(plan, shard_vars, len(cursors))
-    return _run(shards, cursors, statement, plan, shard_vars, targets)
+    return plan, shard_vars, targets
 
 
 def _merged(shards: ShardSet, cursors: Sequence[Any], statement: Statement) -> Outcome:

@@ -1,0 +1,338 @@
+"""PostgreSQL's types as Arrow's: what the driver reads as is, what it reads as text, and the casts after.
+
+The ADBC driver decodes most types exactly. Numeric it gives as text that is
+slow to make on the client, so the server sends ``numeric::text`` and Arrow
+casts it to ``decimal128(p, s)`` (the column's own precision and scale; for
+an unconstrained numeric, the smallest scale holding every value). Types Arrow
+has no equivalent of (inet, ranges, geometric types, timetz, money, xml,
+composites...) come as their text, as psycopg2 gives them. json and jsonb come
+as text, oid as uint32, timestamptz in the session's time zone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import zoneinfo
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import refuse
+
+__all__ = ["Column", "arrow_zone", "finish", "plan_columns", "rows_table", "settle", "unify", "wrapped"]
+
+_NUMERIC = b"numeric"
+_AS_IS_EXTENSIONS = frozenset({"arrow.json"})
+_TEXT_TYPES = frozenset({b"money", b"uuid"})
+MAX_DECIMAL128 = 38
+MAX_DECIMAL256 = 76
+
+
+@dataclass(frozen=True)
+class Column:
+    """How one result column is read and finished."""
+
+    name: str
+    pg_type: str
+    as_text: bool = False
+    """The server sends ``column::text``."""
+    numeric: tuple[int, int] | None = None
+    """(precision, scale) of a numeric(p, s) column read as text; (0, 0): unconstrained."""
+    elements_numeric: bool = False
+    """A numeric[] column: its elements come as text, cast to a decimal after."""
+
+
+def plan_columns(schema: pa.Schema) -> list[Column]:
+    """How each column of the driver's ``schema`` is read."""
+    columns = []
+    for field in schema:
+        meta = field.metadata or {}
+        pg_type = meta.get(b"POSTGRESQL:type", b"")
+        name = field.name
+        if pg_type == _NUMERIC:
+            columns.append(Column(name, "numeric", as_text=True, numeric=_precision(meta)))
+        elif pg_type in _TEXT_TYPES or _opaque(field.type):
+            columns.append(Column(name, pg_type.decode(), as_text=True))
+        elif pa.types.is_list(field.type) and _opaque(field.type.value_type):
+            element = (field.type.value_field.metadata or {}).get(b"POSTGRESQL:type", b"")
+            if element == _NUMERIC:
+                columns.append(Column(name, "numeric[]", elements_numeric=True))
+            else:
+                columns.append(Column(name, pg_type.decode(), as_text=True))
+        else:
+            columns.append(Column(name, pg_type.decode()))
+    return columns
+
+
+def wrapped(query: str, columns: Sequence[Column]) -> str:
+    """``query`` with the columns read as text cast on the server (its rows' order kept)."""
+    if not any(c.as_text for c in columns):
+        return query
+    names = [f"c{i}" for i in range(len(columns))]
+    picks = ", ".join(f"{n}::text" if c.as_text else n for n, c in zip(names, columns, strict=True))
+    return f"SELECT {picks} FROM ({query}\n) AS parallel_connection_q({', '.join(names)})"
+
+
+def finish(
+    table: pa.Table,
+    columns: Sequence[Column],
+    zone: str,
+    fixed: pa.Schema | None = None,
+    *,
+    infer: bool = True,
+) -> pa.Table:
+    """The driver's ``table`` in PostgreSQL's types (``fixed``: the types earlier batches were given;
+    without ``infer``, unconstrained numerics stay text for :func:`settle`)."""
+    arrays = []
+    for i, column in enumerate(columns):
+        if not infer and _unconstrained(column):
+            arrays.append(_storage(table.column(i)))
+            continue
+        want = fixed.field(i).type if fixed is not None else None
+        arrays.append(_finish(table.column(i), column, zone, want))
+    return pa.table(arrays, names=[c.name for c in columns])
+
+
+def settle(tables: Sequence[pa.Table], columns: Sequence[Column]) -> list[pa.Table]:
+    """Unconstrained numerics, still text, as the one decimal holding every table's values."""
+    out = list(tables)
+    for i, column in enumerate(columns):
+        if not _unconstrained(column):
+            continue
+        parts = [t.column(i) for t in out]
+        if column.elements_numeric:
+            texts = [pc.list_flatten(c) for p in parts for c in p.chunks]
+            element = _inferred(pa.chunked_array(texts, pa.string()), column.name)
+            target = pa.list_(element)
+        else:
+            target = _inferred(
+                pa.chunked_array([c for p in parts for c in p.chunks], pa.string()), column.name
+            )
+        if target in (pa.string(), pa.list_(pa.string())):
+            continue
+        out = [t.set_column(i, t.field(i).name, p.cast(target)) for t, p in zip(out, parts, strict=True)]
+    return out
+
+
+def unify(tables: Sequence[pa.Table]) -> list[pa.Table]:
+    """The shards' tables with one type per column (decimals widened to hold every shard's values)."""
+    if len(tables) < 2 or all(t.schema.equals(tables[0].schema) for t in tables):
+        return list(tables)
+    types = []
+    for i in range(tables[0].num_columns):
+        kinds = [t.schema.field(i).type for t in tables]
+        types.append(_common(kinds))
+    out = []
+    for table in tables:
+        arrays = [
+            table.column(i) if table.schema.field(i).type == ty else _cast(table.column(i), ty)
+            for i, ty in enumerate(types)
+        ]
+        out.append(pa.table(arrays, names=table.column_names))
+    return out
+
+
+def arrow_zone(pg_zone: str) -> str:
+    """The Arrow time zone for a session's ``TimeZone`` (UTC when Arrow has no such name)."""
+    try:
+        zoneinfo.ZoneInfo(pg_zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return "UTC"
+    return pg_zone
+
+
+def _precision(meta: dict[bytes, bytes]) -> tuple[int, int]:
+    typmod = int(meta.get(b"POSTGRESQL:typmod", b"-1"))
+    if typmod < 4:
+        return (0, 0)
+    typmod -= 4
+    scale = typmod & 0x7FF
+    return (typmod >> 16, scale - 0x800 if scale & 0x400 else scale)
+
+
+def _opaque(arrow_type: pa.DataType) -> bool:
+    return isinstance(arrow_type, pa.BaseExtensionType) and arrow_type.extension_name not in _AS_IS_EXTENSIONS
+
+
+def _unconstrained(column: Column) -> bool:
+    return column.numeric == (0, 0) or column.elements_numeric
+
+
+def _storage(array: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Extension values (the driver's json, numeric elements) as their storage type."""
+    kind = array.type
+    if isinstance(kind, pa.BaseExtensionType):
+        return pa.chunked_array([c.storage for c in array.chunks], type=kind.storage_type)
+    if pa.types.is_list(kind) and isinstance(kind.value_type, pa.BaseExtensionType):
+        return _cast(array, pa.list_(kind.value_type.storage_type))
+    return array
+
+
+def _finish(array: pa.ChunkedArray, column: Column, zone: str, want: pa.DataType | None) -> pa.ChunkedArray:
+    array = _storage(array)
+    kind = array.type
+    if column.numeric is not None:
+        return _decimal(array, column.numeric, column.name, want)
+    if column.elements_numeric:
+        values = pa.chunked_array([pc.list_flatten(c) for c in array.chunks], pa.string())
+        element = want.value_type if want is not None else _inferred(values, column.name)
+        return array if element == pa.string() else array.cast(pa.list_(element))
+    if column.pg_type == "oid":
+        return array.cast(pa.uint32(), safe=False)
+    if pa.types.is_timestamp(kind) and kind.tz is not None:
+        return array.cast(pa.timestamp(kind.unit, tz=zone))
+    return array
+
+
+def _decimal(
+    text: pa.ChunkedArray, precision: tuple[int, int], name: str, want: pa.DataType | None
+) -> pa.ChunkedArray:
+    p, s = precision
+    if want is not None:
+        target = want
+    elif p == 0:
+        target = _inferred(text, name)
+    elif p <= MAX_DECIMAL128 and s >= 0:
+        target = pa.decimal128(p, s)
+    elif p <= MAX_DECIMAL256 and s >= 0:
+        target = pa.decimal256(p, s)
+    else:
+        target = pa.string()
+    if target == pa.string():
+        return text
+    try:
+        return text.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        if want is not None:
+            raise refuse(
+                f"column {name!r}: a numeric value the type of the first batches ({want}) cannot hold; "
+                f"cast the column in SQL (e.g. ::numeric(30, 6)) or use fetch_arrow()"
+            ) from None
+        return text  # NaN or infinities: no Arrow decimal holds them
+
+
+def _inferred(text: pa.ChunkedArray, name: str) -> pa.DataType:
+    """The smallest-scale decimal holding every value of an unconstrained numeric (text if none does)."""
+    if text.null_count == len(text):
+        return pa.decimal128(MAX_DECIMAL128, 0)
+    digits = pc.utf8_length(text)
+    dot = pc.find_substring(text, ".")
+    has_dot = pc.greater_equal(dot, 0)
+    scale = pc.max(pc.if_else(has_dot, pc.subtract(pc.subtract(digits, dot), 1), 0)).as_py() or 0
+    whole = pc.if_else(has_dot, dot, digits)
+    sign = pc.cast(pc.starts_with(text, "-"), pa.int32())
+    integer = pc.max(pc.subtract(whole, sign)).as_py() or 0
+    special = pc.any(pc.match_substring_regex(text, "[a-zA-Z]")).as_py()
+    if special:
+        return pa.string()
+    if integer + scale <= MAX_DECIMAL128:
+        return pa.decimal128(MAX_DECIMAL128, scale)
+    if integer + scale <= MAX_DECIMAL256:
+        return pa.decimal256(MAX_DECIMAL256, scale)
+    return pa.string()
+
+
+def _common(kinds: Sequence[pa.DataType]) -> pa.DataType:
+    first = kinds[0]
+    if all(k == first for k in kinds):
+        return first
+    if any(k == pa.string() for k in kinds) and all(
+        pa.types.is_decimal(k) or k == pa.string() for k in kinds
+    ):
+        return pa.string()
+    if all(pa.types.is_decimal(k) for k in kinds):
+        scale = max(k.scale for k in kinds)
+        integer = max(k.precision - k.scale for k in kinds)
+        if integer + scale <= MAX_DECIMAL128:
+            return pa.decimal128(MAX_DECIMAL128, scale)
+        if integer + scale <= MAX_DECIMAL256:
+            return pa.decimal256(MAX_DECIMAL256, scale)
+        return pa.string()
+    if all(pa.types.is_list(k) for k in kinds):
+        return pa.list_(_common([k.value_type for k in kinds]))
+    if all(pa.types.is_null(k) or k == first for k in kinds):
+        return first
+    non_null = [k for k in kinds if not pa.types.is_null(k)]
+    return non_null[0] if non_null and all(k == non_null[0] for k in non_null) else first
+
+
+def _cast(array: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
+    if pa.types.is_decimal(array.type) and target == pa.string():
+        return pa.chunked_array([_decimal_text(c) for c in array.chunks], type=pa.string())
+    return array.cast(target)
+
+
+def _decimal_text(chunk: pa.Array) -> pa.Array:
+    return pa.array([None if v is None else format(v, "f") for v in chunk.to_pylist()], pa.string())
+
+
+# -- rows the row path answered, as Arrow ---------------------------------------------------------
+
+_ARROW_OF_OID: dict[int, pa.DataType] = {
+    16: pa.bool_(), 20: pa.int64(), 21: pa.int16(), 23: pa.int32(), 26: pa.uint32(), 700: pa.float32(),
+    701: pa.float64(), 25: pa.string(), 1043: pa.string(), 1042: pa.string(), 19: pa.string(),
+    18: pa.string(), 1082: pa.date32(), 1114: pa.timestamp("us"), 17: pa.binary(), 1083: pa.time64("us"),
+    114: pa.string(), 3802: pa.string(), 2950: pa.string(),
+}  # fmt: skip
+_TIMESTAMPTZ = 1184
+_INTERVAL = 1186
+_NUMERIC_OID = 1700
+_JSON_OIDS = frozenset({114, 3802})
+
+
+def rows_table(description: Sequence[Any], rows: Sequence[Sequence[Any]], zone: str) -> pa.Table:
+    """psycopg2 rows of ``description`` as an Arrow table with the columns' PostgreSQL types."""
+    arrays = []
+    for i, column in enumerate(description):
+        values = [row[i] for row in rows]
+        arrays.append(_from_python(values, column, zone))
+    return pa.table(arrays, names=[c.name for c in description])
+
+
+def _from_python(values: list[Any], column: Any, zone: str) -> pa.Array:
+    oid = column.type_code
+    if oid in _JSON_OIDS:
+        values = [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
+    if oid == 17:
+        values = [None if v is None else bytes(v) for v in values]
+    if oid == _TIMESTAMPTZ:
+        return pa.array(values, pa.timestamp("us", tz=zone))
+    if oid == _INTERVAL:
+        return pa.array([_interval(v) for v in values], pa.month_day_nano_interval())
+    if oid == _NUMERIC_OID:
+        return _numeric_array(values, column)
+    if oid in _ARROW_OF_OID:
+        return pa.array(values, _ARROW_OF_OID[oid])
+    if all(v is None or isinstance(v, (str, bool, int, float, decimal.Decimal, list)) for v in values):
+        try:
+            return pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+    return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
+def _numeric_array(values: list[Any], column: Any) -> pa.Array:
+    if any(v is not None and not v.is_finite() for v in values):
+        return pa.array([None if v is None else str(v) for v in values], pa.string())
+    precision, scale = column.precision, column.scale
+    if precision and scale >= 0 and precision <= MAX_DECIMAL256:
+        kind = (
+            pa.decimal128(precision, scale)
+            if precision <= MAX_DECIMAL128
+            else pa.decimal256(precision, scale)
+        )
+        return pa.array(values, kind)
+    text = pa.chunked_array([pa.array([None if v is None else format(v, "f") for v in values], pa.string())])
+    target = _inferred(text, column.name)
+    return text.cast(target).combine_chunks() if target != pa.string() else text.combine_chunks()
+
+
+def _interval(value: datetime.timedelta | None) -> pa.MonthDayNano | None:
+    if value is None:
+        return None
+    return pa.MonthDayNano([0, value.days, (value.seconds * 1_000_000 + value.microseconds) * 1000])

@@ -1,0 +1,396 @@
+"""Columnar results: read_arrow / read_arrow_batches / read_pandas / read_polars and the cursor's
+fetch_arrow family, against one reference database holding every row.
+
+Types are checked value by value (numeric as decimal128 with the column's
+scale, timestamptz in the session's zone, intervals as months/days/ns, json as
+PostgreSQL's text, arrays, NULLs); merges (ORDER BY with NULLS FIRST / LAST,
+DISTINCT, LIMIT / OFFSET) and everything the row path answers (aggregates)
+are compared with the reference's rows.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import math
+from collections.abc import Iterator
+from contextlib import closing
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mergetools import approx_rows, as_multiset, load
+from test_merge_differential import aggregate_queries, row_queries
+from test_merge_differential import tables as mt_tables
+
+import parallel_connection
+from parallel_connection import NotSupportedError
+
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+TYPES_TABLE = """
+DROP TABLE IF EXISTS arrow_types;
+CREATE TABLE arrow_types (
+    id bigint PRIMARY KEY, i2 smallint, i4 integer, f8 double precision, n numeric(15, 4), nu numeric,
+    t text, ts timestamp, tz timestamptz, d date, iv interval, b boolean, j jsonb, arr integer[],
+    ba bytea, u uuid, o oid
+)
+"""
+INSERT = (
+    "INSERT INTO arrow_types VALUES %s",
+    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::interval, %s, %s, %s, %s, %s, %s)",
+)
+WANT_TYPES = {
+    "id": pa.int64(), "i2": pa.int16(), "i4": pa.int32(), "f8": pa.float64(),
+    "n": pa.decimal128(15, 4), "t": pa.string(), "ts": pa.timestamp("us"), "d": pa.date32(),
+    "iv": pa.month_day_nano_interval(), "b": pa.bool_(), "j": pa.string(), "arr": pa.list_(pa.int32()),
+    "ba": pa.binary(), "u": pa.string(), "o": pa.uint32(),
+}  # fmt: skip
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=8)
+MOMENT = st.datetimes(datetime.datetime(1900, 1, 1), datetime.datetime(2200, 1, 1))
+ROW = st.tuples(
+    st.one_of(st.none(), st.integers(-(2**15), 2**15 - 1)),
+    st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)),
+    st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+    st.one_of(st.none(), st.decimals(-(10**11) + 1, 10**11 - 1, places=4, allow_nan=False)),
+    st.one_of(
+        st.none(),
+        st.just(decimal.Decimal("NaN")),
+        st.integers(0, 12).flatmap(
+            lambda places: st.decimals(
+                -(10**20), 10**20, allow_nan=False, allow_infinity=False, places=places
+            )
+        ),
+    ),
+    st.one_of(st.none(), TEXT),
+    st.one_of(st.none(), MOMENT),
+    st.one_of(st.none(), MOMENT.map(lambda m: m.replace(tzinfo=datetime.timezone.utc))),
+    st.one_of(st.none(), st.dates(datetime.date(1, 1, 1), datetime.date(9999, 12, 31))),
+    st.one_of(
+        st.none(),
+        st.tuples(st.integers(-9999, 9999), st.integers(-9999, 9999), st.integers(-(10**12), 10**12)),
+    ),
+    st.one_of(st.none(), st.booleans()),
+    st.one_of(st.none(), st.dictionaries(TEXT, st.integers(-(2**53), 2**53) | TEXT, max_size=3)),
+    st.one_of(st.none(), st.lists(st.one_of(st.none(), st.integers(-5, 5)), max_size=4)),
+    st.one_of(st.none(), st.binary(max_size=6)),
+    st.one_of(st.none(), st.uuids().map(str)),
+    st.one_of(st.none(), st.integers(0, 2**32 - 1)),
+)
+
+
+@pytest.fixture(scope="module")
+def typed_conns(sample: Any) -> Iterator[tuple[Any, Any]]:
+    for dsn in [*sample.shard_dsns, sample.reference_dsn]:
+        with closing(psycopg2.connect(dsn)) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(TYPES_TABLE)
+    shards = [psycopg2.connect(dsn) for dsn in sample.shard_dsns]
+    ref = psycopg2.connect(sample.reference_dsn)
+    yield shards, ref
+    for conn in [*shards, ref]:
+        conn.close()
+
+
+def _interval(value: tuple[int, int, int] | None) -> str | None:
+    if value is None:
+        return None
+    months, days, micros = value
+    return f"{months} months {days} days {micros} microseconds"
+
+
+def _load_types(shards: list[Any], ref: Any, rows: list[tuple[Any, ...]], placement: list[int]) -> None:
+    values = [
+        (i, *row[:9], _interval(row[9]), row[10], None if row[11] is None else json.dumps(row[11]), *row[12:])
+        for i, row in enumerate(rows)
+    ]
+    values = [(*v[:14], None if v[14] is None else psycopg2.Binary(v[14]), *v[15:]) for v in values]
+    per_shard: list[list[Any]] = [[] for _ in shards]
+    for value, shard in zip(values, placement, strict=True):
+        per_shard[shard].append(value)
+    for conn, part in [*zip(shards, per_shard, strict=True), (ref, values)]:
+        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute("TRUNCATE arrow_types")
+            if part:
+                psycopg2.extras.execute_values(cur, INSERT[0], part, template=INSERT[1])
+        conn.commit()
+
+
+def _reference(ref: Any, zone: str) -> list[dict[str, Any]]:
+    with ref.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute("SET TimeZone = %s", (zone,))
+        cur.execute(
+            "SELECT *, j::text AS j_text,"
+            " (extract(year FROM iv) * 12 + extract(month FROM iv))::int AS iv_months,"
+            " extract(day FROM iv)::int AS iv_days,"
+            " ((extract(hour FROM iv) * 3600 + extract(minute FROM iv) * 60) * 1000000"
+            " + extract(microseconds FROM iv))::bigint AS iv_micros"
+            " FROM arrow_types ORDER BY id"
+        )
+        rows = [dict(r) for r in cur.fetchall()]
+    ref.rollback()
+    return rows
+
+
+def _same(got: Any, want: Any) -> bool:
+    if isinstance(want, float) and math.isnan(want):
+        return isinstance(got, float) and math.isnan(got)
+    if isinstance(want, decimal.Decimal) and not want.is_finite():
+        return got == str(want) or (isinstance(got, str) and got.lower() == str(want).lower())
+    if isinstance(want, memoryview):
+        return got == bytes(want)
+    if isinstance(want, decimal.Decimal) and isinstance(got, str):
+        return got == format(want, "f")  # a column holding NaN comes as PostgreSQL's text
+    return bool(got == want) and type(got) is type(want)
+
+
+@SETTINGS
+@given(
+    rows=st.lists(ROW, max_size=12),
+    placement_seed=st.lists(st.integers(0, 2), min_size=12, max_size=12),
+    zone=st.sampled_from(["UTC", "Europe/Paris", "America/Sao_Paulo", "Asia/Kolkata"]),
+)
+def test_every_type_is_postgresqls_value(pdb, typed_conns, rows, placement_seed, zone):
+    shards, ref = typed_conns
+    pdb.rollback()
+    _load_types(shards, ref, rows, placement_seed[: len(rows)])
+    with pdb.cursor() as cur:
+        cur.execute("SET TimeZone = %s", (zone,))
+    table = pdb.read_arrow("SELECT * FROM arrow_types ORDER BY id")
+    pdb.rollback()
+    want = _reference(ref, zone)
+    for name, kind in WANT_TYPES.items():
+        assert table.schema.field(name).type == kind, name
+    assert table.schema.field("tz").type == pa.timestamp("us", tz=zone)
+    nu = table.schema.field("nu").type
+    assert pa.types.is_decimal(nu) or nu == pa.string()
+    got = table.to_pylist()
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        for name in ("id", "i2", "i4", "f8", "n", "t", "ts", "tz", "d", "b", "arr", "ba", "u", "o", "nu"):
+            assert _same(g[name], w[name]), (name, g[name], w[name])
+        if w["tz"] is not None:
+            assert g["tz"].utcoffset() == w["tz"].utcoffset(), (g["tz"], w["tz"])
+        assert g["j"] == w["j_text"]
+        if w["iv"] is None:
+            assert g["iv"] is None
+        else:
+            iv = g["iv"]
+            assert (iv.months, iv.days, iv.nanoseconds) == (
+                w["iv_months"],
+                w["iv_days"],
+                w["iv_micros"] * 1000,
+            )
+
+
+def _arrow_rows(table: pa.Table) -> list[tuple[Any, ...]]:
+    """The table's rows as tuples (columns may share a name)."""
+    return list(zip(*[column.to_pylist() for column in table.columns], strict=True))
+
+
+def _check_read(pdb: Any, ref: Any, sql: str, total: bool) -> None:
+    try:
+        with ref.cursor() as rcur:
+            rcur.execute(sql)
+            want = rcur.fetchall()
+            names = [c.name for c in rcur.description]
+    except psycopg2.Error:
+        ref.rollback()
+        with pytest.raises(psycopg2.Error):
+            pdb.read_arrow(sql)
+        pdb.rollback()
+        return
+    ref.rollback()
+    try:
+        table = pdb.read_arrow(sql)
+    except NotSupportedError:
+        pdb.rollback()
+        with pytest.raises(NotSupportedError):  # refused alike on the row path
+            pdb.cursor().execute(sql)
+        pdb.rollback()
+        return
+    pdb.rollback()
+    assert table.column_names == names, sql
+    got = _arrow_rows(table)
+    if total:
+        assert approx_rows(got) == approx_rows(want), sql
+    else:
+        assert as_multiset(got) == as_multiset(want), sql
+
+
+@SETTINGS
+@given(table=mt_tables(), queries=st.lists(row_queries(), min_size=1, max_size=3))
+def test_generated_row_queries_as_arrow_match_one_database(pdb, conns, table, queries):
+    pdb.rollback()
+    load(*conns, *table)
+    for sql, total in queries:
+        _check_read(pdb, conns[1], sql, total)
+
+
+@settings(SETTINGS, max_examples=20)
+@given(table=mt_tables(), queries=st.lists(aggregate_queries(), min_size=1, max_size=3))
+def test_generated_aggregates_as_arrow_match_one_database(pdb, conns, table, queries):
+    pdb.rollback()
+    load(*conns, *table)
+    for sql, total in queries:
+        _check_read(pdb, conns[1], sql, total)
+
+
+ORDERS = "SELECT id, customer_id, status, amount, weight, paid, ordered_at FROM orders"
+
+
+def test_batches_are_the_table_in_bounded_pieces(pdb, ref):
+    reader = pdb.read_arrow_batches(ORDERS + " WHERE id %% 3 = %s", (1,))
+    batches = list(reader)
+    table = pdb.read_arrow(ORDERS + " WHERE id %% 3 = %s", (1,))
+    assert reader.schema == table.schema
+    assert pa.Table.from_batches(batches, table.schema).sort_by("id").equals(table.sort_by("id"))
+    with ref.cursor() as cur:
+        cur.execute("SELECT count(*) FROM orders WHERE id % 3 = 1")
+        assert cur.fetchone()[0] == table.num_rows
+
+
+def test_cursor_fetch_family_gives_the_rest_of_the_rows(pdb, ref):
+    sql = ORDERS + " ORDER BY id LIMIT 50"
+    cur = pdb.cursor()
+    cur.execute(sql)
+    first = cur.fetchone()
+    table = cur.fetch_arrow()
+    assert table.num_rows == 49
+    whole = pdb.read_arrow(sql)
+    assert whole.slice(1).equals(table)
+    assert _arrow_rows(whole)[0] == tuple(first)
+    cur.execute(sql)
+    frame = cur.fetch_pandas()
+    assert list(frame.columns) == [c.name for c in cur.description]
+    assert len(frame) == 50
+    cur.execute(sql)
+    polars_frame = cur.fetch_polars()
+    assert polars_frame.height == 50
+    cur.execute(sql)
+    batches = list(cur.fetch_arrow_batches())
+    assert pa.Table.from_batches(batches).equals(whole)
+
+
+def test_one_call_forms_agree(pdb):
+    sql = ORDERS + " WHERE customer_id = %s ORDER BY id"
+    table = pdb.read_arrow(sql, (7,))
+    frame = pdb.read_pandas(sql, (7,))
+    polars_frame = pdb.read_polars(sql, (7,))
+    assert frame["id"].tolist() == table.column("id").to_pylist()
+    assert polars_frame["id"].to_list() == table.column("id").to_pylist()
+
+
+def test_a_transactions_own_writes_are_seen(sample):
+    with closing(parallel_connection.connect(sample.shard_dsns, replicated_tables=["arrow_own"])) as pdb:
+        pdb.autocommit = True
+        with pdb.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS arrow_own")
+            cur.execute("CREATE TABLE arrow_own (id int, v text)")
+        pdb.autocommit = False
+        with pdb.cursor() as cur:
+            cur.execute("INSERT INTO arrow_own VALUES (1, 'a'), (2, 'b')")
+        table = pdb.read_arrow("SELECT id, v FROM arrow_own ORDER BY id")
+        assert _arrow_rows(table) == [(1, "a"), (2, "b")]
+        pdb.rollback()
+        assert pdb.read_arrow("SELECT id, v FROM arrow_own").num_rows == 0
+        pdb.rollback()
+
+
+def test_temporary_tables_shadow_as_in_the_session(sample):
+    with closing(parallel_connection.connect(sample.shard_dsns)) as pdb:
+        pdb.autocommit = True
+        with pdb.cursor(merge="union") as cur:
+            cur.execute("CREATE TEMPORARY TABLE region (r_name text)")
+            cur.execute("INSERT INTO region VALUES ('only mine')")
+        table = pdb.read_arrow("SELECT r_name FROM region")
+        assert set(table.column("r_name").to_pylist()) == {"only mine"}
+
+
+def test_session_settings_reach_the_read(sample):
+    with closing(parallel_connection.connect(sample.shard_dsns)) as pdb:
+        pdb.autocommit = True
+        with pdb.cursor() as cur:
+            cur.execute("CREATE SCHEMA IF NOT EXISTS arrow_elsewhere")
+            cur.execute("DROP TABLE IF EXISTS arrow_elsewhere.region")
+            cur.execute("CREATE TABLE arrow_elsewhere.region (r_name text)")
+            cur.execute("SET search_path = arrow_elsewhere")
+            cur.execute("SET IntervalStyle = 'iso_8601'")
+        try:
+            assert pdb.read_arrow("SELECT r_name FROM region").num_rows == 0
+            text = pdb.read_arrow("SELECT interval '1 day'::text AS i").column("i").to_pylist()
+            assert set(text) == {"P1D"}
+        finally:
+            with pdb.cursor() as cur:
+                cur.execute("RESET search_path")
+                cur.execute("DROP SCHEMA arrow_elsewhere CASCADE")
+
+
+def test_repeatable_read_keeps_its_snapshot(sample):
+    copied = ["arrow_snap"]
+    with closing(parallel_connection.connect(sample.shard_dsns, replicated_tables=copied)) as pdb:
+        pdb.autocommit = True
+        with pdb.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS arrow_snap")
+            cur.execute("CREATE TABLE arrow_snap (id int)")
+        pdb.autocommit = False
+        pdb.set_session(isolation_level="REPEATABLE READ")
+        assert pdb.read_arrow("SELECT id FROM arrow_snap").num_rows == 0
+        with closing(parallel_connection.connect(sample.shard_dsns, replicated_tables=copied)) as other:
+            with other.cursor() as cur:
+                cur.execute("INSERT INTO arrow_snap VALUES (1)")
+            other.commit()
+            assert other.read_arrow("SELECT id FROM arrow_snap").num_rows == 1
+        assert pdb.read_arrow("SELECT id FROM arrow_snap").num_rows == 0
+        pdb.rollback()
+        assert pdb.read_arrow("SELECT id FROM arrow_snap").num_rows == 1
+        pdb.rollback()
+
+
+def test_a_write_inside_a_select_is_rolled_back_with_the_transaction(sample):
+    with closing(parallel_connection.connect(sample.shard_dsns)) as pdb:
+        with pdb.cursor() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS arrow_log (n int)")
+            cur.execute(
+                "CREATE OR REPLACE FUNCTION arrow_logged() RETURNS int LANGUAGE sql AS "
+                "'INSERT INTO arrow_log VALUES (1) RETURNING n'"
+            )
+        pdb.commit()
+        pdb.read_arrow("SELECT arrow_logged() AS n")
+        pdb.rollback()
+        with pdb.cursor() as cur:
+            cur.execute("SELECT count(*) FROM arrow_log")
+            assert cur.fetchone() == (0,)
+        pdb.rollback()
+
+
+def test_refusals_are_the_row_paths(pdb):
+    with pytest.raises(NotSupportedError, match="EXECUTE"):
+        pdb.read_arrow("EXECUTE some_statement")
+    pdb.rollback()
+    with pytest.raises(psycopg2.ProgrammingError, match="no rows"):
+        pdb.read_arrow("SET TimeZone = 'UTC'")
+    pdb.rollback()
+
+
+def test_without_the_driver_the_row_path_answers(sample, monkeypatch):
+    from parallel_connection.columnar import driver
+
+    monkeypatch.setattr(driver, "available", lambda: False)
+    monkeypatch.setattr("parallel_connection.columnar.read.available", lambda: False)
+    with closing(parallel_connection.connect(sample.shard_dsns)) as pdb:
+        table = pdb.read_arrow(ORDERS + " ORDER BY id LIMIT 5")
+        with closing(parallel_connection.connect(sample.shard_dsns)) as other:
+            assert table.equals(other.read_arrow(ORDERS + " ORDER BY id LIMIT 5"))
