@@ -17,7 +17,7 @@ from typing import Any
 import psycopg2.extensions
 import pyarrow as pa
 
-from .types import Column, finish, plan_columns, wrapped
+from .types import Column, finish, flat, wrapped
 
 __all__ = ["Driver", "DriverFailed", "available"]
 
@@ -46,8 +46,15 @@ class Driver:
         self._closed = False
 
     def read(
-        self, index: int, query: str, settings: Mapping[str, str], zone: str, *, infer: bool = True
-    ) -> Iterator[tuple[pa.Table, list[Column]]]:
+        self,
+        index: int,
+        query: str,
+        columns: list[Column],
+        settings: Mapping[str, str],
+        zone: str,
+        *,
+        infer: bool = True,
+    ) -> Iterator[pa.Table]:
         """Shard ``index``'s rows of ``query`` (values in it), batch by batch, in PostgreSQL's types."""
         conn = self._take(index)
         healthy = False
@@ -58,16 +65,18 @@ class Driver:
                     given = _text(settings)
                     cur.execute(f"SELECT set_config(key, value, true) FROM json_each_text({given})")
                     cur.fetchall()
-                columns = plan_columns(cur.adbc_execute_schema(query))
                 cur.execute(wrapped(query, columns))
                 reader = cur.fetch_record_batch()
                 fixed = None
                 for batch in reader:
-                    table = finish(pa.Table.from_batches([batch]), columns, zone, fixed, infer=infer)
+                    read = pa.Table.from_batches([batch])
+                    if not flat(read, columns):
+                        raise DriverFailed("an array of several dimensions (the driver flattens it)")
+                    table = finish(read, columns, zone, fixed, infer=infer)
                     fixed = table.schema if fixed is None else fixed
-                    yield table, columns
+                    yield table
                 if fixed is None:
-                    yield finish(reader.schema.empty_table(), columns, zone, infer=infer), columns
+                    yield finish(reader.schema.empty_table(), columns, zone, infer=infer)
             conn.rollback()
             healthy = True
         except Exception as exc:

@@ -13,10 +13,14 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pglast
+import pglast.ast
+import pglast.parser
 import psycopg2
 import psycopg2.extensions
 import pyarrow as pa
@@ -30,7 +34,7 @@ from ..shards import ShardSet
 from ..workers import Workers, wait
 from .driver import Driver, DriverFailed, available
 from .merge import mergeable, merged, runs_sorted
-from .types import arrow_zone, rows_table, settle, unify
+from .types import Column, arrow_zone, describe_query, plan_columns, rows_table, settle, unify
 
 __all__ = ["ROWS_PER_BATCH", "Reader", "read_batches", "read_table", "rows_as_table", "session_zone"]
 
@@ -67,6 +71,7 @@ class Reader:
 class _Shard:
     index: int
     query: str
+    columns: list[Column]
     settings: dict[str, str]
     zone: str
 
@@ -120,21 +125,57 @@ def _driver_shards(
     planned = shard_queries(shard_set, shard_cursors, statement)
     if planned is None:
         return None
+    rendered = []
+    for index, text in zip(planned.targets, planned.queries, strict=True):
+        shard_cursor = shard_cursors[index]
+        sql_text = shard_cursor.mogrify(text, planned.vars).decode(python_encoding(shard_cursor))
+        rendered.append(sql_text.rstrip().rstrip(";"))
+    if not all(_plain_select(text) for text in rendered):
+        return None
     connections = shard_set.connections
-    sessions = shard_set.run_statement(lambda i: _session(connections[i]), planned.targets)
+    first = planned.targets[0]
+
+    def session(i: int) -> tuple[dict[str, str], str, Any] | None:
+        found = _session(connections[i])
+        if found is None or i != first:
+            return None if found is None else (*found, None)
+        return (*found, _describe(connections[i], rendered[0]))
+
+    sessions = shard_set.run_statement(session, planned.targets)
     if not all(s is not None for s in sessions):
         return None
+    description = sessions[0][2] if sessions[0] is not None else None
+    if not description:
+        return None
+    columns = plan_columns(description)
+    limit = deadline.current()
     reads = []
-    for index, text, session in zip(planned.targets, planned.queries, sessions, strict=True):
-        assert session is not None
-        shard_cursor = shard_cursors[index]
-        rendered = shard_cursor.mogrify(text, planned.vars).decode(python_encoding(shard_cursor))
-        settings = dict(session[0])
-        limit = deadline.current()
+    for index, text, found in zip(planned.targets, rendered, sessions, strict=True):
+        assert found is not None
+        settings = dict(found[0])
         if limit is not None:
-            settings["statement_timeout"] = str(max(1, round(limit.seconds * 1000)))
-        reads.append(_Shard(index, rendered.rstrip().rstrip(";"), settings, session[1]))
+            settings["statement_timeout"] = str(max(1, round((limit.at - time.monotonic()) * 1000)))
+        reads.append(_Shard(index, text, columns, settings, found[1]))
     return planned, reads
+
+
+def _plain_select(text: str) -> bool:
+    """``text`` is one SELECT (so it can be read as a subquery)."""
+    try:
+        statements = pglast.parse_sql(text)
+    except pglast.parser.ParseError:
+        return False
+    if len(statements) != 1:
+        return False
+    stmt = statements[0].stmt
+    return isinstance(stmt, pglast.ast.SelectStmt) and stmt.intoClause is None
+
+
+def _describe(conn: Any, query: str) -> Any:
+    """``query``'s columns as this shard session sees them (its description, from no rows)."""
+    with conn.cursor(cursor_factory=LibraryCursor) as cur:
+        cur.execute(describe_query(query))
+        return cur.description
 
 
 def _session(conn: Any) -> tuple[dict[str, str], str] | None:
@@ -210,8 +251,10 @@ def _read_all(driver: Driver, reads: list[_Shard]) -> tuple[list[pa.Table], list
     """Every target's whole table, read at once."""
 
     def one(shard: _Shard) -> tuple[pa.Table, list[Any]]:
-        parts = list(driver.read(shard.index, shard.query, shard.settings, shard.zone, infer=False))
-        return pa.concat_tables([t for t, _ in parts]), parts[0][1]
+        parts = list(
+            driver.read(shard.index, shard.query, shard.columns, shard.settings, shard.zone, infer=False)
+        )
+        return pa.concat_tables(parts), shard.columns
 
     workers = Workers(len(reads), "parallel_connection-arrow")
     try:
@@ -230,7 +273,7 @@ def _streamed(driver: Driver, reads: list[_Shard], cur: Any, query: Any, vars: A
 
     def pump(shard: _Shard) -> None:
         try:
-            for table, _ in driver.read(shard.index, shard.query, shard.settings, shard.zone):
+            for table in driver.read(shard.index, shard.query, shard.columns, shard.settings, shard.zone):
                 if not _put(out, (shard.index, table), stop):
                     return
             _put(out, (shard.index, None), stop)

@@ -24,12 +24,33 @@ import pyarrow.compute as pc
 
 from ..errors import refuse
 
-__all__ = ["Column", "arrow_zone", "finish", "plan_columns", "rows_table", "settle", "unify", "wrapped"]
+__all__ = [
+    "Column",
+    "arrow_zone",
+    "describe_query",
+    "finish",
+    "flat",
+    "plan_columns",
+    "rows_table",
+    "settle",
+    "unify",
+    "wrapped",
+]
 
-_NUMERIC = b"numeric"
-_AS_IS_EXTENSIONS = frozenset({"arrow.json"})
-_TEXT_TYPES = frozenset({b"money", b"uuid"})
+_AS_IS: dict[int, str] = {
+    16: "bool", 17: "bytea", 18: "char", 19: "name", 20: "int8", 21: "int2", 23: "int4", 25: "text",
+    700: "float4", 701: "float8", 1042: "bpchar", 1043: "varchar", 1082: "date", 1083: "time",
+    1114: "timestamp", 1184: "timestamptz", 1186: "interval", 114: "json", 3802: "jsonb", 26: "oid",
+}  # fmt: skip
+"""Types the driver decodes as PostgreSQL has them (oid as a signed int, cast after)."""
+_ARRAYS: dict[int, str] = {
+    1000: "bool", 1001: "bytea", 1005: "int2", 1007: "int4", 1016: "int8", 1009: "text", 1015: "varchar",
+    1021: "float4", 1022: "float8", 1182: "date", 1115: "timestamp", 1185: "timestamptz", 1187: "interval",
+}  # fmt: skip
+_NUMERIC = 1700
+_NUMERIC_ARRAY = 1231
 MAX_DECIMAL128 = 38
+MAX_NUMERIC_PRECISION = 1000
 MAX_DECIMAL256 = 76
 
 
@@ -40,42 +61,63 @@ class Column:
     name: str
     pg_type: str
     as_text: bool = False
-    """The server sends ``column::text``."""
+    """The server sends ``column::text`` (types Arrow has no equivalent of)."""
     numeric: tuple[int, int] | None = None
     """(precision, scale) of a numeric(p, s) column read as text; (0, 0): unconstrained."""
     elements_numeric: bool = False
     """A numeric[] column: its elements come as text, cast to a decimal after."""
+    array: bool = False
+    """An array column: the read also says whether a value has several dimensions (the driver
+    would flatten it)."""
 
 
-def plan_columns(schema: pa.Schema) -> list[Column]:
-    """How each column of the driver's ``schema`` is read."""
+def plan_columns(description: Sequence[Any]) -> list[Column]:
+    """How each column of a psycopg2 ``description`` (OIDs, numeric precision and scale) is read."""
     columns = []
-    for field in schema:
-        meta = field.metadata or {}
-        pg_type = meta.get(b"POSTGRESQL:type", b"")
-        name = field.name
-        if pg_type == _NUMERIC:
-            columns.append(Column(name, "numeric", as_text=True, numeric=_precision(meta)))
-        elif pg_type in _TEXT_TYPES or _opaque(field.type):
-            columns.append(Column(name, pg_type.decode(), as_text=True))
-        elif pa.types.is_list(field.type) and _opaque(field.type.value_type):
-            element = (field.type.value_field.metadata or {}).get(b"POSTGRESQL:type", b"")
-            if element == _NUMERIC:
-                columns.append(Column(name, "numeric[]", elements_numeric=True))
-            else:
-                columns.append(Column(name, pg_type.decode(), as_text=True))
+    for column in description:
+        oid, name = column.type_code, column.name
+        if oid == _NUMERIC:
+            columns.append(Column(name, "numeric", as_text=True, numeric=_typmod(column)))
+        elif oid == _NUMERIC_ARRAY:
+            columns.append(Column(name, "numeric[]", elements_numeric=True, array=True))
+        elif oid in _AS_IS:
+            columns.append(Column(name, _AS_IS[oid]))
+        elif oid in _ARRAYS:
+            columns.append(Column(name, _ARRAYS[oid] + "[]", array=True))
         else:
-            columns.append(Column(name, pg_type.decode()))
+            columns.append(Column(name, f"oid {oid}", as_text=True))
     return columns
 
 
+def _typmod(column: Any) -> tuple[int, int]:
+    """numeric(p, s)'s (p, s); (0, 0) without one (psycopg2 reads typmod -1 as 65535), or with a
+    negative scale (PostgreSQL 15's numeric(5, -2)), whose values the scale Arrow infers holds."""
+    precision, scale = column.precision or 0, column.scale or 0
+    if 0 < precision <= MAX_NUMERIC_PRECISION and 0 <= scale <= precision:
+        return (precision, scale)
+    return (0, 0)
+
+
 def wrapped(query: str, columns: Sequence[Column]) -> str:
-    """``query`` with the columns read as text cast on the server (its rows' order kept)."""
-    if not any(c.as_text for c in columns):
+    """``query`` with the columns read as text cast on the server, and a flag per array column for a
+    value of several dimensions (the rows' order kept)."""
+    if not any(c.as_text or c.array for c in columns):
         return query
     names = [f"c{i}" for i in range(len(columns))]
-    picks = ", ".join(f"{n}::text" if c.as_text else n for n, c in zip(names, columns, strict=True))
-    return f"SELECT {picks} FROM ({query}\n) AS parallel_connection_q({', '.join(names)})"
+    picks = [f"{n}::text" if c.as_text else n for n, c in zip(names, columns, strict=True)]
+    picks += [f"pg_catalog.array_ndims({n}) > 1" for n, c in zip(names, columns, strict=True) if c.array]
+    return f"SELECT {', '.join(picks)} FROM ({query}\n) AS parallel_connection_q({', '.join(names)})"
+
+
+def flat(table: pa.Table, columns: Sequence[Column]) -> bool:
+    """No array value of ``table`` (read through :func:`wrapped`) has several dimensions."""
+    flags = table.num_columns - len(columns)
+    return all(not pc.any(table.column(len(columns) + i)).as_py() for i in range(flags))
+
+
+def describe_query(query: str) -> str:
+    """A statement giving ``query``'s columns and no rows."""
+    return f"SELECT * FROM ({query}\n) AS parallel_connection_q LIMIT 0"
 
 
 def finish(
@@ -144,19 +186,6 @@ def arrow_zone(pg_zone: str) -> str:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return "UTC"
     return pg_zone
-
-
-def _precision(meta: dict[bytes, bytes]) -> tuple[int, int]:
-    typmod = int(meta.get(b"POSTGRESQL:typmod", b"-1"))
-    if typmod < 4:
-        return (0, 0)
-    typmod -= 4
-    scale = typmod & 0x7FF
-    return (typmod >> 16, scale - 0x800 if scale & 0x400 else scale)
-
-
-def _opaque(arrow_type: pa.DataType) -> bool:
-    return isinstance(arrow_type, pa.BaseExtensionType) and arrow_type.extension_name not in _AS_IS_EXTENSIONS
 
 
 def _unconstrained(column: Column) -> bool:
@@ -319,8 +348,8 @@ def _from_python(values: list[Any], column: Any, zone: str) -> pa.Array:
 def _numeric_array(values: list[Any], column: Any) -> pa.Array:
     if any(v is not None and not v.is_finite() for v in values):
         return pa.array([None if v is None else str(v) for v in values], pa.string())
-    precision, scale = column.precision, column.scale
-    if precision and scale >= 0 and precision <= MAX_DECIMAL256:
+    precision, scale = _typmod(column)
+    if precision and precision <= MAX_DECIMAL256:
         kind = (
             pa.decimal128(precision, scale)
             if precision <= MAX_DECIMAL128
