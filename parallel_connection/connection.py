@@ -266,9 +266,9 @@ class ParallelConnection:
 
     def read_polars(self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None) -> Any:
         """The answer of ``query`` as a polars DataFrame."""
-        import polars
+        from .columnar.read import polars_frame
 
-        return polars.from_arrow(self.read_arrow(query, vars))
+        return polars_frame(self.read_arrow(query, vars))
 
     def _columnar(self) -> Any:
         self._check_open()

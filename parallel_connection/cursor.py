@@ -51,11 +51,14 @@ class _Rows:
         on_interrupt: Callable[[BaseException], None],
         maker: RowMaker | None = None,
         limit: Callable[[], float | None] = lambda: None,
+        *,
+        first: list[Row] | None = None,
     ) -> None:
         self._batches = batches if maker is None else ([maker(r) for r in b] for b in batches)
         self._on_interrupt = on_interrupt
         self._limit = limit
-        self._batch: list[Row] = []
+        self._batch: list[Row] = [] if first is None else first if maker is None else list(map(maker, first))
+        """The batch being served (``first``: served before ``batches``)."""
         self._pos = 0
         self._error: BaseException | None = None
 
@@ -63,7 +66,10 @@ class _Rows:
         if self._error is not None:
             raise self._error
         try:
-            with deadline.scope(self._limit()):
+            limit = self._limit()
+            if limit is None:
+                return next(self._batches, None)
+            with deadline.scope(limit):
                 return next(self._batches, None)
         except KeyboardInterrupt as exc:
             self._error = psycopg2.OperationalError("fetching was interrupted; execute the statement again")
@@ -150,6 +156,8 @@ class ParallelCursor:
         self._closed = False
         self._deadline = statement_deadline
         self._cleanups = []
+        self._replaced = -1
+        """The shard set's count of replaced connections when this cursor's were last matched to them."""
         self._reset()
 
     # -- DB-API attributes ------------------------------------------------------
@@ -243,6 +251,9 @@ class ParallelCursor:
         statement = Statement(
             query, vars, streaming=self._name is not None, batch_size=self._itersize, tuples=self._tuples
         )
+        if self._deadline is None:
+            self._serve(execute(self._shards, self._cursors, statement, merge=self._merge_mode == "auto"))
+            return
         with deadline.scope(self._deadline):
             outcome = execute(self._shards, self._cursors, statement, merge=self._merge_mode == "auto")
             self._serve(outcome)
@@ -340,7 +351,11 @@ class ParallelCursor:
         if outcome.description is None or outcome.batches is None:
             self._clean_up()
             return
-        maker = row_maker(self._row_factory, outcome.description) if self._tuples else None
+        factory = self._row_factory
+        maker = row_maker(factory, outcome.description) if self._tuples and factory is not None else None
+        if outcome.rows is not None and not outcome.merged:  # every row read already
+            self._rows = _Rows(iter(()), self._cancel_fetches, maker, first=outcome.rows)
+            return
         if not outcome.merged or self._name is not None:
             self._rows = _Rows(outcome.batches, self._cancel_fetches, maker, lambda: self._deadline)
             return
@@ -384,14 +399,16 @@ class ParallelCursor:
             raise psycopg2.ProgrammingError(
                 'shard_rows() needs a cursor(merge="union"): merged rows come from no single shard'
             )
-        self._results()
+        rows = self._results()
         if self._rownumber:
             raise psycopg2.ProgrammingError("shard_rows() must come before any fetch")
         self._rows = _Rows(iter(()), self._cancel_fetches)
-        return self._tagged_rows()
+        if not self._streams:  # one shard's rows, all read already
+            index = self._targets[0] if self._targets else 0
+            return self._tagged_rows(iter([(index, rows.fetchall())]))
+        return self._tagged_rows(tagged_interleave(self._streams))
 
-    def _tagged_rows(self) -> Iterator[tuple[int, Row]]:
-        batches = tagged_interleave(self._streams)
+    def _tagged_rows(self, batches: Iterator[tuple[int, list[Row]]]) -> Iterator[tuple[int, Row]]:
         while True:
             with deadline.scope(self._deadline):
                 item = next(batches, None)
@@ -455,9 +472,9 @@ class ParallelCursor:
 
     def fetch_polars(self) -> Any:
         """The rest of the rows as a polars DataFrame."""
-        import polars
+        from .columnar.read import polars_frame
 
-        return polars.from_arrow(self.fetch_arrow())
+        return polars_frame(self.fetch_arrow())
 
     def _results_description(self) -> tuple[Any, ...]:
         self._results()
@@ -506,13 +523,20 @@ class ParallelCursor:
     def _check_ready(self) -> None:
         """:meth:`_check_open` for a new statement, once the shard connections that broke were
         replaced between transactions (as a pool checks what it lends), this cursor's with them."""
-        if not self._closed and self._connection.closed != 1:
+        if self._closed:
+            raise psycopg2.InterfaceError("cursor already closed")
+        closed = self._connection.closed
+        if closed != 1:
             self._shards.heal()
-            connections = self._shards.connections
-            for i, (cur, conn) in enumerate(zip(self._cursors, connections, strict=True)):
-                if cur.connection is not conn:
-                    self._cursors[i] = cursor_like(cur, conn)
-        self._check_open()
+            replaced = self._shards.replaced
+            if replaced != self._replaced:  # by this cursor's heal or another's
+                connections = self._shards.connections
+                for i, (cur, conn) in enumerate(zip(self._cursors, connections, strict=True)):
+                    if cur.connection is not conn:
+                        self._cursors[i] = cursor_like(cur, conn)
+                self._replaced = replaced
+        if closed and self._connection.closed:
+            raise psycopg2.InterfaceError("connection already closed")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -530,7 +554,8 @@ class ParallelCursor:
         for stream in getattr(self, "_streams", []):
             stream.close()
         self._streams = []
-        self._clean_up()
+        if self._cleanups:
+            self._clean_up()
         self._rows = None
         self._description = None
         self._rowcount = -1

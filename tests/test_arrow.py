@@ -428,3 +428,132 @@ def test_plain_reads_go_through_the_driver(pdb, ref, monkeypatch, sql):
     ordered = "ORDER BY" in sql
     got = _arrow_rows(table)
     assert (got if ordered else sorted(got)) == (want if ordered else sorted(want))
+
+
+# -- what a read on another connection could get wrong ------------------------------------------
+
+
+def _run(dsns: list[str], *statements: str) -> None:
+    for dsn in dsns:
+        with closing(psycopg2.connect(dsn)) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                for statement in statements:
+                    cur.execute(statement)
+
+
+def test_set_role_and_row_security_are_the_sessions(sample):
+    _run(
+        [*sample.shard_dsns, sample.reference_dsn],
+        "DROP TABLE IF EXISTS arrow_rls",
+        "DROP ROLE IF EXISTS arrow_reader",
+        "CREATE ROLE arrow_reader",
+        "CREATE TABLE arrow_rls (id int, owner text)",
+        "INSERT INTO arrow_rls VALUES (1, 'arrow_reader'), (2, 'someone')",
+        "ALTER TABLE arrow_rls ENABLE ROW LEVEL SECURITY",
+        "CREATE POLICY mine ON arrow_rls USING (owner = current_user)",
+        "GRANT SELECT ON arrow_rls TO arrow_reader",
+    )
+    with closing(parallel_connection.connect(sample.shard_dsns, replicated_tables=["arrow_rls"])) as pdb:
+        pdb.autocommit = True
+        with pdb.cursor() as cur:
+            cur.execute("SET ROLE arrow_reader")
+        table = pdb.read_arrow("SELECT id, current_user AS who FROM arrow_rls ORDER BY id")
+        assert _arrow_rows(table) == [(1, "arrow_reader")]
+        with pdb.cursor() as cur:
+            cur.execute("RESET ROLE")
+    _run([*sample.shard_dsns, sample.reference_dsn], "DROP TABLE arrow_rls", "DROP ROLE arrow_reader")
+
+
+def test_values_arrow_cannot_hold_are_refused(pdb):
+    for sql in (
+        "SELECT 'infinity'::timestamptz AS t",
+        "SELECT '-infinity'::date AS d",
+        "SELECT time '24:00' AS t",
+    ):
+        with pytest.raises(NotSupportedError, match="cannot hold"):
+            pdb.read_arrow(sql)
+        pdb.rollback()
+    sql = "SELECT x FROM (VALUES ('infinity'::timestamp), ('2024-01-01')) AS v(x) ORDER BY x"
+    with pytest.raises(NotSupportedError):
+        pdb.read_arrow(sql)
+    pdb.rollback()
+
+
+def test_rows_of_no_columns_are_counted(pdb, ref):
+    table = pdb.read_arrow("SELECT FROM orders")
+    with ref.cursor() as cur:
+        cur.execute("SELECT count(*) FROM orders")
+        assert table.num_rows == cur.fetchone()[0] and table.num_columns == 0
+
+
+def test_fractional_limit_and_offset_round_as_postgresql_does(pdb, ref):
+    sql = "SELECT id FROM orders ORDER BY id LIMIT %s OFFSET %s"
+    for values in [(2.7, 1.5), (decimal.Decimal("2.5"), decimal.Decimal("0.5"))]:
+        with ref.cursor() as cur:
+            cur.execute(sql, values)
+            want = cur.fetchall()
+        assert _arrow_rows(pdb.read_arrow(sql, values)) == want
+
+
+def test_now_is_the_transactions(sample):
+    with closing(parallel_connection.connect(sample.shard_dsns)) as pdb:
+        with pdb.cursor() as cur:
+            cur.execute("SELECT now()")
+            began = cur.fetchone()[0]
+        import time
+
+        time.sleep(0.05)
+        for sql in (
+            "SELECT now() AS t",
+            "SELECT now() AS t FROM orders LIMIT 1",
+            "SELECT current_timestamp AS t",
+        ):
+            assert pdb.read_arrow(sql).column("t").to_pylist() == [began], sql
+        pdb.rollback()
+
+
+def test_session_state_a_read_changes_stays_the_sessions(sample):
+    with closing(parallel_connection.connect(sample.shard_dsns[:1])) as pdb:
+        pdb.autocommit = True
+        assert pdb.read_arrow("SELECT pg_advisory_lock(4242) AS l").num_rows == 1
+        with pdb.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(4242)")
+            assert cur.fetchone() == (True,)
+
+
+def test_a_statement_without_rows_is_refused_before_it_runs(pdb):
+    with pytest.raises(psycopg2.ProgrammingError, match="nothing was run"):
+        pdb.read_arrow("CREATE TABLE arrow_never (id int)")
+    pdb.rollback()
+    with pdb.cursor() as cur:
+        cur.execute("SELECT to_regclass('arrow_never') IS NULL")
+        assert cur.fetchone() == (True,)
+
+
+def test_polars_names_the_repeated_columns(pdb):
+    with pytest.raises(psycopg2.ProgrammingError, match="'n' repeat"):
+        pdb.read_polars("SELECT 1 AS n, 2 AS n FROM orders LIMIT 1")
+
+
+def test_the_statement_deadline_bounds_a_read(sample):
+    import time
+
+    with closing(parallel_connection.connect(sample.shard_dsns, statement_deadline=1)) as pdb:
+        pdb.autocommit = True
+        start = time.monotonic()
+        with pytest.raises(psycopg2.errors.QueryCanceled, match="statement deadline"):
+            pdb.read_arrow("SELECT pg_sleep(5) AS s, id FROM orders")
+        assert time.monotonic() - start < 3
+        assert pdb.read_arrow("SELECT count(*) AS n FROM orders").num_rows == 1
+
+
+def test_a_read_leaves_the_session_as_it_found_it(sample):
+    with closing(parallel_connection.connect(sample.shard_dsns)) as pdb:
+        pdb.read_arrow(ORDERS + " LIMIT 3")
+        assert pdb.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        with pdb.cursor() as cur:
+            cur.execute("SELECT 1 FROM orders LIMIT 1")
+        pdb.read_arrow(ORDERS + " LIMIT 3")
+        assert pdb.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+        pdb.rollback()

@@ -17,13 +17,19 @@ from typing import Any
 import psycopg2.extensions
 import pyarrow as pa
 
-from .types import Column, finish, flat, wrapped
+from .types import Column, check_representable, finish, flat, wrapped
 
-__all__ = ["Driver", "DriverFailed", "available"]
+__all__ = ["Canceled", "Driver", "DriverFailed", "available"]
+
+_QUERY_CANCELED = "57014"
 
 
 class DriverFailed(Exception):
     """The driver could not read this statement (the row path answers it, or says why not)."""
+
+
+class Canceled(Exception):
+    """The server canceled the driver's statement (its statement_timeout: the statement deadline)."""
 
 
 def available() -> bool:
@@ -42,6 +48,7 @@ class Driver:
         libpq = {k: v for k, v in connect_kwargs.items() if k not in ("connection_factory", "cursor_factory")}
         self._dsns = [psycopg2.extensions.make_dsn(dsn, **libpq) for dsn in dsns]
         self._idle: list[list[Any]] = [[] for _ in dsns]
+        self._active: set[Any] = set()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -59,7 +66,7 @@ class Driver:
         conn = self._take(index)
         healthy = False
         try:
-            with conn.cursor() as cur:
+            with conn.cursor() as cur, self._running(cur):
                 cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED, READ ONLY")
                 if settings:
                     given = _text(settings)
@@ -73,6 +80,7 @@ class Driver:
                     if not flat(read, columns):
                         raise DriverFailed("an array of several dimensions (the driver flattens it)")
                     table = finish(read, columns, zone, fixed, infer=infer)
+                    check_representable(table, columns)
                     fixed = table.schema if fixed is None else fixed
                     yield table
                 if fixed is None:
@@ -80,11 +88,32 @@ class Driver:
             conn.rollback()
             healthy = True
         except Exception as exc:
-            if _is_driver_error(exc):
-                raise DriverFailed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-            raise
+            if not _is_driver_error(exc):
+                raise
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if getattr(exc, "sqlstate", None) == _QUERY_CANCELED:
+                raise Canceled(message) from None
+            raise DriverFailed(message) from None
         finally:
             self._give_back(index, conn, healthy)
+
+    def cancel(self) -> None:
+        """Ask the servers to cancel every statement the driver is running (from any thread)."""
+        with self._lock:
+            active = list(self._active)
+        for cur in active:
+            with contextlib.suppress(Exception):
+                cur.adbc_cancel()
+
+    @contextlib.contextmanager
+    def _running(self, cur: Any) -> Iterator[None]:
+        with self._lock:
+            self._active.add(cur)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active.discard(cur)
 
     def close(self) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..merge.rowops import bind
+from ..merge.rowops import bind, row_count
 from ..plan.model import ClientPlan, SortKey
 
 __all__ = ["mergeable", "merged", "runs_sorted"]
@@ -68,11 +68,11 @@ def merged(
         table = table.select(visible.column_names) if width else table
     if client.order:
         table = table.take(_order(table, client.order))
-    offset = bind(client.offset, params, names) or 0
-    limit = bind(client.limit, params, names)
+    offset = row_count(bind(client.offset, params, names), "OFFSET") or 0
+    limit = row_count(bind(client.limit, params, names), "LIMIT")
     if offset or limit is not None:
-        start = min(int(offset), table.num_rows)
-        table = table.slice(start, None if limit is None else max(0, int(limit)))
+        start = min(offset, table.num_rows)
+        table = table.slice(start, None if limit is None else limit)
     return table.select(range(width)) if client.hidden and not client.distinct else table
 
 

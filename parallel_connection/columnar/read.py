@@ -18,10 +18,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import pglast
-import pglast.ast
-import pglast.parser
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 import pyarrow as pa
 
@@ -29,31 +27,30 @@ from .. import deadline
 from ..casts import LibraryCursor
 from ..errors import refuse
 from ..executor import ShardQueries, shard_queries
-from ..outcome import Statement, check_query, python_encoding
+from ..outcome import Statement, check_query, python_encoding, text_of
 from ..shards import ShardSet
 from ..workers import Workers, wait
-from .driver import Driver, DriverFailed, available
+from .driver import Canceled, Driver, DriverFailed, available
 from .merge import mergeable, merged, runs_sorted
+from .session import Session, may_return_rows, plain_select, read_session, session_free
 from .types import Column, arrow_zone, describe_query, plan_columns, rows_table, settle, unify
 
-__all__ = ["ROWS_PER_BATCH", "Reader", "read_batches", "read_table", "rows_as_table", "session_zone"]
+__all__ = [
+    "ROWS_PER_BATCH",
+    "Reader",
+    "polars_frame",
+    "read_batches",
+    "read_table",
+    "rows_as_table",
+    "session_zone",
+]
+
+_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
 ROWS_PER_BATCH = 65_536
 """The rows of each batch :func:`read_batches` yields when the answer comes from the row path."""
 _QUEUED = 2
 """Batches each shard's reader may hold before the caller takes them (bounded memory)."""
-
-_SESSION = """SELECT current_setting('transaction_isolation'),
-       txid_current_if_assigned() IS NOT NULL
-         OR EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()),
-       current_setting('TimeZone'),
-       (SELECT coalesce(json_object_agg(name, setting), '{}')::text FROM pg_catalog.pg_settings
-         WHERE source = 'session' AND name NOT IN
-           ('transaction_isolation', 'transaction_read_only', 'transaction_deferrable', 'client_encoding',
-            'application_name', 'default_transaction_isolation', 'default_transaction_read_only',
-            'default_transaction_deferrable', 'session_authorization'))"""
-"""What the driver must copy of a shard session, and whether it may read for it: the isolation, a
-transaction that wrote or a session with temporary tables (neither visible to another connection)."""
 
 
 class Reader:
@@ -86,16 +83,43 @@ def read_table(pdb: Any, reader: Reader, query: Any, vars: Any) -> pa.Table:
 def read_batches(pdb: Any, reader: Reader, query: Any, vars: Any, *, whole: bool = False) -> Iterator[Any]:
     """The schema, then the answer of ``query`` batch by batch (``whole``: the caller keeps them all)."""
     cur = pdb.cursor(cursor_factory=psycopg2.extensions.cursor)
+    as_written(cur)
+    idle = [c.get_transaction_status() == _IDLE for c in pdb.shard_set.connections]
     try:
         with deadline.scope(pdb.statement_deadline):
-            shards = _driver_shards(pdb, reader, cur, query, vars)
+            shards = _driver_shards(pdb, reader, cur, query, vars, idle)
         if shards is None:
             yield from _row_path(cur, query, vars)
             return
         planned, reads = shards
-        yield from _from_driver(pdb, reader, cur, planned, reads, query, vars, whole)
+        yield from _from_driver(pdb, reader, cur, planned, reads, query, vars, whole, idle)
     finally:
         cur.close()
+
+
+_AS_WRITTEN = psycopg2.extensions.new_type(
+    (114, 3802, 1083, 1266), "PARALLEL_CONNECTION_TEXT", lambda v, c: v
+)
+
+
+def as_written(cur: Any) -> None:
+    """The row path's cursor reads json, jsonb, time and timetz as PostgreSQL writes them (psycopg2
+    would re-serialize json, turn 24:00 into 00:00 and ``+05`` into ``+05:00``)."""
+    for shard_cursor in cur.shard_cursors:
+        psycopg2.extensions.register_type(_AS_WRITTEN, shard_cursor)
+
+
+def polars_frame(table: pa.Table) -> Any:
+    """``table`` as a polars DataFrame (whose columns need distinct names)."""
+    import polars
+
+    names = table.column_names
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise psycopg2.ProgrammingError(
+            f"polars needs distinct column names; {', '.join(map(repr, repeated))} repeat: name them with AS"
+        )
+    return polars.from_arrow(table)
 
 
 def rows_as_table(description: Sequence[Any], rows: Sequence[Any], zone: str) -> pa.Table:
@@ -113,7 +137,7 @@ def session_zone(shard_set: ShardSet) -> str:
 
 
 def _driver_shards(
-    pdb: Any, reader: Reader, cur: Any, query: Any, vars: Any
+    pdb: Any, reader: Reader, cur: Any, query: Any, vars: Any, idle: list[bool]
 ) -> tuple[ShardQueries, list[_Shard]] | None:
     """The reads the driver makes for ``query`` (None: the row path answers it)."""
     if reader.driver is None:
@@ -130,45 +154,36 @@ def _driver_shards(
         shard_cursor = shard_cursors[index]
         sql_text = shard_cursor.mogrify(text, planned.vars).decode(python_encoding(shard_cursor))
         rendered.append(sql_text.rstrip().rstrip(";"))
-    if not all(_plain_select(text) for text in rendered):
+    if not all(plain_select(text) for text in rendered):
         return None
     connections = shard_set.connections
     first = planned.targets[0]
+    under_way = [not idle[i] and not connections[i].autocommit for i in planned.targets]
+    if not all(session_free(text, busy) for text, busy in zip(rendered, under_way, strict=True)):
+        return None
 
-    def session(i: int) -> tuple[dict[str, str], str, Any] | None:
-        found = _session(connections[i])
-        if found is None or i != first:
-            return None if found is None else (*found, None)
-        return (*found, _describe(connections[i], rendered[0]))
+    def session(i: int) -> tuple[Session, Any] | None:
+        found = read_session(connections[i])
+        if found is None:
+            return None
+        return found, (_describe(connections[i], rendered[0]) if i == first else None)
 
     sessions = shard_set.run_statement(session, planned.targets)
     if not all(s is not None for s in sessions):
         return None
-    description = sessions[0][2] if sessions[0] is not None else None
+    description = sessions[0][1] if sessions[0] is not None else None
     if not description:
-        return None
+        return None  # no columns: Arrow needs one to carry the rows
     columns = plan_columns(description)
     limit = deadline.current()
     reads = []
     for index, text, found in zip(planned.targets, rendered, sessions, strict=True):
         assert found is not None
-        settings = dict(found[0])
+        settings = dict(found[0].settings)
         if limit is not None:
             settings["statement_timeout"] = str(max(1, round((limit.at - time.monotonic()) * 1000)))
-        reads.append(_Shard(index, text, columns, settings, found[1]))
+        reads.append(_Shard(index, text, columns, settings, found[0].zone))
     return planned, reads
-
-
-def _plain_select(text: str) -> bool:
-    """``text`` is one SELECT (so it can be read as a subquery)."""
-    try:
-        statements = pglast.parse_sql(text)
-    except pglast.parser.ParseError:
-        return False
-    if len(statements) != 1:
-        return False
-    stmt = statements[0].stmt
-    return isinstance(stmt, pglast.ast.SelectStmt) and stmt.intoClause is None
 
 
 def _describe(conn: Any, query: str) -> Any:
@@ -178,21 +193,17 @@ def _describe(conn: Any, query: str) -> Any:
         return cur.description
 
 
-def _session(conn: Any) -> tuple[dict[str, str], str] | None:
-    """This shard session's settings and Arrow time zone, or None when the driver may not read for it."""
-    import json
-
-    with conn.cursor(cursor_factory=LibraryCursor) as cur:
-        cur.execute(_SESSION)
-        row = cur.fetchone()
-    assert row is not None
-    isolation, private, zone, settings = row
-    if private or not (conn.autocommit or isolation in ("read committed", "read uncommitted")):
-        return None
-    return json.loads(settings), arrow_zone(zone)
+def _end_checks(shard_set: ShardSet, idle: list[bool]) -> None:
+    """End the transactions the plan's and the checks' reads began on sessions that had none."""
+    connections = shard_set.connections
+    began = [i for i, was in enumerate(idle) if was and connections[i].get_transaction_status() != _IDLE]
+    if began:
+        shard_set.run(lambda i: connections[i].rollback(), began)
 
 
 def _row_path(cur: Any, query: Any, vars: Any) -> Iterator[Any]:
+    if not may_return_rows(text_of(query, cur.shard_cursors[0])):
+        raise psycopg2.ProgrammingError("the statement returns no rows to read as Arrow (nothing was run)")
     cur.execute(query, vars)
     if cur.description is None:
         raise psycopg2.ProgrammingError("the statement returns no rows to read as Arrow")
@@ -218,15 +229,17 @@ def _from_driver(
     query: Any,
     vars: Any,
     whole: bool,
+    idle: list[bool],
 ) -> Iterator[Any]:
     assert reader.driver is not None
     driver = reader.driver
+    shard_set: ShardSet = pdb.shard_set
     client = planned.client
     if client is None and not whole:
-        yield from _streamed(driver, reads, cur, query, vars)
+        yield from _streamed(shard_set, driver, reads, cur, query, vars, idle)
         return
     try:
-        tables, columns = _read_all(driver, reads)
+        tables, columns = _read_all(shard_set, driver, reads)
     except DriverFailed:
         yield from _row_path(cur, query, vars)
         return
@@ -243,30 +256,59 @@ def _from_driver(
             yield from _row_path(cur, query, vars)  # a column collation other than C: the row path says
             return
     table = merged(tables, client, planned.vars, planned.names)
+    _end_checks(shard_set, idle)
     yield table.schema
     yield from table.to_batches()
 
 
-def _read_all(driver: Driver, reads: list[_Shard]) -> tuple[list[pa.Table], list[Any]]:
-    """Every target's whole table, read at once."""
+def _read_all(shard_set: ShardSet, driver: Driver, reads: list[_Shard]) -> tuple[list[pa.Table], list[Any]]:
+    """Every target's whole table, read at once, within the statement deadline."""
 
-    def one(shard: _Shard) -> tuple[pa.Table, list[Any]]:
-        parts = list(
-            driver.read(shard.index, shard.query, shard.columns, shard.settings, shard.zone, infer=False)
-        )
-        return pa.concat_tables(parts), shard.columns
+    def one(shard: _Shard) -> pa.Table:
+        parts = driver.read(shard.index, shard.query, shard.columns, shard.settings, shard.zone, infer=False)
+        return pa.concat_tables(list(parts))
 
+    limit = deadline.current()
     workers = Workers(len(reads), "parallel_connection-arrow")
+    futures = [workers.submit(one, shard) for shard in reads]
+    workers.shutdown(wait=False)
     try:
-        futures = [workers.submit(one, shard) for shard in reads]
-        wait(futures)
-        results = [f.result() for f in futures]
-    finally:
-        workers.shutdown(wait=False)
-    return [t for t, _ in results], results[0][1]
+        timeout = None if limit is None else max(0.0, limit.at - time.monotonic()) + deadline.CUT_GRACE
+        _, late = wait(futures, timeout=timeout)
+    except BaseException:
+        driver.cancel()
+        raise
+    if late:
+        driver.cancel()
+        index = reads[futures.index(next(iter(late)))].index
+        raise shard_set.error(_past_deadline(limit), index)
+    tables = []
+    for shard, future in zip(reads, futures, strict=True):
+        exc = future.exception()
+        if isinstance(exc, Canceled):
+            raise shard_set.error(_past_deadline(limit), shard.index)
+        tables.append(future.result())
+    return tables, reads[0].columns
 
 
-def _streamed(driver: Driver, reads: list[_Shard], cur: Any, query: Any, vars: Any) -> Iterator[Any]:
+def _past_deadline(limit: deadline.Deadline | None) -> psycopg2.Error:
+    seconds = f"{limit.seconds:g}" if limit is not None else "?"
+    error = psycopg2.errors.QueryCanceled(
+        f"canceling statement: the statement deadline of {seconds} s passed (statement_deadline)"
+    )
+    error.__setstate__({"pgcode": "57014", "pgerror": None})  # type: ignore[no-untyped-call]
+    return error
+
+
+def _streamed(
+    shard_set: ShardSet,
+    driver: Driver,
+    reads: list[_Shard],
+    cur: Any,
+    query: Any,
+    vars: Any,
+    idle: list[bool],
+) -> Iterator[Any]:
     """The union, batch by batch as the shards give them; at most ``_QUEUED`` batches a shard wait."""
     out: queue.Queue[tuple[int, Any]] = queue.Queue(_QUEUED * len(reads))
     stop = threading.Event()
@@ -284,11 +326,12 @@ def _streamed(driver: Driver, reads: list[_Shard], cur: Any, query: Any, vars: A
     for shard in reads:
         workers.submit(pump, shard)
     workers.shutdown(wait=False)
+    limit = deadline.current()
     try:
         live = len(reads)
         schema = None
         while live:
-            index, item = _next(out)
+            index, item = _next(out, limit)
             if item is None:
                 live -= 1
                 continue
@@ -297,11 +340,18 @@ def _streamed(driver: Driver, reads: list[_Shard], cur: Any, query: Any, vars: A
                     stop.set()
                     yield from _row_path(cur, query, vars)
                     return
-                raise _shard_failure(item, index)
+                raise _shard_failure(shard_set, item, index, limit)
             if schema is None:
                 schema = item.schema
                 yield schema
             yield from _conformed(item, schema, index).to_batches()
+        _end_checks(shard_set, idle)
+    except _Late:
+        driver.cancel()
+        raise shard_set.error(_past_deadline(limit), reads[0].index) from None
+    except BaseException:
+        driver.cancel()
+        raise
     finally:
         stop.set()
 
@@ -326,13 +376,23 @@ def _conformed(table: pa.Table, schema: pa.Schema, index: int) -> pa.Table:
         ) from None
 
 
-def _next(q: queue.Queue[tuple[int, Any]]) -> tuple[int, Any]:
+class _Late(Exception):
+    """No batch came within the statement deadline."""
+
+
+def _next(q: queue.Queue[tuple[int, Any]], limit: deadline.Deadline | None) -> tuple[int, Any]:
     while True:
         with contextlib.suppress(queue.Empty):
             return q.get(timeout=0.1)
+        if limit is not None and time.monotonic() > limit.at + deadline.CUT_GRACE:
+            raise _Late
 
 
-def _shard_failure(exc: BaseException, index: int) -> BaseException:
+def _shard_failure(
+    shard_set: ShardSet, exc: BaseException, index: int, limit: deadline.Deadline | None
+) -> BaseException:
+    if isinstance(exc, Canceled):
+        return shard_set.error(_past_deadline(limit), index)
     if isinstance(exc, DriverFailed):
-        return psycopg2.OperationalError(f"shard {index}: reading Arrow batches failed: {exc}")
+        return shard_set.error(psycopg2.OperationalError(f"reading Arrow batches failed: {exc}"), index)
     return exc

@@ -11,6 +11,7 @@ as text, oid as uint32, timestamptz in the session's time zone.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
 import json
@@ -27,6 +28,7 @@ from ..errors import refuse
 __all__ = [
     "Column",
     "arrow_zone",
+    "check_representable",
     "describe_query",
     "finish",
     "flat",
@@ -50,7 +52,6 @@ _ARRAYS: dict[int, str] = {
 _NUMERIC = 1700
 _NUMERIC_ARRAY = 1231
 MAX_DECIMAL128 = 38
-MAX_NUMERIC_PRECISION = 1000
 MAX_DECIMAL256 = 76
 
 
@@ -90,10 +91,11 @@ def plan_columns(description: Sequence[Any]) -> list[Column]:
 
 
 def _typmod(column: Any) -> tuple[int, int]:
-    """numeric(p, s)'s (p, s); (0, 0) without one (psycopg2 reads typmod -1 as 65535), or with a
-    negative scale (PostgreSQL 15's numeric(5, -2)), whose values the scale Arrow infers holds."""
+    """numeric(p, s)'s (p, s); (0, 0) without one (psycopg2 reads typmod -1 as 65535), above
+    decimal256's 76 digits, or with a negative scale (PostgreSQL 15's numeric(5, -2)): then the
+    scale is inferred from the values."""
     precision, scale = column.precision or 0, column.scale or 0
-    if 0 < precision <= MAX_NUMERIC_PRECISION and 0 <= scale <= precision:
+    if 0 < precision <= MAX_DECIMAL256 and 0 <= scale <= precision:
         return (precision, scale)
     return (0, 0)
 
@@ -113,6 +115,33 @@ def flat(table: pa.Table, columns: Sequence[Column]) -> bool:
     """No array value of ``table`` (read through :func:`wrapped`) has several dimensions."""
     flags = table.num_columns - len(columns)
     return all(not pc.any(table.column(len(columns) + i)).as_py() for i in range(flags))
+
+
+_INFINITE_TIMESTAMPS = (-9222425352054775809, -9222425352054775808)
+"""PostgreSQL's infinity and -infinity as the driver shifts them to the Unix epoch (they overflow)."""
+_INFINITE_DATES = (-2147472692, -2147472691)
+_DAY_US = 86_400_000_000
+
+
+def check_representable(table: pa.Table, columns: Sequence[Column]) -> None:
+    """Refuse values Arrow has no exact form of: infinite timestamps and dates, time 24:00."""
+    for i, column in enumerate(columns):
+        array = table.column(i)
+        kind = array.type
+        if column.pg_type in ("timestamp", "timestamptz") and pa.types.is_timestamp(kind):
+            raw = array.cast(pa.int64())
+            bad = pc.any(pc.is_in(raw, pa.array(_INFINITE_TIMESTAMPS, pa.int64()))).as_py()
+        elif column.pg_type == "date" and pa.types.is_date32(kind):
+            bad = pc.any(pc.is_in(array.cast(pa.int32()), pa.array(_INFINITE_DATES, pa.int32()))).as_py()
+        elif column.pg_type == "time" and pa.types.is_time64(kind):
+            bad = pc.any(pc.greater_equal(array.cast(pa.int64()), _DAY_US)).as_py()
+        else:
+            continue
+        if bad:
+            raise refuse(
+                f"column {column.name!r} holds {'24:00' if column.pg_type == 'time' else 'infinity'}, "
+                f"which Arrow's {kind} cannot hold; filter it out (isfinite()) or cast the column to text"
+            )
 
 
 def describe_query(query: str) -> str:
@@ -314,8 +343,19 @@ _NUMERIC_OID = 1700
 _JSON_OIDS = frozenset({114, 3802})
 
 
+_ELEMENTS = {
+    1000: 16, 1001: 17, 1005: 21, 1007: 23, 1016: 20, 1009: 25, 1015: 1043, 1021: 700, 1022: 701,
+    1182: 1082, 1115: 1114,
+}  # fmt: skip
+_TIME = 1083
+
+
 def rows_table(description: Sequence[Any], rows: Sequence[Sequence[Any]], zone: str) -> pa.Table:
     """psycopg2 rows of ``description`` as an Arrow table with the columns' PostgreSQL types."""
+    if not description:  # rows of no columns: a table of that many rows and no columns
+        return pa.Table.from_batches(
+            [pa.RecordBatch.from_struct_array(pa.array([{}] * len(rows), pa.struct([])))]
+        )
     arrays = []
     for i, column in enumerate(description):
         values = [row[i] for row in rows]
@@ -335,6 +375,11 @@ def _from_python(values: list[Any], column: Any, zone: str) -> pa.Array:
         return pa.array([_interval(v) for v in values], pa.month_day_nano_interval())
     if oid == _NUMERIC_OID:
         return _numeric_array(values, column)
+    if oid == _TIME and any(isinstance(v, str) for v in values):
+        return pa.array([_time(v, column.name) for v in values], pa.time64("us"))
+    if oid in _ELEMENTS:
+        with contextlib.suppress(pa.ArrowInvalid, pa.ArrowTypeError):
+            return pa.array(values, pa.list_(_ARROW_OF_OID[_ELEMENTS[oid]]))
     if oid in _ARROW_OF_OID:
         return pa.array(values, _ARROW_OF_OID[oid])
     if all(v is None or isinstance(v, (str, bool, int, float, decimal.Decimal, list)) for v in values):
@@ -365,3 +410,16 @@ def _interval(value: datetime.timedelta | None) -> pa.MonthDayNano | None:
     if value is None:
         return None
     return pa.MonthDayNano([0, value.days, (value.seconds * 1_000_000 + value.microseconds) * 1000])
+
+
+def _time(value: str | None, name: str) -> int | None:
+    """``time`` as PostgreSQL writes it, in microseconds (24:00 has no Arrow time)."""
+    if value is None:
+        return None
+    hours, minutes, seconds = value.split(":")
+    micros = (int(hours) * 3600 + int(minutes) * 60) * 1_000_000 + round(float(seconds) * 1_000_000)
+    if micros >= _DAY_US:
+        raise refuse(
+            f"column {name!r} holds 24:00, which Arrow's time64 cannot hold; cast the column to text"
+        )
+    return micros
