@@ -37,7 +37,8 @@ WORK = ROOT / ".venv-pythons"
 MAIN_PYTHON = ROOT / ".venv" / "bin" / "python"  # make test's virtualenv
 
 # The parser (pglast), psycopg2, merges, writes, range jobs (tqdm bars), the coordinator stage,
-# two-phase commit, the README's examples (placement TOML: tomli on 3.10), the packaging checks.
+# two-phase commit, the README's examples (placement TOML: tomli on 3.10), the packaging checks,
+# columnar results (pyarrow and the ADBC driver).
 TESTS = [
     "tests/test_plan.py",
     "tests/test_connection.py",
@@ -48,6 +49,7 @@ TESTS = [
     "tests/test_two_phase.py",
     "tests/test_readme.py",
     "tests/test_packaging.py",
+    "tests/test_arrow.py",
 ]
 DRIVER_DISTS = ("psycopg2", "psycopg2-binary")
 INSTALL_TIMEOUT = 900

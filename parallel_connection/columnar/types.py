@@ -1,9 +1,9 @@
 """PostgreSQL's types as Arrow's: what the driver reads as is, what it reads as text, and the casts after.
 
-The ADBC driver decodes most types exactly. Numeric it gives as text that is
-slow to make on the client, so the server sends ``numeric::text`` and Arrow
-casts it to ``decimal128(p, s)`` (the column's own precision and scale; for
-an unconstrained numeric, the smallest scale holding every value). Types Arrow
+The ADBC driver decodes most types exactly. Numeric it gives as its text
+(PostgreSQL's digits), which Arrow casts to ``decimal128(p, s)`` (the
+column's own precision and scale; for an unconstrained numeric, the smallest
+scale holding every value; text when NaN or infinities leave no decimal). Types Arrow
 has no equivalent of (inet, ranges, geometric types, timetz, money, xml,
 composites...) come as their text, as psycopg2 gives them. json and jsonb come
 as text, oid as uint32, timestamptz in the session's time zone.
@@ -64,7 +64,7 @@ class Column:
     as_text: bool = False
     """The server sends ``column::text`` (types Arrow has no equivalent of)."""
     numeric: tuple[int, int] | None = None
-    """(precision, scale) of a numeric(p, s) column read as text; (0, 0): unconstrained."""
+    """(precision, scale) of a numeric(p, s) column (the driver gives its text); (0, 0): unconstrained."""
     elements_numeric: bool = False
     """A numeric[] column: its elements come as text, cast to a decimal after."""
     array: bool = False
@@ -78,7 +78,7 @@ def plan_columns(description: Sequence[Any]) -> list[Column]:
     for column in description:
         oid, name = column.type_code, column.name
         if oid == _NUMERIC:
-            columns.append(Column(name, "numeric", as_text=True, numeric=_typmod(column)))
+            columns.append(Column(name, "numeric", numeric=_typmod(column)))
         elif oid == _NUMERIC_ARRAY:
             columns.append(Column(name, "numeric[]", elements_numeric=True, array=True))
         elif oid in _AS_IS:
@@ -184,9 +184,10 @@ def settle(tables: Sequence[pa.Table], columns: Sequence[Column]) -> list[pa.Tab
             target = _inferred(
                 pa.chunked_array([c for p in parts for c in p.chunks], pa.string()), column.name
             )
-        if target in (pa.string(), pa.list_(pa.string())):
-            continue
-        out = [t.set_column(i, t.field(i).name, p.cast(target)) for t, p in zip(out, parts, strict=True)]
+        if target == pa.string():
+            out = [t.set_column(i, t.field(i).name, _written(p)) for t, p in zip(out, parts, strict=True)]
+        elif target != pa.list_(pa.string()):
+            out = [t.set_column(i, t.field(i).name, p.cast(target)) for t, p in zip(out, parts, strict=True)]
     return out
 
 
@@ -262,7 +263,7 @@ def _decimal(
     else:
         target = pa.string()
     if target == pa.string():
-        return text
+        return _written(text)
     try:
         return text.cast(target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
@@ -271,7 +272,17 @@ def _decimal(
                 f"column {name!r}: a numeric value the type of the first batches ({want}) cannot hold; "
                 f"cast the column in SQL (e.g. ::numeric(30, 6)) or use fetch_arrow()"
             ) from None
-        return text  # NaN or infinities: no Arrow decimal holds them
+        return _written(text)  # NaN or infinities: no Arrow decimal holds them
+
+
+_SPECIAL = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _written(text: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The driver's numeric text as PostgreSQL writes it (the same digits; NaN and infinities named)."""
+    for driver, postgres in _SPECIAL.items():
+        text = pc.if_else(pc.equal(text, driver), postgres, text)
+    return text
 
 
 def _inferred(text: pa.ChunkedArray, name: str) -> pa.DataType:
