@@ -1,12 +1,15 @@
 """Routing: point lookups that pin the shard key go to one shard, on 8 shards of their own.
 
 Routed vs sent to every shard vs raw psycopg2 straight to the key's shard, from 8 threads;
-then the per-statement overhead of a one-shard lookup, single thread.
+then the per-statement overhead of a one-shard lookup, single thread; then the one-shard path
+on the run's 3 shards: a routed primary-key lookup and ``SELECT 1`` on a one-shard connection,
+each against raw psycopg2 on the same server, interleaved.
 """
 
 from __future__ import annotations
 
 import random
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +22,7 @@ import parallel_connection
 from parallel_connection.local import LocalCluster
 from parallel_connection.placement import Placement
 
-from .common import BenchEnv, best_of, report
+from .common import BenchEnv, best_of, report, run_on_each
 
 SHARDS = 8
 THREADS = 8
@@ -51,6 +54,7 @@ def run(env: BenchEnv) -> None:
         _load(dsns)
         threaded_lookups(env, dsns)
         statement_overhead(env, dsns)
+    one_shard_path(env)
 
 
 def _load(dsns: Sequence[str]) -> None:
@@ -268,3 +272,103 @@ def statement_overhead(env: BenchEnv, dsns: Sequence[str]) -> None:
     report(env, f"{tag}: raw psycopg2, us per statement", each["raw"], unit="us")
     report(env, f"{tag}: new cursor each time / raw", each["fresh"] / each["raw"])
     report(env, "SELECT 1, 1 thread: library / raw psycopg2 time", each["lib1"] / each["raw1"])
+
+
+POINT_ROWS = 30_000
+POINT_BLOCK = 200
+"""Statements per timed block; the library's and psycopg2's blocks take turns."""
+POINT_ROUNDS = 31
+POINT_LOOKUP = "SELECT id, payload, amount FROM bench_point WHERE id = %s"
+POINT_PLACEMENT = Placement(sharded={"bench_point": ("id", "modulo")})
+_POINT_LOAD = """
+DROP TABLE IF EXISTS bench_point;
+CREATE TABLE bench_point (id bigint PRIMARY KEY, payload text, amount numeric);
+INSERT INTO bench_point
+SELECT g, 'item ' || g, ((g * 37) %% 100000) / 100.0
+FROM generate_series(1::bigint, %(rows)s) AS g
+WHERE g %% %(shards)s = %(shard)s;
+"""
+
+
+def _blocks(fns: dict[str, Callable[[int], Any]], keys: Sequence[int], rounds: int) -> dict[str, list[float]]:
+    """Microseconds per statement of each fn, one block of ``keys`` per round, the fns taking turns."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for key in keys:
+                fn(key)
+            times[name].append((time.perf_counter() - start) / len(keys) * 1e6)
+    return times
+
+
+def _report_pair(env: BenchEnv, tag: str, lib: list[float], raw: list[float], at_most: float | None) -> None:
+    """The best blocks' ratio (the target), the spread of the rounds' own ratios, and the times."""
+    ratios = sorted(x / y for x, y in zip(lib, raw, strict=True))
+    report(env, f"{tag}: library / raw psycopg2 time, best blocks", min(lib) / min(raw), at_most=at_most)
+    report(env, f"{tag}: same, median of rounds", statistics.median(ratios))
+    report(env, f"{tag}: same, 10th percentile of rounds", ratios[len(ratios) // 10])
+    report(env, f"{tag}: same, 90th percentile of rounds", ratios[(9 * len(ratios)) // 10])
+    report(env, f"{tag}: library, us per statement (best block)", min(lib), unit="us")
+    report(env, f"{tag}: raw psycopg2, us per statement (best block)", min(raw), unit="us")
+
+
+def one_shard_path(env: BenchEnv) -> None:
+    """What a statement one shard answers costs over psycopg2 on that shard, single thread, on the
+    caller's thread: a routed primary-key lookup on a 3-shard connection, ``SELECT 1`` on a one-shard
+    connection."""
+    dsns = env.shard_dsns
+    for shard, dsn in enumerate(dsns):
+        conn = psycopg2.connect(dsn)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(_POINT_LOAD, {"rows": POINT_ROWS, "shards": len(dsns), "shard": shard})
+                cur.execute("VACUUM ANALYZE bench_point")
+        finally:
+            conn.close()
+    shard = 1
+    keys = [
+        k * len(dsns) + shard
+        for k in random.Random(SEED).sample(range(1, POINT_ROWS // len(dsns)), POINT_BLOCK)
+    ]
+    routed = parallel_connection.connect(dsns, placement=POINT_PLACEMENT)
+    routed.autocommit = True
+    single = parallel_connection.connect(dsns[:1])
+    single.autocommit = True
+    raw, raw_single = _raw([dsns[shard], dsns[0]])
+    try:
+        lib_cur, raw_cur = routed.cursor(), raw.cursor()
+        single_cur, raw_single_cur = single.cursor(), raw_single.cursor()
+
+        def lib_lookup(key: int) -> Any:
+            lib_cur.execute(POINT_LOOKUP, (key,))
+            return lib_cur.fetchone()
+
+        def raw_lookup(key: int) -> Any:
+            raw_cur.execute(POINT_LOOKUP, (key,))
+            return raw_cur.fetchone()
+
+        def lib_select1(_: int) -> Any:
+            single_cur.execute("SELECT 1")
+            return single_cur.fetchone()
+
+        def raw_select1(_: int) -> Any:
+            raw_single_cur.execute("SELECT 1")
+            return raw_single_cur.fetchone()
+
+        for key in keys:  # warm up; the routed lookup answers as the shard does, from that shard alone
+            assert lib_lookup(key) == raw_lookup(key), key
+            assert lib_select1(key) == raw_select1(key) == (1,)
+        used = [i for i, c in enumerate(lib_cur.shard_cursors) if c.query is not None]
+        assert used == [shard], f"the lookup ran on shards {used}, not only on {shard}"
+        lookups = _blocks({"lib": lib_lookup, "raw": raw_lookup}, keys, POINT_ROUNDS)
+        selects = _blocks({"lib": lib_select1, "raw": raw_select1}, keys, POINT_ROUNDS)
+    finally:
+        routed.close()
+        single.close()
+        raw.close()
+        raw_single.close()
+        run_on_each(dsns, "DROP TABLE IF EXISTS bench_point")
+    _report_pair(env, "routed pk lookup, 3-shard connection", lookups["lib"], lookups["raw"], 1.3)
+    _report_pair(env, "SELECT 1, 1-shard connection", selects["lib"], selects["raw"], None)

@@ -23,7 +23,7 @@ import psycopg2
 import psycopg2._psycopg
 import psycopg2.extensions
 
-__all__ = ["broken", "cancel", "cancel_all", "cancel_quietly", "lost", "sever", "suspect"]
+__all__ = ["Watch", "broken", "cancel", "cancel_all", "cancel_quietly", "lost", "sever", "suspect"]
 
 
 @functools.cache
@@ -90,19 +90,59 @@ def suspect(conns: Sequence[Any]) -> list[int]:
         readable = select.select(list(fds), [], [], 0)[0] if fds else []
     except (OSError, ValueError):
         readable = list(fds)
+    if not found and not readable:
+        return []
     return sorted(found + [fds[fd] for fd in readable])
+
+
+class Watch:
+    """:func:`suspect` for one list of connections, looked at often: their sockets in one ``poll``
+    object kept between looks (made again when a socket changed). Safe from several threads."""
+
+    def __init__(self) -> None:
+        self._conns: list[Any] = []
+        self._fds: list[int] = []
+        self._poll = select.poll()
+        self._lock = threading.Lock()
+
+    def suspects(self, conns: Sequence[Any]) -> list[int]:
+        for conn in conns:
+            if conn.closed:
+                return suspect(conns)
+        if not self._lock.acquire(blocking=False):  # another thread is looking: look on our own
+            return suspect(conns)
+        try:
+            if conns != self._conns:  # (the same connection objects keep their sockets)
+                self._watch(conns)
+            quiet = not self._poll.poll(0)
+        except (OSError, psycopg2.Error):
+            quiet = False
+        finally:
+            self._lock.release()
+        return [] if quiet else suspect(conns)
+
+    def _watch(self, conns: Sequence[Any]) -> None:
+        fds = [conn.fileno() for conn in conns]
+        for fd in self._fds:
+            with contextlib.suppress(KeyError):
+                self._poll.unregister(fd)
+        for fd in fds:
+            self._poll.register(fd, select.POLLIN | select.POLLPRI)
+        self._conns, self._fds = list(conns), fds
 
 
 def _descriptors(conns: Sequence[Any]) -> tuple[list[int], dict[int, int]]:
     """The indexes of the closed connections, and the socket of each other one (socket -> index)."""
-    found = [i for i, conn in enumerate(conns) if conn.closed]
+    found = []
     fds = {}
     for i, conn in enumerate(conns):
-        if not conn.closed:
-            try:
-                fds[conn.fileno()] = i
-            except psycopg2.Error:
-                found.append(i)
+        if conn.closed:
+            found.append(i)
+            continue
+        try:
+            fds[conn.fileno()] = i
+        except psycopg2.Error:
+            found.append(i)
     return found, fds
 
 

@@ -3,7 +3,9 @@
 The cursor hands over the statement and its shard cursors; the executor
 plans it (with the shards' facts, checked fresh), binds the tasks' targets
 (the pins' keys to shards), runs the tasks on their shards at once, turns
-each shard's answer into a stream and the streams into the merged rows.
+each shard's answer into a stream and the streams into the merged rows. A
+statement one shard answers runs on the caller's thread, its rows (read
+there) the answer as they are.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .outcome import (
     Row,
     Statement,
     agreed_description,
+    answered,
     check_copies,
     combined_status,
     counted,
@@ -34,9 +37,10 @@ from .outcome import (
     write_scope,
 )
 from .plan import ClientPlan, Plan, ShardFacts, check_shard_types, plan_statement, quick_plan, stage_statement
+from .plan.params import shape_of
 from .shards import ShardSet
 from .streams import interleave
-from .targets import bind_targets, placed
+from .targets import bind_targets, key_binder, placed
 from .writing import run_batch, run_rerouted, run_split
 
 __all__ = [
@@ -44,6 +48,7 @@ __all__ = [
     "execute",
     "execute_many",
     "run_finished",
+    "run_one",
     "run_union",
     "shard_queries",
 ]
@@ -115,8 +120,19 @@ def shard_queries(shards: ShardSet, cursors: Sequence[Any], statement: Statement
 def _planned(
     shards: ShardSet, cursors: Sequence[Any], statement: Statement, text: str
 ) -> tuple[Plan, Any, list[int]]:
-    """The statement's plan, its shard values and targets, with the shards' facts checked fresh."""
+    """The statement's plan, its shard values and targets, with the shards' facts checked fresh.
+
+    A statement one shard answers as written, by the key its parameters give, is planned once per
+    shape of its parameters: then only that key is mapped to its shard (no shard values then).
+    """
     facts = shards.facts()
+    shape = shape_of(statement.vars)
+    key = ("route", text, shape) if shape is not None else None
+    route = facts.memos.get(key) if key is not None else None
+    if route is not None:
+        targets = route[1](statement.vars)
+        if targets is not None and len(targets) <= 1:
+            return route[0], None, targets
     plan, shard_vars = _plan(text, statement.vars, facts, cursors[0], shards)
     targets = bind_targets(plan, shard_vars, len(cursors))
     held = plan.split is not None and shards.holds(facts, plan.split.table)
@@ -125,7 +141,19 @@ def _planned(
         if fresh is not facts:
             plan, shard_vars = _plan(text, statement.vars, fresh, cursors[0], shards)
             targets = bind_targets(plan, shard_vars, len(cursors))
+    elif key is not None and route is None and _routable(plan):
+        bind = key_binder(plan, len(cursors), positional=isinstance(shape, int))
+        if bind is not None:
+            facts.memo(key, lambda: (plan, bind))
     return plan, shard_vars, targets
+
+
+def _routable(plan: Plan) -> bool:
+    """The plan sends the user's statement as written to the shard of its one pinned key (so its
+    shard values are never needed), and one shard's facts need no fresh look."""
+    local = plan.local
+    rewritten = plan.split is not None or plan.batch or plan.reroute is not None or plan.refresh
+    return bool(plan.pins) and not plan.views and not rewritten and (local is None or local.sql is None)
 
 
 def _merged(shards: ShardSet, cursors: Sequence[Any], statement: Statement) -> Outcome:
@@ -284,6 +312,8 @@ def _run(
     shards.check_transaction()
     if plan.refusal is not None and len(targets) > 1 and not (plan.pins and len(targets) <= 1):
         raise plan.refusal
+    if not plan.writes and not plan.refresh:
+        return _run_planned(shards, cursors, statement, plan, shard_vars, targets)
     try:
         with write_scope(shards, plan.writes, targets or [0]):
             return _run_planned(shards, cursors, statement, plan, shard_vars, targets)
@@ -303,12 +333,14 @@ def _run_planned(
     """Run a plan (not split, not a batch) on its bound targets."""
     if plan.pins and len(targets) <= 1:
         # One shard holds every row the statement can see: it answers as it is.
-        targets = targets or [0]
+        target = targets[0] if targets else 0
         local = plan.local
-        if local is None or local.sql is None:
-            return run_union(shards, cursors, statement.query, statement.vars, statement, targets)
-        vars = with_moments(plan, shard_vars, shards, targets[0])
-        return run_union(shards, cursors, local.sql, vars, statement, targets)
+        query, vars = statement.query, statement.vars
+        if local is not None and local.sql is not None:
+            query, vars = local.sql, with_moments(plan, shard_vars, shards, target)
+        if statement.streaming:
+            return run_union(shards, cursors, query, vars, statement, [target])
+        return run_one(shards, cursors, query, vars, statement, target)
     task = plan.tasks[0]
     if plan.copies:
         vars = with_moments(plan, shard_vars, shards, 0)
@@ -346,10 +378,20 @@ def run_union(
 ) -> Outcome:
     """Run ``query`` on ``targets``; the rows are the union (``first``: only the first target's)."""
     targets = list(targets)
+    if len(targets) == 1 and not statement.streaming:
+        return run_one(shards, cursors, query, vars, statement, targets[0])
     firsts = shards.run_statement(runner(cursors, query, vars, statement), targets)
     used = targets[:1] if first else targets
     outcome = counted(shards, cursors, used)
     return served(outcome, shards, cursors, targets, firsts, statement, serve=used)
+
+
+def run_one(
+    shards: ShardSet, cursors: Sequence[Any], query: Any, vars: Any, statement: Statement, index: int
+) -> Outcome:
+    """Run ``query`` on one shard, on the caller's thread: its rows, already read, are the answer."""
+    rows = shards.run_statement(runner(cursors, query, vars, statement), [index])[0]
+    return answered(cursors[index], index, rows)
 
 
 def run_finished(shards: ShardSet, cursors: Sequence[Any], statement: Statement) -> Outcome:

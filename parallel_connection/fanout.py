@@ -6,7 +6,8 @@ psycopg2 has them do) while their calls on other shards run at once. The
 first failure cancels the statement's own calls still running on the other
 shards, never another thread's, and is raised as soon as they stop (or
 after a short grace period, so no caller waits for a shard that is no
-longer needed). Ctrl-C and a passed deadline do the same.
+longer needed). Ctrl-C and a passed deadline do the same. A call on one
+shard alone runs on the caller's own thread: no pool, no future.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 import psycopg2
 
-from . import deadline
+from . import deadline, interrupts
 from .errors import ShardInfo, shard_error
 from .turns import Gate, Turn, Waited, holding
 from .workers import Workers, wait
@@ -44,6 +45,8 @@ class _Call:
         self.indexes = list(indexes)
         self.turns: dict[int, Turn] = {}
         self.aborted = False
+        self.tickets: list[deadline.Ticket] = []
+        """Ctrl-C's: the watchdog cancels the calls, and cuts them after the grace."""
 
 
 class Pending(Generic[T]):
@@ -115,7 +118,7 @@ class FanOut:
     def run(self, fn: Callable[[int], T], indexes: Sequence[int] | None = None) -> list[T]:
         """``[fn(i) for i in indexes]``, run at once; the first failure wins."""
         indexes = list(range(len(self.shards))) if indexes is None else list(indexes)
-        if self.stuck() & set(indexes):
+        if self._stuck and self.stuck() & set(indexes):
             # A statement that ignored its cancel holds the connection: nothing
             # else could run on it, so cut it and let the caller see it broken.
             self.release_stuck()
@@ -149,16 +152,27 @@ class FanOut:
     def _run_one(
         self, state: _Call, fn: Callable[[int], T], index: int, limit: deadline.Deadline | None
     ) -> T:
-        """One shard: wait on its future alone (no other shard to cancel on failure).
-
-        Called from a thread other than the main one, the call runs right there:
-        Ctrl-C only ever reaches the main thread, so the pool would buy nothing.
-        """
-        if threading.current_thread() is not threading.main_thread():
-            try:
+        """One shard: the call runs on the caller's thread (no other shard to cancel if it fails, no
+        thread to hand it to). On the main thread, Ctrl-C stops it at once (:mod:`interrupts`)."""
+        try:
+            if threading.get_ident() != interrupts.MAIN_THREAD:
                 return self._call(state, fn, index, limit)
-            except Exception as exc:
-                raise self.error(exc, index) from None
+            result: T = interrupts.call(
+                lambda: self._call(state, fn, index, limit), lambda: self._interrupt(state)
+            )
+        except Exception as exc:
+            raise self.error(exc, index) from None
+        finally:
+            for ticket in state.tickets:
+                self._watchdog.release(ticket)
+        if result is interrupts.UNGUARDED:
+            return self._run_pooled(state, fn, index, limit)
+        return result
+
+    def _run_pooled(
+        self, state: _Call, fn: Callable[[int], T], index: int, limit: deadline.Deadline | None
+    ) -> T:
+        """One shard's call on the pool, the main thread waiting awake (Ctrl-C seen as it waits)."""
         future = self._submit(contextvars.copy_context().run, self._call, state, fn, index, limit)
         try:
             done, _ = wait([future], timeout=_patience(limit))
@@ -175,6 +189,17 @@ class FanOut:
         except Exception as exc:
             raise self.error(exc, index) from None
         return result
+
+    def _interrupt(self, state: _Call) -> None:
+        """Ctrl-C during a call the main thread runs itself: a call waiting for its turn gives up, a
+        running one is cancelled now and its connection cut if it has not stopped after the grace."""
+        with state.lock:
+            state.aborted = True
+            turns = list(state.turns.values())
+        for index in state.indexes:
+            self._gates[index].wake()
+        now = deadline.Deadline(0.0, time.monotonic())
+        state.tickets.extend(self._watchdog.watch(turn, now) for turn in turns)
 
     @contextlib.contextmanager
     def hold(self, indexes: Sequence[int]) -> Iterator[object]:
@@ -301,9 +326,10 @@ class FanOut:
                 with state.lock:
                     state.turns.pop(index, None)
                 turn.end()
-                with self._lock:
-                    if self._stuck.get(index) is turn:
-                        del self._stuck[index]
+                if self._stuck:  # only _abort() adds to it, before the turn was popped above
+                    with self._lock:
+                        if self._stuck.get(index) is turn:
+                            del self._stuck[index]
         finally:
             if outer:
                 gate.turn = None

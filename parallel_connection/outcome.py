@@ -29,6 +29,7 @@ __all__ = [
     "Row",
     "Statement",
     "agreed_description",
+    "answered",
     "check_copies",
     "check_procname",
     "check_query",
@@ -62,6 +63,8 @@ class Outcome:
     targets: list[int] = field(default_factory=list)
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     """What to undo on the shard cursors once the rows are served (or given up)."""
+    rows: list[Row] | None = None
+    """Every row, already read (``batches`` then gives just these), when that is so."""
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,23 @@ def counted(shards: ShardSet, cursors: Sequence[Any], targets: Sequence[int]) ->
     )
 
 
+def answered(cursor: Any, index: int, rows: list[Row] | None) -> Outcome:
+    """What one shard's cursor gave, its ``rows`` all read: its own counts, status and rows (one
+    database's, so there is nothing to combine and no stream to wait on)."""
+    description = cursor.description
+    if description is None:
+        return Outcome(rowcount=cursor.rowcount, statusmessage=cursor.statusmessage, targets=[index])
+    rows = rows or []
+    return Outcome(
+        description=tuple(description),
+        rowcount=cursor.rowcount,
+        statusmessage=cursor.statusmessage,
+        batches=iter((rows,)),
+        targets=[index],
+        rows=rows,
+    )
+
+
 def agreed_description(
     shards: ShardSet, cursors: Sequence[Any], targets: Sequence[int]
 ) -> tuple[Any, ...] | None:
@@ -186,6 +206,8 @@ def check_procname(procname: Any, parameters: Any, cursor: Any) -> None:
 
 def text_of(query: Any, cursor: Any) -> str:
     """The statement's text: a Composable rendered, bytes decoded from the client encoding."""
+    if type(query) is str:
+        return query
     if isinstance(query, psycopg2.sql.Composable):
         query = query.as_string(cursor)
     if isinstance(query, bytes):

@@ -26,7 +26,7 @@ import psycopg2.extensions
 
 from . import commit as atomic
 from . import deadline
-from .cancel import lost, suspect
+from .cancel import Watch, lost
 from .catalog import Catalog, StampReader, combine, read_catalog, settings_differences
 from .errors import NotSupportedError, ShardInfo, dsn_secrets
 from .fanout import FanOut, Pending
@@ -80,6 +80,10 @@ class ShardSet:
         replaces broken connections in it)."""
         self.pools: Sequence[Any] | None = None
         """Each shard's pool, when the connections came from pools: :meth:`heal` borrows from them."""
+        self.replaced = 0
+        """How many connections :meth:`heal` has replaced (a cursor made before a replacement remakes
+        its shard cursors when this changes)."""
+        self._watch = Watch()
         self._healing = threading.Lock()
         """Held while a connection is replaced; :meth:`close` waits for it, so the list it leaves
         holds every connection borrowed."""
@@ -483,9 +487,11 @@ class ShardSet:
         for later.
         """
         pools = self.pools
-        if pools is None or self._scoped() or not self._between_transactions():
+        if pools is None or not self._between_transactions():
             return []
-        suspects = suspect(self.connections)  # others' statements may be running: nothing is read yet
+        suspects = self._watch.suspects(
+            self.connections
+        )  # others' statements may be running: nothing is read yet
         if not suspects:
             return []
         settings = self._peer_settings(suspects)
@@ -518,7 +524,10 @@ class ShardSet:
         return None
 
     def _between_transactions(self) -> bool:
-        if self.autocommit:
+        """No transaction of the user's is open (nor one an autocommit write made, :meth:`write_scope`)."""
+        if self._scope is not None:
+            return not self._scoped()
+        if self.connections[0].autocommit:
             return True
         idle = psycopg2.extensions.TRANSACTION_STATUS_IDLE
         return self._failed is None and all(
@@ -541,6 +550,7 @@ class ShardSet:
             failure = self.error(psycopg2.OperationalError(reason), index)
         else:
             self.connections[index] = fresh
+            self.replaced += 1
             self.secrets |= dsn_secrets(None, [_password_of(fresh)])
             with self._lock:
                 self._stamps[index] = StampReader()
@@ -562,7 +572,7 @@ class ShardSet:
         shards the later statements need.
         """
         try:
-            return self.run(fn, indexes)
+            return self.fanout.run(fn, indexes)
         except (psycopg2.Error, KeyboardInterrupt) as exc:
             if getattr(exc, "shard", None) is not None or isinstance(exc, KeyboardInterrupt):
                 self.fail(exc)

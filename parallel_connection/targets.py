@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg2
@@ -10,9 +10,9 @@ import psycopg2
 from .errors import NotSupportedError, shown
 from .keys import as_key
 from .plan import Plan
-from .plan.model import Const, Pin, RowSplit, Targets
+from .plan.model import Const, Param, Pin, RowSplit, Targets
 
-__all__ = ["bind_targets", "placed", "row_keys", "row_shards", "shards_of"]
+__all__ = ["bind_targets", "key_binder", "placed", "row_keys", "row_shards", "shards_of"]
 
 
 def bind_targets(plan: Plan, vars: Any, n: int) -> list[int]:
@@ -33,6 +33,39 @@ def bind_targets(plan: Plan, vars: Any, n: int) -> list[int]:
             return list(range(n))
         chosen |= shards
     return sorted(chosen)
+
+
+def key_binder(plan: Plan, n: int, *, positional: bool) -> Callable[[Any], list[int] | None] | None:
+    """For a plan whose shards are those of one key given as a parameter (``WHERE key = %s``): what
+    :func:`bind_targets` gives, read straight off the execution's parameters (positional, or by
+    name); None from it when the usual way must tell. None: a plan of another kind."""
+    if (
+        not plan.tasks
+        or plan.tasks[0].targets.kind != "pinned"
+        or len(plan.pins) != 1
+        or len(plan.pins[0]) != 1
+    ):
+        return None
+    pin = plan.pins[0][0]
+    value = pin.values[0] if len(pin.values) == 1 and not pin.array else None
+    if not isinstance(value, Param):
+        return None
+    function, key_type = pin.function, pin.key_type
+    at: Any = value.number - 1 if positional else plan.names[value.number - 1]
+
+    def bind(vars: Any) -> list[int] | None:
+        bound = vars[at]
+        if bound is None:
+            return []  # key = NULL matches no row anywhere
+        key = as_key(bound, key_type)
+        if key is None:
+            return None
+        try:
+            return [function.shard_of(key, n)]
+        except (psycopg2.DataError, TypeError, ValueError):
+            return None
+
+    return bind
 
 
 def _pin_shards(pin: Pin, vars: Any, names: tuple[str, ...], n: int) -> set[int] | None:

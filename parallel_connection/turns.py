@@ -63,8 +63,9 @@ class Turn:
         """The call returned: no cancel may start now, and those sent have been delivered (or given up)."""
         with self._lock:
             self._over = True
+            sent = bool(self._requests)
         # A cut connection runs nothing more: a late cancel can only reach its dead backend.
-        if not self.severed:
+        if sent and not self.severed:
             self.wait_delivered(CANCEL_DELIVERY)
 
     def wait_delivered(self, timeout: float) -> None:
@@ -112,9 +113,14 @@ class Gate:
     """Who holds one shard connection now: a thread, or a :func:`holding` block (re-entrant for it)."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        """Waited on in :meth:`enter`; taken as ``self._lock`` (the same lock, without the Python-level
+        ``Condition.__enter__``) where nobody waits."""
         self._owner: object | None = None
         self._depth = 0
+        self._waiting = 0
+        """Calls waiting in :meth:`enter` (nobody to wake when there are none)."""
         self.turn: Turn | None = None
         """The turn of the call running on the connection now (the outermost one)."""
 
@@ -127,7 +133,7 @@ class Gate:
         The owner is ``owner``, else the :func:`holding` block the caller is in, else its thread.
         """
         me = owner or _holder.get() or threading.get_ident()
-        with self._cond:
+        with self._lock:
             while self._owner is not None and self._owner != me:
                 if give_up():
                     return None
@@ -135,30 +141,37 @@ class Gate:
                 if remaining is not None and remaining <= 0:
                     return None
                 # Woken by leave() and wake(); the poll only bounds a give_up() nobody signals.
-                self._cond.wait(GIVE_UP_POLL if remaining is None else min(remaining, GIVE_UP_POLL))
+                self._waiting += 1
+                try:
+                    self._cond.wait(GIVE_UP_POLL if remaining is None else min(remaining, GIVE_UP_POLL))
+                finally:
+                    self._waiting -= 1
             self._owner = me
             self._depth += 1
             return me
 
     def leave(self, owner: object) -> None:
         """One :meth:`enter` of ``owner`` ends (a late leave of an owner already released does nothing)."""
-        with self._cond:
+        with self._lock:
             if self._owner != owner:
                 return
             self._depth -= 1
             if self._depth == 0:
                 self._owner = None
-                self._cond.notify_all()
+                if self._waiting:
+                    self._cond.notify_all()
 
     def release(self, owner: object) -> None:
         """Every :meth:`enter` of ``owner`` ends (whatever was interrupted between them)."""
-        with self._cond:
+        with self._lock:
             if self._owner == owner:
                 self._depth = 0
                 self._owner = None
-                self._cond.notify_all()
+                if self._waiting:
+                    self._cond.notify_all()
 
     def wake(self) -> None:
         """Wake the waiting calls so they can see that they should give up."""
-        with self._cond:
-            self._cond.notify_all()
+        with self._lock:
+            if self._waiting:
+                self._cond.notify_all()

@@ -57,6 +57,7 @@ def _reached(done: set[Future[T]], not_done: set[Future[T]], return_when: str) -
         return any(not f.cancelled() and f.exception() is not None for f in done)
     return False
 
+
 _Item = tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 

@@ -16,7 +16,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["Template", "shard_vars", "to_pyformat", "to_template"]
+__all__ = ["Template", "plain_value", "shape_of", "shard_vars", "to_pyformat", "to_template"]
 
 _TOKEN = re.compile(r"%%|%\(([^)]*)\)s|%s|%")
 _DOLLAR_NUMBER = re.compile(r"\$(\d+)")
@@ -45,7 +45,7 @@ def to_template(query: str, vars: Any) -> Template | None:
         values, positional = vars, True
     else:
         return None
-    if not all(_plain(v) for v in values):
+    if not all(map(plain_value, values)):
         return None
     keys = None if positional else frozenset(vars)
     rewritten = _rewrite(query, keys)
@@ -86,12 +86,24 @@ def _rewrite(query: str, keys: frozenset[str] | None) -> tuple[str, tuple[str, .
     return None if failed else (text, tuple(names))
 
 
+def shape_of(vars: Any) -> Any:
+    """What the template of a statement depends on in ``vars``: the number of positional values, or
+    the names (None: not known without making it, its values are not all plain)."""
+    if vars is None:
+        return ()
+    if isinstance(vars, (tuple, list)):
+        return len(vars) if all(map(plain_value, vars)) else None
+    if isinstance(vars, dict):
+        return frozenset(vars) if all(map(plain_value, vars.values())) else None
+    return None
+
+
 def shard_vars(template: Template, vars: Any) -> Any:
     """The parameters to send with the rewritten SQL."""
     if not template.names:
         return None
     if template.positional:
-        return {name: value for name, value in zip(template.names, vars, strict=True)}
+        return dict(zip(template.names, vars, strict=True))
     return vars
 
 
@@ -103,7 +115,14 @@ def to_pyformat(sql: str, names: tuple[str, ...]) -> str:
     return _DOLLAR_NUMBER.sub(lambda m: f"%({names[int(m.group(1)) - 1]})s", sql)
 
 
-def _plain(value: Any) -> bool:
+def plain_value(value: Any) -> bool:
+    """A value psycopg2 renders as a literal that means the same wherever ``$n`` stands."""
+    if type(value) in _PLAIN_SET:
+        return True
     if isinstance(value, list):
-        return all(_plain(v) for v in value)
-    return isinstance(value, (_PLAIN, uuid.UUID))
+        return all(map(plain_value, value))
+    return isinstance(value, _PLAIN_TYPES)
+
+
+_PLAIN_TYPES = (*_PLAIN, uuid.UUID)
+_PLAIN_SET = frozenset(_PLAIN_TYPES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import replace
 from typing import Any, cast
@@ -13,7 +14,7 @@ from ..errors import NotSupportedError, refuse_write
 from .copies import check_copy
 from .literal_rows import cut_literal_rows, split_rows
 from .model import ALL, ONE, Plan, RowSplit, ShardFacts, Task
-from .params import Template, shard_vars, to_pyformat, to_template
+from .params import Template, shape_of, shard_vars, to_pyformat, to_template
 from .query import layout_of, plan_query
 from .refusals import refuse
 from .stages import plan_staged
@@ -37,6 +38,11 @@ def plan_statement(
     fast = quick_plan(query) if quick else None
     if fast is not None:
         return fast, vars
+    shape = shape_of(vars)
+    known = facts.memos.get(("statement", query, shape)) if shape is not None else None
+    if known is not None:  # planned before with parameters of this shape: no template to make
+        template, plan = known
+        return plan, shard_vars(template, vars)
     template = to_template(query, vars)
     if template is None:
         return None
@@ -46,6 +52,8 @@ def plan_statement(
     plan = _plan(template, facts)
     if plan is None:
         return None
+    if shape is not None:
+        facts.memo(("statement", query, shape), lambda: (template, plan), CACHE_SIZE)
     return plan, shard_vars(template, vars)
 
 
@@ -91,11 +99,24 @@ _WORD = re.compile(r"[A-Za-z]+")
 
 def quick_plan(query: str) -> Plan | None:
     """The plan of a statement that needs no parsing (DDL, SET, COMMIT...), else None."""
+    if len(query) <= _REMEMBERED:
+        return _remembered_quick_plan(query)
+    return _quick_plan(query)
+
+
+_REMEMBERED = 2000
+"""Statements up to this long have their quick plan (or its absence) remembered: they come again."""
+
+
+def _quick_plan(query: str) -> Plan | None:
     word = _first_word(query)
     if word is None:
         return None
     writes = word in _DDL_WRITE_WORDS and not _OUTSIDE_TRANSACTIONS.search(query)
     return Plan(refresh=word in _DDL_WORDS, word=word, writes=writes)
+
+
+_remembered_quick_plan = functools.lru_cache(maxsize=CACHE_SIZE)(_quick_plan)
 
 
 _WRITE_WORDS = frozenset(["insert", "update", "delete", "copy", "merge"])
@@ -145,7 +166,7 @@ def _skeleton(template: Template, facts: ShardFacts) -> RowSplit | None:
 
 def _first_word(query: str) -> str | None:
     """The first word of a statement that is surely neither a query nor a write (DDL, SET...), else None."""
-    start = _skip_comments(query)
+    start = 0 if query[:1].isalpha() else _skip_comments(query)
     if start is None:
         return None
     match = _WORD.match(query, start)
