@@ -11,14 +11,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from ..plan.model import ClientPlan
 from .aggregate import Combiner
 from .having import check_text_order, having
-from .ordered import check_sorted, ordered
+from .ordered import ordered, out_of_order
 from .rowops import bind, distinct, distinct_on, offset_limit
-from .values import COLLATED, check_equality, check_order, fast_sort, row_key
+from .runs import RowOrder
+from .values import COLLATED, check_equality, check_order
 
 __all__ = ["Merge", "MergeInputs", "build_merge"]
 
@@ -68,9 +70,13 @@ def build_merge(
         check_equality(types[column], "DISTINCT ON")
     if client.aggregate is not None and client.aggregate.having is not None:
         check_text_order(client.aggregate.having, types, text_order_c)
-    # Text order depends on collations the database-level check may miss (a column's own
-    # COLLATE): check that every shard's rows come in the order the merge reproduces.
-    check_runs = any(types[k.column] in COLLATED and not k.collate_c for k in client.order)
+    order = RowOrder(client.order, types) if client.order else None
+    # The database's collation being C (text_order_c) leaves a column's own, which can reach a key
+    # where the planner does not see it (unnest(ARRAY[column]) AS u(w), say). Unless each text key
+    # says COLLATE "C", every shard's rows are checked (in C) to come in code point order, up to the
+    # last such key: the keys after it compare alike in Python and in PostgreSQL.
+    text = [i for i, k in enumerate(client.order) if types[k.column] in COLLATED and not k.collate_c]
+    check = RowOrder(client.order[: text[-1] + 1], types) if text else None
 
     def merge(inputs: MergeInputs) -> Iterator[list[Row]]:
         rows: Iterable[Row]
@@ -78,24 +84,16 @@ def build_merge(
             groups = combiner.combine(r for batch in inputs.arrival() for r in batch)
             if client.aggregate is not None and client.aggregate.having is not None:
                 groups = list(having(groups, client.aggregate.having, params, names, text_order_c, types))
-            if client.order:
-                fast_sort(groups, client.order, types)
-            rows = groups
-        elif client.order and streaming:
-            key, reverse = row_key(client.order, types)
-            rows = itertools.chain.from_iterable(
-                ordered(inputs.shards, key, reverse, batch_size, check=check_runs)
-            )
-        elif client.order:
-            everything: list[Row] = []
-            for index, batches in inputs.shards:
-                start = len(everything)
-                for batch in batches:
-                    everything.extend(batch)
-                if check_runs:
-                    check_sorted(everything[start:], *row_key(client.order, types), index)
-            fast_sort(everything, client.order, types)
-            rows = everything
+            rows = groups if order is None else order.sort(groups)
+        elif order is not None and streaming:
+            rows = itertools.chain.from_iterable(ordered(inputs.shards, order, batch_size, check=check))
+        elif order is not None:
+            runs = [(index, _joined(batches)) for index, batches in inputs.shards]
+            if check is not None and sum(1 for _, run in runs if run) > 1:
+                for index, run in runs:
+                    if not check.in_order(run):
+                        raise out_of_order(index)
+            rows = order.merge([run for _, run in runs])
         else:
             rows = itertools.chain.from_iterable(inputs.arrival())
         if client.distinct:
@@ -109,13 +107,20 @@ def build_merge(
     return tuple(description[:width]), merge
 
 
+def _joined(batches: Batches) -> list[Row]:
+    """One shard's batches as one list (a client-side cursor's only batch as it is)."""
+    every = [batch for batch in batches if batch]
+    return every[0] if len(every) == 1 else list(itertools.chain.from_iterable(every))
+
+
 def _batches(rows: Iterable[Row], width: int | None, size: int) -> Iterator[list[Row]]:
+    visible = None if width is None else itemgetter(slice(width))
     if isinstance(rows, list):
-        yield rows if width is None else [row[:width] for row in rows]
+        yield rows if visible is None else list(map(visible, rows))
         return
     iterator = iter(rows)
     while True:
         batch = list(itertools.islice(iterator, size))
         if not batch:
             return
-        yield batch if width is None else [row[:width] for row in batch]
+        yield batch if visible is None else list(map(visible, batch))

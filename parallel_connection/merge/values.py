@@ -7,10 +7,8 @@ grouped on the client; any other type is refused rather than guessed at.
 from __future__ import annotations
 
 import datetime
-import gc
 import math
 from collections.abc import Callable, Sequence
-from operator import itemgetter
 from typing import Any
 
 import psycopg2.extensions
@@ -212,40 +210,3 @@ def row_key(
         column, nulls_high, number, calendar, padded, flip = parts[0]
         return (lambda row: component(row[column], nulls_high, number, calendar, padded, flip)), reverse
     return (lambda row: tuple(component(row[c], h, n, d, p, f) for c, h, n, d, p, f in parts)), reverse
-
-
-def fast_sort(rows: list[Any], keys: Sequence[SortKey], types: Sequence[int]) -> None:
-    """Sort ``rows`` in place as ORDER BY ``keys`` does; in C when the values allow it.
-
-    The shards' rows arrive as sorted runs, which Python's sort merges in
-    few comparisons. A plain column getter is used when every key has the
-    same direction and no key value is NULL or NaN; otherwise the full key.
-    The cyclic garbage collector pauses meanwhile: the sort makes a key per
-    row, none of them cyclic, and would otherwise rescan every row many times.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        _sort(rows, keys, types)
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _sort(rows: list[Any], keys: Sequence[SortKey], types: Sequence[int]) -> None:
-    columns = [k.column for k in keys]
-    for column in {c for c in columns if types[c] in CALENDAR}:
-        for row in rows:
-            unrepresentable(row[column], "ORDER BY")
-    reverse = keys[0].descending
-    if all(k.descending == reverse for k in keys) and not any(types[c] in PADDED for c in columns):
-        getter = itemgetter(*columns)
-        floats = [c for c in columns if types[c] in (FLOAT4, FLOAT8)]
-        try:
-            if not any(any(map(math.isnan, map(itemgetter(c), rows))) for c in floats):
-                rows.sort(key=getter, reverse=reverse)
-                return
-        except (TypeError, ArithmeticError):
-            pass  # a NULL or a numeric NaN among the keys: sort with the full key
-    key, reverse = row_key(keys, types, check=False)
-    rows.sort(key=key, reverse=reverse)
