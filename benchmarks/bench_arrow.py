@@ -9,7 +9,6 @@ fastest round) is printed beside it.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import subprocess
@@ -23,7 +22,7 @@ import psycopg2
 
 import parallel_connection
 
-from .common import BenchEnv, report
+from .common import BenchEnv, duckdb_attached, memory_mb, report
 
 ROWS_PER_SHARD = 1_000_000
 ROUNDS = 5
@@ -201,26 +200,9 @@ def _uri(dsn: str) -> str:
 
 
 def _duckdb(dsns: list[str]) -> Any:
-    try:
-        import duckdb
-
-        files = importlib.metadata.files("duckdb-ext-postgres") or []
-    except (ImportError, importlib.metadata.PackageNotFoundError):
-        print("   (duckdb / duckdb-ext-postgres not installed: no DuckDB figure)")
-        return None
-    extension = next((f for f in files if f.name == "postgres_scanner.duckdb_extension"), None)
-    if extension is None:
-        return None
-    con = duckdb.connect(
-        config={
-            "allow_unsigned_extensions": "true",
-            "autoinstall_known_extensions": "false",
-            "autoload_known_extensions": "false",
-        }
-    )
-    con.execute(f"LOAD '{extension.locate()}'")
-    for i, dsn in enumerate(dsns):
-        con.execute(f"ATTACH '{dsn}' AS shard{i} (TYPE postgres, READ_ONLY)")
+    con, why = duckdb_attached(dsns)
+    if con is None:
+        print(f"   ({why}: no DuckDB figure)")
     return con
 
 
@@ -247,21 +229,13 @@ def streaming_memory(env: BenchEnv) -> None:
 def _stream_child(dsns: list[str]) -> None:
     pdb = parallel_connection.connect(dsns)
     pdb.read_arrow("SELECT 1 AS warm")  # imports, pools, the driver's connections
-    baseline = _memory_mb("VmRSS")
+    baseline = memory_mb("VmRSS")
     rows = 0
     for batch in pdb.read_arrow_batches(SQL):
         rows += batch.num_rows
-    peak = _memory_mb("VmHWM")
+    peak = memory_mb("VmHWM")
     pdb.close()
     print(json.dumps({"rows": rows, "peak_growth_mb": peak - baseline}))
-
-
-def _memory_mb(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["stream"]:

@@ -13,7 +13,7 @@ import psycopg2
 
 import parallel_connection
 
-from .common import BenchEnv, best_of, report
+from .common import BenchEnv, best_of, memory_mb, report
 
 ROWS = 3_000_000
 ORDERED_ROWS = 1_000_000
@@ -155,7 +155,7 @@ def _stream_child(dsns: list[str]) -> None:
     pdb = parallel_connection.connect(dsns)
     with pdb.cursor() as cur:
         cur.execute("SELECT 1")  # warm up: imports, pools, plan cache, shard facts
-    baseline = _memory_mb("VmRSS")
+    baseline = memory_mb("VmRSS")
     start = time.perf_counter()
     rows = 0
     previous = None
@@ -168,18 +168,9 @@ def _stream_child(dsns: list[str]) -> None:
             assert previous is None or previous <= key
             previous = key
     elapsed = time.perf_counter() - start
-    peak = _memory_mb("VmHWM")
+    peak = memory_mb("VmHWM")
     pdb.close()
     print(json.dumps({"rows": rows, "peak_growth_mb": peak - baseline, "rows_per_s": rows / elapsed}))
-
-
-def _memory_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak since exec: ru_maxrss would include the parent's) in MB."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def group_by_vs_reference(env: BenchEnv) -> None:

@@ -27,7 +27,7 @@ import psycopg2
 import parallel_connection
 from parallel_connection.placement import Placement
 
-from .common import BenchEnv, Result, report, run_on_each
+from .common import BenchEnv, Result, duckdb_attached, report, run_on_each
 
 SCALE = 0.3
 """TPC-H scale factor: 450k orders, about 1.8M line items (loads in about 25 s here)."""
@@ -85,39 +85,18 @@ def _library(env: BenchEnv) -> Any:
 def _duckdb_over_shards(env: BenchEnv) -> tuple[Any, str]:
     """A DuckDB connection seeing the shards as one database, or None and why not.
 
-    Each shard is attached with the postgres extension (loaded from the file the pip
-    package ``duckdb-ext-postgres`` ships: nothing is downloaded); ``orders`` and
-    ``lineitem`` are views that UNION ALL the shards, the copied tables are read from
-    shard 0. The scanner's own settings are left at their defaults (binary COPY,
-    parallel ctid scans, filter pushdown); DuckDB uses both cores.
+    Each shard is attached (:func:`duckdb_attached`); ``orders`` and ``lineitem`` are
+    views that UNION ALL the shards, the copied tables are read from shard 0.
     """
-    try:
-        import duckdb
-    except ImportError:
-        return None, "duckdb is not installed (pip install -e '.[bench]')"
-    try:
-        files = importlib.metadata.files("duckdb-ext-postgres") or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    extension = next((f for f in files if f.name == "postgres_scanner.duckdb_extension"), None)
-    if extension is None:
-        return None, "duckdb-ext-postgres is not installed (pip install -e '.[bench]')"
-    con = duckdb.connect(
-        config={
-            "allow_unsigned_extensions": "true",
-            "autoinstall_known_extensions": "false",
-            "autoload_known_extensions": "false",
-        }
-    )
-    con.execute(f"LOAD '{extension.locate()}'")
-    for i, dsn in enumerate(env.shard_dsns):
-        con.execute(f"ATTACH '{dsn}' AS shard{i} (TYPE postgres, READ_ONLY)")
+    con, name = duckdb_attached(env.shard_dsns)
+    if con is None:
+        return None, name
     for table in tpch.PLACEMENT_ARGS["sharded"]:
         union = " UNION ALL ".join(f"SELECT * FROM shard{i}.tpch.{table}" for i in range(len(env.shard_dsns)))
         con.execute(f"CREATE VIEW {table} AS {union}")
     for table in tpch.PLACEMENT_ARGS["copied"]:
         con.execute(f"CREATE VIEW {table} AS SELECT * FROM shard0.tpch.{table}")
-    return con, f"DuckDB {duckdb.__version__}"
+    return con, name
 
 
 def _duckdb_sql(sql: str) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg2
 
@@ -94,3 +96,43 @@ def run_on_each(dsns: Sequence[str], sql: str) -> None:
                 cur.execute(sql)
         finally:
             conn.close()
+
+
+def memory_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak since exec: ru_maxrss would include the parent's) in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def duckdb_attached(dsns: Sequence[str]) -> tuple[Any, str]:
+    """A DuckDB connection with each shard attached as ``shard<i>``, or None and why not.
+
+    The postgres extension is loaded from the file the pip package ``duckdb-ext-postgres``
+    ships (nothing is downloaded); its settings are left at their defaults (binary COPY,
+    parallel ctid scans, filter pushdown); DuckDB uses both cores.
+    """
+    try:
+        import duckdb
+    except ImportError:
+        return None, "duckdb is not installed (pip install -e '.[bench]')"
+    try:
+        files = importlib.metadata.files("duckdb-ext-postgres") or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    extension = next((f for f in files if f.name == "postgres_scanner.duckdb_extension"), None)
+    if extension is None:
+        return None, "duckdb-ext-postgres is not installed (pip install -e '.[bench]')"
+    con = duckdb.connect(
+        config={
+            "allow_unsigned_extensions": "true",
+            "autoinstall_known_extensions": "false",
+            "autoload_known_extensions": "false",
+        }
+    )
+    con.execute(f"LOAD '{extension.locate()}'")
+    for i, dsn in enumerate(dsns):
+        con.execute(f"ATTACH '{dsn}' AS shard{i} (TYPE postgres, READ_ONLY)")
+    return con, f"DuckDB {duckdb.__version__}"
