@@ -302,7 +302,18 @@ def test_one_call_forms_agree(pdb):
     assert polars_frame["id"].to_list() == table.column("id").to_pylist()
 
 
-def test_a_transactions_own_writes_are_seen(sample):
+@pytest.fixture
+def made(sample: Any) -> Iterator[list[str]]:
+    """Tables (and the function) a test makes on the shards, dropped after it: the other tests
+    compare the shards' catalogs with the reference's."""
+    tables: list[str] = []
+    yield tables
+    drops = [f"DROP TABLE IF EXISTS {name} CASCADE" for name in tables]
+    _run(sample.shard_dsns, *drops, "DROP FUNCTION IF EXISTS arrow_logged()")
+
+
+def test_a_transactions_own_writes_are_seen(sample, made):
+    made.append("arrow_own")
     with closing(_connect(sample.shard_dsns, replicated_tables=["arrow_own"])) as pdb:
         pdb.autocommit = True
         with pdb.cursor() as cur:
@@ -347,7 +358,8 @@ def test_session_settings_reach_the_read(sample):
                 cur.execute("DROP SCHEMA arrow_elsewhere CASCADE")
 
 
-def test_repeatable_read_keeps_its_snapshot(sample):
+def test_repeatable_read_keeps_its_snapshot(sample, made):
+    made.append("arrow_snap")
     copied = ["arrow_snap"]
     with closing(_connect(sample.shard_dsns, replicated_tables=copied)) as pdb:
         pdb.autocommit = True
@@ -368,7 +380,8 @@ def test_repeatable_read_keeps_its_snapshot(sample):
         pdb.rollback()
 
 
-def test_a_write_inside_a_select_is_rolled_back_with_the_transaction(sample):
+def test_a_write_inside_a_select_is_rolled_back_with_the_transaction(sample, made):
+    made.append("arrow_log")
     with closing(_connect(sample.shard_dsns)) as pdb:
         with pdb.cursor() as cur:
             cur.execute("CREATE TABLE IF NOT EXISTS arrow_log (n int)")
