@@ -80,6 +80,8 @@ class ShardQueries:
     """The merge (None: the union of the targets' rows)."""
     names: tuple[str, ...]
     text_order_c: bool
+    code_point_text: bool = False
+    """Text orders by code point whatever its collation (``ShardFacts.code_point_text``)."""
 
 
 def shard_queries(shards: ShardSet, cursors: Sequence[Any], statement: Statement) -> ShardQueries | None:
@@ -114,7 +116,10 @@ def shard_queries(shards: ShardSet, cursors: Sequence[Any], statement: Statement
     client = plan.client if plan.merge else None
     if client is not None and (client.aggregate is not None or client.distinct_on):
         return None
-    return ShardQueries(targets, [query] * len(targets), vars, client, plan.names, text_order_c)
+    code_point_text = shards.facts().code_point_text
+    return ShardQueries(
+        targets, [query] * len(targets), vars, client, plan.names, text_order_c, code_point_text
+    )
 
 
 def _planned(
@@ -438,6 +443,7 @@ def _run_merge(
                 params=vars,
                 names=plan.names,
                 text_order_c=facts.text_order_c,
+                code_point_text=facts.code_point_text,
                 streaming=statement.streaming,
                 batch_size=max(1, statement.batch_size),
             )

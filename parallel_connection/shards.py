@@ -259,8 +259,12 @@ class ShardSet:
             for column in relation.columns
             if column.declared_collation is not None
         )
+        own_collations = collated or any(
+            t.collation is not None or not t.deterministic for t in catalog.types.values()
+        )
         return ShardFacts(
             text_order_c=catalog.text_order_c,
+            code_point_text=catalog.text_order_c and not own_collations,
             aggregates=frozenset(catalog.aggregates),
             collated_columns=collated,
             declared_collations=declared,

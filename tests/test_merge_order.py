@@ -273,3 +273,83 @@ def test_an_infinity_among_the_keys_is_ordered_exactly_or_refused(pdb, ends_of_t
         assert got == want, sql
     finally:
         pdb.rollback()
+
+
+@pytest.fixture
+def own_database(servers):
+    """A database of its own on every server (its catalog holds only what the test makes)."""
+    from psycopg2.extensions import make_dsn
+
+    dsns = [*servers.shard_dsns, servers.reference_dsn]
+    for dsn in dsns:
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("DROP DATABASE IF EXISTS mt_text_facts")
+            cur.execute("CREATE DATABASE mt_text_facts TEMPLATE template0 LOCALE 'C' ENCODING 'UTF8'")
+        conn.close()
+    own = [make_dsn(dsn, dbname="mt_text_facts") for dsn in dsns]
+    yield own[:-1], own[-1]
+    for dsn in dsns:
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("DROP DATABASE IF EXISTS mt_text_facts WITH (FORCE)")
+        conn.close()
+
+
+def _on_all(dsns, sql):
+    for dsn in dsns:
+        conn = psycopg2.connect(dsn)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql)
+        conn.close()
+
+
+def test_text_runs_are_checked_only_while_the_catalog_holds_a_collation_but_c(own_database, monkeypatch):
+    """With no column, row type or domain under a collation of its own, text orders by code point
+    wherever it comes from: the shards' runs are not checked. One such anywhere brings the check back."""
+    import parallel_connection
+    from parallel_connection.merge import runs
+
+    shard_dsns, reference_dsn = own_database
+    rows = [(i, w + str(i % 7)) for i, w in enumerate(WORDS * 30)]
+    for shard, dsn in enumerate([*shard_dsns, reference_dsn]):
+        part = rows if shard == len(shard_dsns) else rows[shard :: len(shard_dsns)]
+        conn = psycopg2.connect(dsn)
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE tw (id int, s text)")
+            psycopg2.extras.execute_values(cur, "INSERT INTO tw VALUES %s", part)
+        conn.commit()
+        conn.close()
+    from parallel_connection.columnar import read
+
+    checks = []
+    in_order = runs.RowOrder.in_order
+    monkeypatch.setattr(runs.RowOrder, "in_order", lambda self, run: checks.append(1) or in_order(self, run))
+    runs_sorted = read.runs_sorted
+    monkeypatch.setattr(read, "runs_sorted", lambda *args: checks.append(2) or runs_sorted(*args))
+    pdb = parallel_connection.connect(shard_dsns)
+    reference = psycopg2.connect(reference_dsn)
+    try:
+        sql = "SELECT s, id FROM tw ORDER BY s, id"
+        for made, dropped in (
+            (None, None),
+            ('CREATE TABLE elsewhere (t text COLLATE "und-x-icu")', "DROP TABLE elsewhere"),
+            ('CREATE DOMAIN icu_text AS text COLLATE "und-x-icu"', "DROP DOMAIN icu_text"),
+            ('CREATE TYPE pair AS (a int, t text COLLATE "und-x-icu")', "DROP TYPE pair"),
+        ):
+            if made is not None:
+                _on_all([*shard_dsns, reference_dsn], made)
+            checks.clear()
+            rows = same_answer(pdb, reference, sql)
+            assert [tuple(r.values()) for r in pdb.read_arrow(sql).to_pylist()] == rows
+            assert pdb.shard_set.facts().code_point_text is (made is None), made
+            assert sorted(set(checks)) == ([] if made is None else [1, 2]), made
+            pdb.rollback()
+            if dropped is not None:
+                _on_all([*shard_dsns, reference_dsn], dropped)
+    finally:
+        pdb.close()
+        reference.close()

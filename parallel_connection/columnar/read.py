@@ -250,7 +250,10 @@ def _from_driver(
             yield from _row_path(cur, query, vars)
             return
         check = [
-            k for k in client.order if pg_types[k.column] in ("text", "varchar", "name") and not k.collate_c
+            k
+            for k in client.order
+            if pg_types[k.column] in ("text", "varchar", "name")
+            and not (k.collate_c or planned.code_point_text)
         ]
         if check and not all(runs_sorted(t, client.order) for t in tables):
             yield from _row_path(cur, query, vars)  # a column collation other than C: the row path says

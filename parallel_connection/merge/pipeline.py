@@ -48,6 +48,7 @@ def build_merge(
     params: Any,
     names: tuple[str, ...],
     text_order_c: bool,
+    code_point_text: bool = False,
     streaming: bool,
     batch_size: int,
 ) -> tuple[tuple[Any, ...], Merge]:
@@ -73,9 +74,14 @@ def build_merge(
     order = RowOrder(client.order, types) if client.order else None
     # The database's collation being C (text_order_c) leaves a column's own, which can reach a key
     # where the planner does not see it (unnest(ARRAY[column]) AS u(w), say). Unless each text key
-    # says COLLATE "C", every shard's rows are checked (in C) to come in code point order, up to the
-    # last such key: the keys after it compare alike in Python and in PostgreSQL.
-    text = [i for i, k in enumerate(client.order) if types[k.column] in COLLATED and not k.collate_c]
+    # says COLLATE "C", or the catalog holds no collation but C (code_point_text), every shard's rows
+    # are checked (in C) to come in code point order, up to the last such key: the keys after it
+    # compare alike in Python and in PostgreSQL.
+    text = [
+        i
+        for i, k in enumerate(client.order)
+        if types[k.column] in COLLATED and not k.collate_c and not code_point_text
+    ]
     check = RowOrder(client.order[: text[-1] + 1], types) if text else None
 
     def merge(inputs: MergeInputs) -> Iterator[list[Row]]:

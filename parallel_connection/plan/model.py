@@ -51,6 +51,9 @@ class ShardFacts:
     """(table, column, collation) of every table column whose collation is not default, C or POSIX."""
     declared_collations: frozenset[str] = frozenset()
     """Names of the table columns declared with a collation of their own (C included)."""
+    code_point_text: bool = False
+    """Every text value a statement can make orders by code point: ``text_order_c``, and no column,
+    row type attribute or domain of the catalog has a collation of its own that orders otherwise."""
     catalog: Any = None
     """The shards' catalog (a ``catalog.Catalog``), when read."""
     placement: Any = None
