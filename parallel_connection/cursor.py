@@ -445,24 +445,24 @@ class ParallelCursor:
         The rows came through psycopg2; ``ParallelConnection.read_arrow`` reads them as columns.
         """
         description = self._results_description()
-        from .columnar.read import rows_as_table, session_zone
+        from .columnar.read import rows_table, session_zone
 
-        return rows_as_table(description, _tuples(self.fetchall()), session_zone(self._shards))
+        return rows_table(description, _tuples(self.fetchall()), session_zone(self._shards))
 
     def fetch_arrow_batches(self, size: int = 65_536) -> pa.RecordBatchReader:
         """The rest of the rows as a ``pyarrow.RecordBatchReader`` of ``size`` rows a batch."""
         description = self._results_description()
         import pyarrow
 
-        from .columnar.read import rows_as_table, session_zone
+        from .columnar.read import rows_table, session_zone
 
         zone = session_zone(self._shards)
-        first = rows_as_table(description, _tuples(self.fetchmany(size)), zone)
+        first = rows_table(description, _tuples(self.fetchmany(size)), zone)
 
         def rest() -> Iterator[pa.RecordBatch]:
             yield from first.to_batches()
             while rows := self.fetchmany(size):
-                yield from rows_as_table(description, _tuples(rows), zone).cast(first.schema).to_batches()
+                yield from rows_table(description, _tuples(rows), zone).cast(first.schema).to_batches()
 
         return pyarrow.RecordBatchReader.from_batches(first.schema, rest())
 

@@ -109,6 +109,12 @@ def expired_error(ticket: Ticket) -> psycopg2.Error:
             f"no answer within the statement deadline of {seconds} s, nor {CUT_GRACE:g} s after the "
             "cancel: the connection was cut (the shard is stalled or unreachable)"
         )
+    return canceled_error(ticket.deadline)
+
+
+def canceled_error(limit: Deadline | None) -> psycopg2.Error:
+    """The statement was cancelled at its deadline, as PostgreSQL says it (SQLSTATE 57014)."""
+    seconds = f"{limit.seconds:g}" if limit is not None else "?"
     error = psycopg2.errors.QueryCanceled(
         f"canceling statement: the statement deadline of {seconds} s passed (statement_deadline)"
     )

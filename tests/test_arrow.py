@@ -576,3 +576,44 @@ def test_a_read_leaves_the_session_as_it_found_it(sample):
         pdb.read_arrow(ORDERS + " LIMIT 3")
         assert pdb.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INTRANS
         pdb.rollback()
+
+
+MOMENTS = (
+    "SELECT id, timestamptz '2024-01-15 12:00+00' + id * interval '1 day' AS at, "
+    "ARRAY[timestamptz '2024-07-01 00:30+00' - id * interval '1 hour', NULL] AS ats "
+    "FROM orders WHERE id <= 6 ORDER BY id"
+)
+
+
+@pytest.mark.parametrize(
+    "zone, label",
+    [
+        ("Europe/Paris", "Europe/Paris"),
+        ("UTC+3", "-03:00"),  # POSIX: hours west of Greenwich
+        ("<+0530>-05:30", "+05:30"),
+        (-4, "-04:00"),  # SET TIME ZONE -4
+        ("EST5EDT,M3.2.0,M11.1.0", "UTC"),  # a daylight saving rule Arrow cannot name
+    ],
+)
+def test_timestamps_and_their_arrays_carry_the_sessions_zone(pdb, ref, zone, label):
+    """Scalars and array elements alike, from the driver and from the row path: the same instants
+    as PostgreSQL's, labelled with the session's zone (its fixed offset, for a POSIX one)."""
+    for conn in (pdb, ref):
+        with conn.cursor() as cur:
+            cur.execute("SET TIME ZONE %s" if isinstance(zone, int) else "SET TimeZone = %s", (zone,))
+    with ref.cursor() as cur:
+        cur.execute(MOMENTS)
+        want = cur.fetchall()
+    with pdb.cursor() as cur:
+        cur.execute(MOMENTS)
+        fetched = cur.fetch_arrow()
+    for table in (pdb.read_arrow(MOMENTS), fetched):
+        assert table.schema.field("at").type == pa.timestamp("us", tz=label)
+        assert table.schema.field("ats").type == pa.list_(pa.timestamp("us", tz=label))
+        got = _arrow_rows(table)
+        assert got == want  # aware datetimes: equal instants
+        if label != "UTC":
+            offsets = [(at.utcoffset(), [a.utcoffset() for a in ats if a]) for _, at, ats in got]
+            assert offsets == [(at.utcoffset(), [a.utcoffset() for a in ats if a]) for _, at, ats in want]
+    pdb.rollback()
+    ref.rollback()

@@ -14,7 +14,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,7 @@ __all__ = [
     "polars_frame",
     "read_batches",
     "read_table",
-    "rows_as_table",
+    "rows_table",
     "session_zone",
 ]
 
@@ -120,11 +120,6 @@ def polars_frame(table: pa.Table) -> Any:
             f"polars needs distinct column names; {', '.join(map(repr, repeated))} repeat: name them with AS"
         )
     return polars.from_arrow(table)
-
-
-def rows_as_table(description: Sequence[Any], rows: Sequence[Any], zone: str) -> pa.Table:
-    """Rows the row path gave, as a table."""
-    return rows_table(description, rows, zone)
 
 
 def session_zone(shard_set: ShardSet) -> str:
@@ -284,23 +279,14 @@ def _read_all(shard_set: ShardSet, driver: Driver, reads: list[_Shard]) -> tuple
     if late:
         driver.cancel()
         index = reads[futures.index(next(iter(late)))].index
-        raise shard_set.error(_past_deadline(limit), index)
+        raise shard_set.error(deadline.canceled_error(limit), index)
     tables = []
     for shard, future in zip(reads, futures, strict=True):
         exc = future.exception()
         if isinstance(exc, Canceled):
-            raise shard_set.error(_past_deadline(limit), shard.index)
+            raise shard_set.error(deadline.canceled_error(limit), shard.index)
         tables.append(future.result())
     return tables, reads[0].columns
-
-
-def _past_deadline(limit: deadline.Deadline | None) -> psycopg2.Error:
-    seconds = f"{limit.seconds:g}" if limit is not None else "?"
-    error = psycopg2.errors.QueryCanceled(
-        f"canceling statement: the statement deadline of {seconds} s passed (statement_deadline)"
-    )
-    error.__setstate__({"pgcode": "57014", "pgerror": None})  # type: ignore[no-untyped-call]
-    return error
 
 
 def _streamed(
@@ -351,7 +337,7 @@ def _streamed(
         _end_checks(shard_set, idle)
     except _Late:
         driver.cancel()
-        raise shard_set.error(_past_deadline(limit), reads[0].index) from None
+        raise shard_set.error(deadline.canceled_error(limit), reads[0].index) from None
     except BaseException:
         driver.cancel()
         raise
@@ -395,7 +381,7 @@ def _shard_failure(
     shard_set: ShardSet, exc: BaseException, index: int, limit: deadline.Deadline | None
 ) -> BaseException:
     if isinstance(exc, Canceled):
-        return shard_set.error(_past_deadline(limit), index)
+        return shard_set.error(deadline.canceled_error(limit), index)
     if isinstance(exc, DriverFailed):
         return shard_set.error(psycopg2.OperationalError(f"reading Arrow batches failed: {exc}"), index)
     return exc

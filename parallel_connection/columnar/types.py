@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import decimal
 import json
+import re
 import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -210,12 +211,28 @@ def unify(tables: Sequence[pa.Table]) -> list[pa.Table]:
 
 
 def arrow_zone(pg_zone: str) -> str:
-    """The Arrow time zone for a session's ``TimeZone`` (UTC when Arrow has no such name)."""
+    """The Arrow time zone for a session's ``TimeZone``: its name, the offset of a POSIX zone with no
+    daylight saving rule (``UTC+3``, ``<+03>-03``, what ``SET TIME ZONE -3`` sets), else UTC."""
     try:
         zoneinfo.ZoneInfo(pg_zone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        pass
+    else:
+        return pg_zone
+    fixed = _POSIX_FIXED.fullmatch(pg_zone.strip())
+    if fixed is None:
         return "UTC"
-    return pg_zone
+    hours, minutes, seconds = (int(part or 0) for part in fixed.group("h", "m", "s"))
+    if seconds or hours > 15 or minutes > 59:
+        return "UTC"  # Arrow's fixed offsets are whole minutes
+    east = "-" if fixed.group("sign") == "+" else "+"  # POSIX counts hours west of Greenwich
+    return f"{east}{hours:02d}:{minutes:02d}"
+
+
+_POSIX_FIXED = re.compile(
+    r"(?:[A-Za-z]{3,}|<[^<>]+>)(?P<sign>[+-]?)(?P<h>\d{1,2})(?::(?P<m>\d{2}))?(?::(?P<s>\d{2}))?"
+)
+"""A POSIX time zone of a name and an offset, with no daylight saving part."""
 
 
 def _unconstrained(column: Column) -> bool:
@@ -245,6 +262,8 @@ def _finish(array: pa.ChunkedArray, column: Column, zone: str, want: pa.DataType
         return array.cast(pa.uint32(), safe=False)
     if pa.types.is_timestamp(kind) and kind.tz is not None:
         return array.cast(pa.timestamp(kind.unit, tz=zone))
+    if pa.types.is_list(kind) and pa.types.is_timestamp(kind.value_type) and kind.value_type.tz is not None:
+        return array.cast(pa.list_(pa.timestamp(kind.value_type.unit, tz=zone)))
     return array
 
 
@@ -349,6 +368,7 @@ _ARROW_OF_OID: dict[int, pa.DataType] = {
     114: pa.string(), 3802: pa.string(), 2950: pa.string(),
 }  # fmt: skip
 _TIMESTAMPTZ = 1184
+_TIMESTAMPTZ_ARRAY = 1185
 _INTERVAL = 1186
 _NUMERIC_OID = 1700
 _JSON_OIDS = frozenset({114, 3802})
@@ -382,6 +402,9 @@ def _from_python(values: list[Any], column: Any, zone: str) -> pa.Array:
         values = [None if v is None else bytes(v) for v in values]
     if oid == _TIMESTAMPTZ:
         return pa.array(values, pa.timestamp("us", tz=zone))
+    if oid == _TIMESTAMPTZ_ARRAY:
+        with contextlib.suppress(pa.ArrowInvalid, pa.ArrowTypeError):  # not flat: as text, below
+            return pa.array(values, pa.list_(pa.timestamp("us", tz=zone)))
     if oid == _INTERVAL:
         return pa.array([_interval(v) for v in values], pa.month_day_nano_interval())
     if oid == _NUMERIC_OID:
