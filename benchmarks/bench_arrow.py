@@ -10,8 +10,6 @@ fastest round) is printed beside it.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -22,7 +20,7 @@ import psycopg2
 
 import parallel_connection
 
-from .common import BenchEnv, duckdb_attached, memory_mb, report
+from .common import BenchEnv, duckdb_attached, in_child, memory_mb, report
 
 ROWS_PER_SHARD = 1_000_000
 ROUNDS = 5
@@ -208,14 +206,7 @@ def _duckdb(dsns: list[str]) -> Any:
 
 def streaming_memory(env: BenchEnv) -> None:
     """Stream every row as Arrow batches in a fresh process; report its peak RSS growth."""
-    child = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_arrow", "stream", *env.shard_dsns],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
-    figures = json.loads(child.stdout.strip().splitlines()[-1])
+    figures = in_child("bench_arrow", env.shard_dsns)
     assert figures["rows"] == ROWS_PER_SHARD * len(env.shard_dsns), figures
     report(
         env,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,7 +11,7 @@ import psycopg2
 
 import parallel_connection
 
-from .common import BenchEnv, best_of, memory_mb, report
+from .common import BenchEnv, best_of, in_child, memory_mb, report
 
 ROWS = 3_000_000
 ORDERED_ROWS = 1_000_000
@@ -130,14 +128,7 @@ def order_by_vs_union(env: BenchEnv) -> None:
 
 def streaming_memory(env: BenchEnv) -> None:
     """Stream every row in ORDER BY through a named cursor in a fresh process; report its peak RSS growth."""
-    child = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_merge", "stream", *env.shard_dsns],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    )
-    figures = json.loads(child.stdout.strip().splitlines()[-1])
+    figures = in_child("bench_merge", env.shard_dsns)
     assert figures["rows"] == ROWS, figures
     report(
         env,

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -96,6 +100,20 @@ def run_on_each(dsns: Sequence[str], sql: str) -> None:
                 cur.execute(sql)
         finally:
             conn.close()
+
+
+def in_child(module: str, dsns: Sequence[str]) -> dict[str, Any]:
+    """Run ``python -m benchmarks.<module> stream <dsns>`` in a fresh process (its memory its own);
+    the figures it prints last, as json."""
+    child = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", "stream", *dsns],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    figures: dict[str, Any] = json.loads(child.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def memory_mb(field: str) -> float:
