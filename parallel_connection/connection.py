@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from .ranges import ScanReport
 
 __all__ = ["ParallelConnection", "ShardConnectionInfo", "connect"]
+
+_CLOSED = operator.attrgetter("closed")
 
 MERGE_MODES = ("auto", "union")
 
@@ -259,10 +262,18 @@ class ParallelConnection:
         return pyarrow.RecordBatchReader.from_batches(next(batches), batches)
 
     def read_pandas(
-        self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None, **options: Any
+        self,
+        query: str | bytes | psycopg2.sql.Composable,
+        vars: Any = None,
+        *,
+        dtype_backend: str | None = None,
+        **options: Any,
     ) -> Any:
-        """The answer of ``query`` as a pandas DataFrame (``options`` go to ``Table.to_pandas``)."""
-        return self.read_arrow(query, vars).to_pandas(**options)
+        """The answer of ``query`` as a pandas DataFrame (``options`` go to ``Table.to_pandas``);
+        ``dtype_backend`` as ``pandas.read_sql`` takes it (``"pyarrow"``: no copy, exact numerics)."""
+        from .columnar.read import pandas_frame
+
+        return pandas_frame(self.read_arrow(query, vars), dtype_backend, options)
 
     def read_polars(self, query: str | bytes | psycopg2.sql.Composable, vars: Any = None) -> Any:
         """The answer of ``query`` as a polars DataFrame."""
@@ -521,7 +532,7 @@ class ParallelConnection:
         """0 while usable; 1 once closed or handed back; 2 if a shard is broken."""
         if self._closed:
             return 1
-        return 2 if any(c.closed for c in self._connections) else 0
+        return 2 if any(map(_CLOSED, self._connections)) else 0
 
     def putconn(self, pools: Sequence[psycopg2.pool.AbstractConnectionPool], close: bool = False) -> None:
         """Give every shard connection back to its own pool (``pools`` in shard order).

@@ -466,9 +466,12 @@ class ParallelCursor:
 
         return pyarrow.RecordBatchReader.from_batches(first.schema, rest())
 
-    def fetch_pandas(self, **options: Any) -> Any:
-        """The rest of the rows as a pandas DataFrame (``options`` go to ``Table.to_pandas``)."""
-        return self.fetch_arrow().to_pandas(**options)
+    def fetch_pandas(self, *, dtype_backend: str | None = None, **options: Any) -> Any:
+        """The rest of the rows as a pandas DataFrame (``options`` go to ``Table.to_pandas``;
+        ``dtype_backend`` as :meth:`ParallelConnection.read_pandas` takes it)."""
+        from .columnar.read import pandas_frame
+
+        return pandas_frame(self.fetch_arrow(), dtype_backend, options)
 
     def fetch_polars(self) -> Any:
         """The rest of the rows as a polars DataFrame."""

@@ -67,7 +67,7 @@ class Outcome:
     """Every row, already read (``batches`` then gives just these), when that is so."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Statement:
     """One execute(): the statement, its parameters and how its rows are wanted."""
 

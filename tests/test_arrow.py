@@ -617,3 +617,40 @@ def test_timestamps_and_their_arrays_carry_the_sessions_zone(pdb, ref, zone, lab
             assert offsets == [(at.utcoffset(), [a.utcoffset() for a in ats if a]) for _, at, ats in want]
     pdb.rollback()
     ref.rollback()
+
+
+PANDAS_SQL = "SELECT id, customer_id, status, amount, quantity, weight, paid FROM orders ORDER BY id"
+
+
+@pytest.mark.parametrize("backend", ["pyarrow", "numpy_nullable"])
+def test_pandas_dtype_backends_are_pandas_read_sqls(pdb, ref, backend):
+    """``dtype_backend`` as pandas.read_sql takes it: the reference's values, NULLs as pandas' NA,
+    numeric exact (Arrow's decimal128 with "pyarrow", Decimal objects with "numpy_nullable")."""
+    import pandas
+
+    with ref.cursor() as cur:
+        cur.execute(PANDAS_SQL)
+        want = cur.fetchall()
+    assert any(None in row for row in want)  # NULLs to read
+    with pdb.cursor() as cur:
+        cur.execute(PANDAS_SQL)
+        fetched = cur.fetch_pandas(dtype_backend=backend)
+    for frame in (pdb.read_pandas(PANDAS_SQL, dtype_backend=backend), fetched):
+        if backend == "pyarrow":
+            assert all(isinstance(t, pandas.ArrowDtype) for t in frame.dtypes)
+            assert frame.dtypes["amount"].pyarrow_dtype == pa.decimal128(12, 2)
+        else:
+            assert str(frame.dtypes["quantity"]) == "Int32"
+            assert str(frame.dtypes["paid"]) == "boolean"
+            assert str(frame.dtypes["weight"]) == "Float64"
+        got = [tuple(None if v is pandas.NA else v for v in row) for row in frame.itertuples(index=False)]
+        assert got == want
+    pdb.rollback()
+
+
+def test_a_dtype_backend_pandas_does_not_know_is_refused(pdb):
+    with pytest.raises(ValueError, match="dtype_backend is 'arrow'"):
+        pdb.read_pandas("SELECT 1 AS one", dtype_backend="arrow")
+    with pytest.raises(ValueError, match="not both"):
+        pdb.read_pandas("SELECT 1 AS one", dtype_backend="pyarrow", types_mapper=dict().get)
+    pdb.rollback()

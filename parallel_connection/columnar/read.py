@@ -38,6 +38,7 @@ from .types import Column, arrow_zone, describe_query, plan_columns, rows_table,
 __all__ = [
     "ROWS_PER_BATCH",
     "Reader",
+    "pandas_frame",
     "polars_frame",
     "read_batches",
     "read_table",
@@ -107,6 +108,43 @@ def as_written(cur: Any) -> None:
     would re-serialize json, turn 24:00 into 00:00 and ``+05`` into ``+05:00``)."""
     for shard_cursor in cur.shard_cursors:
         psycopg2.extensions.register_type(_AS_WRITTEN, shard_cursor)
+
+
+DTYPE_BACKENDS = ("numpy_nullable", "pyarrow")
+"""What ``dtype_backend`` may be, as in ``pandas.read_sql``."""
+
+
+def pandas_frame(table: pa.Table, dtype_backend: str | None, options: dict[str, Any]) -> Any:
+    """``table`` as a pandas DataFrame: ``Table.to_pandas(**options)``; ``dtype_backend`` as pandas
+    takes it: ``"pyarrow"`` keeps every column Arrow's (no copy, numeric stays decimal128),
+    ``"numpy_nullable"`` makes integers, booleans, floats and text pandas' nullable dtypes."""
+    if dtype_backend is not None:
+        if dtype_backend not in DTYPE_BACKENDS:
+            raise ValueError(
+                f"dtype_backend is {dtype_backend!r}: it may be {' or '.join(map(repr, DTYPE_BACKENDS))}"
+            )
+        if "types_mapper" in options:
+            raise ValueError("give dtype_backend or types_mapper, not both")
+        import pandas
+
+        if dtype_backend == "pyarrow":
+            options = {**options, "types_mapper": pandas.ArrowDtype}
+        else:
+            options = {**options, "types_mapper": _nullable(pandas).get}
+    return table.to_pandas(**options)
+
+
+def _nullable(pandas: Any) -> dict[pa.DataType, Any]:
+    """Arrow types -> pandas' nullable dtypes (what ``dtype_backend="numpy_nullable"`` reads)."""
+    kinds = {
+        pa.int8(): pandas.Int8Dtype(), pa.int16(): pandas.Int16Dtype(), pa.int32(): pandas.Int32Dtype(),
+        pa.int64(): pandas.Int64Dtype(), pa.uint8(): pandas.UInt8Dtype(), pa.uint16(): pandas.UInt16Dtype(),
+        pa.uint32(): pandas.UInt32Dtype(), pa.uint64(): pandas.UInt64Dtype(),
+        pa.bool_(): pandas.BooleanDtype(), pa.float32(): pandas.Float32Dtype(),
+        pa.float64(): pandas.Float64Dtype(), pa.string(): pandas.StringDtype(),
+        pa.large_string(): pandas.StringDtype(),
+    }  # fmt: skip
+    return kinds
 
 
 def polars_frame(table: pa.Table) -> Any:
