@@ -100,7 +100,9 @@ def columns_and_rows(env: BenchEnv) -> None:
     runners["floor"] = floor
     runners["read_arrow"] = lambda: pdb.read_arrow(SQL).num_rows
     runners["read_pandas"] = lambda: len(pdb.read_pandas(SQL))
-    runners["read_pandas, dtype_backend='pyarrow'"] = lambda: len(pdb.read_pandas(SQL, dtype_backend="pyarrow"))
+    runners["read_pandas(dtype_backend='pyarrow')"] = lambda: len(
+        pdb.read_pandas(SQL, dtype_backend="pyarrow")
+    )
 
     def fetchall() -> int:
         with pdb.cursor() as cur:
