@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -113,12 +114,15 @@ def order_by_vs_union(env: BenchEnv) -> None:
     assert set(counts.values()) == {ORDERED_ROWS}, counts
     best = {key: min(values) for key, values in times.items()}
     for name in statements:
+        # Each round runs the two back to back: their ratio is free of what load the round met.
+        paired = sorted(u / m for u, m in zip(times[name, "union"], times[name, "auto"], strict=True))
         report(
             env,
-            f"ORDER BY {name} merge of {ORDERED_ROWS:,} rows vs union",
-            best[name, "union"] / best[name, "auto"],
+            f"ORDER BY {name} merge of {ORDERED_ROWS:,} rows vs union (median of rounds)",
+            statistics.median(paired),
             at_least=0.91,
         )
+        report(env, f"ORDER BY {name}: best union / best merge", best[name, "union"] / best[name, "auto"])
     report(
         env,
         "ORDER BY numeric merge: throughput vs unordered union (server sort included)",
