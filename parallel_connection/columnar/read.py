@@ -32,7 +32,7 @@ from ..shards import ShardSet
 from ..workers import Workers, wait
 from .driver import Canceled, Driver, DriverFailed, available
 from .merge import mergeable, merged, runs_sorted
-from .session import Session, may_return_rows, plain_select, read_session, session_free
+from .session import Session, driver_readable, may_return_rows, read_session
 from .types import Column, arrow_zone, describe_query, plan_columns, rows_table, settle, unify
 
 __all__ = [
@@ -59,8 +59,11 @@ class Reader:
 
     def __init__(self, dsns: list[str] | None, connect_kwargs: dict[str, Any]) -> None:
         self.driver = Driver(dsns, connect_kwargs) if dsns is not None and available() else None
+        self.workers = Workers(2 * len(dsns or ()), "parallel_connection-arrow")
+        """The threads the shards are read on (kept between reads)."""
 
     def close(self) -> None:
+        self.workers.shutdown(wait=False)
         if self.driver is not None:
             self.driver.close()
 
@@ -187,12 +190,11 @@ def _driver_shards(
         shard_cursor = shard_cursors[index]
         sql_text = shard_cursor.mogrify(text, planned.vars).decode(python_encoding(shard_cursor))
         rendered.append(sql_text.rstrip().rstrip(";"))
-    if not all(plain_select(text) for text in rendered):
-        return None
     connections = shard_set.connections
     first = planned.targets[0]
     under_way = [not idle[i] and not connections[i].autocommit for i in planned.targets]
-    if not all(session_free(text, busy) for text, busy in zip(rendered, under_way, strict=True)):
+    # The shards' statements are mostly one text: each distinct one is parsed once.
+    if not all(driver_readable(text, busy) for text, busy in set(zip(rendered, under_way, strict=True))):
         return None
 
     def session(i: int) -> tuple[Session, Any] | None:
@@ -269,10 +271,10 @@ def _from_driver(
     shard_set: ShardSet = pdb.shard_set
     client = planned.client
     if client is None and not whole:
-        yield from _streamed(shard_set, driver, reads, cur, query, vars, idle)
+        yield from _streamed(shard_set, driver, reader.workers, reads, cur, query, vars, idle)
         return
     try:
-        tables, columns = _read_all(shard_set, driver, reads)
+        tables, columns = _read_all(shard_set, driver, reader.workers, reads)
     except DriverFailed:
         yield from _row_path(cur, query, vars)
         return
@@ -297,7 +299,9 @@ def _from_driver(
     yield from table.to_batches()
 
 
-def _read_all(shard_set: ShardSet, driver: Driver, reads: list[_Shard]) -> tuple[list[pa.Table], list[Any]]:
+def _read_all(
+    shard_set: ShardSet, driver: Driver, workers: Workers, reads: list[_Shard]
+) -> tuple[list[pa.Table], list[Any]]:
     """Every target's whole table, read at once, within the statement deadline."""
 
     def one(shard: _Shard) -> pa.Table:
@@ -305,9 +309,7 @@ def _read_all(shard_set: ShardSet, driver: Driver, reads: list[_Shard]) -> tuple
         return pa.concat_tables(list(parts))
 
     limit = deadline.current()
-    workers = Workers(len(reads), "parallel_connection-arrow")
     futures = [workers.submit(one, shard) for shard in reads]
-    workers.shutdown(wait=False)
     try:
         timeout = None if limit is None else max(0.0, limit.at - time.monotonic()) + deadline.CUT_GRACE
         _, late = wait(futures, timeout=timeout)
@@ -330,6 +332,7 @@ def _read_all(shard_set: ShardSet, driver: Driver, reads: list[_Shard]) -> tuple
 def _streamed(
     shard_set: ShardSet,
     driver: Driver,
+    workers: Workers,
     reads: list[_Shard],
     cur: Any,
     query: Any,
@@ -349,10 +352,8 @@ def _streamed(
         except BaseException as exc:  # handed to the caller's thread
             _put(out, (shard.index, exc), stop)
 
-    workers = Workers(len(reads), "parallel_connection-arrow")
     for shard in reads:
         workers.submit(pump, shard)
-    workers.shutdown(wait=False)
     limit = deadline.current()
     try:
         live = len(reads)

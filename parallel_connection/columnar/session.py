@@ -20,7 +20,7 @@ import pglast.visitors
 from ..casts import LibraryCursor
 from .types import arrow_zone
 
-__all__ = ["Session", "may_return_rows", "plain_select", "read_session", "session_free"]
+__all__ = ["Session", "driver_readable", "may_return_rows", "read_session"]
 
 _SESSION = """SELECT current_setting('transaction_isolation'),
        txid_current_if_assigned() IS NOT NULL
@@ -81,17 +81,15 @@ def read_session(conn: Any) -> Session | None:
     return Session(json.loads(settings), arrow_zone(zone))
 
 
-def plain_select(text: str) -> bool:
-    """``text`` is one SELECT (so it can be read as a subquery)."""
+def driver_readable(text: str, in_transaction: bool) -> bool:
+    """``text`` is one SELECT (so it can be read as a subquery) that calls nothing bound to the
+    session; in a transaction already under way, nothing but built-ins known to read no session
+    state (a function of yours might read ``now()``)."""
     statement = _only(text)
-    return isinstance(statement, pglast.ast.SelectStmt) and statement.intoClause is None
-
-
-def session_free(text: str, in_transaction: bool) -> bool:
-    """``text`` calls nothing bound to the session; in a transaction already under way, nothing but
-    built-ins known to read no session state (a function of yours might read ``now()``)."""
+    if not isinstance(statement, pglast.ast.SelectStmt) or statement.intoClause is not None:
+        return False
     calls = _Calls()
-    calls(pglast.parse_sql(text))
+    calls(statement)
     if calls.moments or any(name in _SESSION_BOUND or "advisory" in name for name in calls.names):
         return False
     return not in_transaction or all(name in _PURE for name in calls.names)
