@@ -654,3 +654,32 @@ def test_a_dtype_backend_pandas_does_not_know_is_refused(pdb):
     with pytest.raises(ValueError, match="not both"):
         pdb.read_pandas("SELECT 1 AS one", dtype_backend="pyarrow", types_mapper=dict().get)
     pdb.rollback()
+
+
+def test_the_drivers_reads_are_read_committed_and_read_only(sample, monkeypatch):
+    """Every read on the driver's own connections, the first and those after, runs READ COMMITTED
+    and READ ONLY (set once per connection, for all its transactions), whatever the session's."""
+    from parallel_connection.columnar.driver import Driver
+
+    reads = []
+    real = Driver.read
+
+    def counted(self, index, *args, **kwargs):
+        reads.append(index)
+        yield from real(self, index, *args, **kwargs)
+
+    monkeypatch.setattr(Driver, "read", counted)
+    sql = (
+        "SELECT current_setting('transaction_isolation') AS iso, "
+        "current_setting('transaction_read_only') AS ro, count(*) AS n FROM orders"
+    )
+    with closing(parallel_connection.connect(sample.shard_dsns[:1])) as one:
+        one.autocommit = True
+        for _ in range(2):
+            table = one.read_arrow(sql)
+            assert table.column("iso").to_pylist() == ["read committed"]
+            assert table.column("ro").to_pylist() == ["on"]
+        assert len(reads) == 2, "the row path answered"
+        with one.cursor() as cur:
+            cur.execute(sql)
+            assert cur.fetchone()[1] == "off"  # the session's own transaction may write

@@ -67,7 +67,6 @@ class Driver:
         healthy = False
         try:
             with conn.cursor() as cur, self._running(cur):
-                cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED, READ ONLY")
                 if settings:
                     given = _text(settings)
                     cur.execute(f"SELECT set_config(key, value, true) FROM json_each_text({given})")
@@ -131,9 +130,13 @@ class Driver:
         import adbc_driver_postgresql.dbapi as adbc
 
         try:
-            return adbc.connect(self._dsns[index], autocommit=False)
+            conn = adbc.connect(self._dsns[index], autocommit=False)
+            with conn.cursor() as cur:  # every read's transaction: READ COMMITTED, READ ONLY
+                cur.execute(_CHARACTERISTICS)
+            conn.commit()
         except Exception as exc:
             raise DriverFailed(f"the driver could not connect ({type(exc).__name__})") from None
+        return conn
 
     def _give_back(self, index: int, conn: Any, healthy: bool) -> None:
         if healthy:
@@ -143,6 +146,9 @@ class Driver:
                     return
         with contextlib.suppress(Exception):
             conn.close()
+
+
+_CHARACTERISTICS = "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED, READ ONLY"
 
 
 def _text(settings: Mapping[str, str]) -> str:
