@@ -254,16 +254,17 @@ def statement_overhead(env: BenchEnv, dsns: Sequence[str]) -> None:
         for fn in (lib_lookup, raw_lookup, fresh_cursor_lookup, lib_select1, raw_select1):
             for key in keys[:50]:
                 fn(key)
-        times = _alternate(
-            {
-                "lib": _repeat(lib_lookup, keys),
-                "raw": _repeat(raw_lookup, keys),
-                "fresh": _repeat(fresh_cursor_lookup, keys),
-                "lib1": _repeat(lib_select1, keys),
-                "raw1": _repeat(raw_select1, keys),
-            },
-            SINGLE_ROUNDS,
-        )
+        with _one_cpu([conn, pdb.shard_set.connections[shard]]):
+            times = _alternate(
+                {
+                    "lib": _repeat(lib_lookup, keys),
+                    "raw": _repeat(raw_lookup, keys),
+                    "fresh": _repeat(fresh_cursor_lookup, keys),
+                    "lib1": _repeat(lib_select1, keys),
+                    "raw1": _repeat(raw_select1, keys),
+                },
+                SINGLE_ROUNDS,
+            )
     finally:
         pdb.close()
         conn.close()
