@@ -315,3 +315,29 @@ def test_the_same_statement_with_values_of_another_shape_is_planned_for_them(pla
             cur.execute(sql, params)
             want.execute(sql, params)
             assert cur.fetchall() == want.fetchall(), params
+
+
+def test_a_constant_select_asks_no_shard_about_its_catalog(pdb, monkeypatch):
+    """``SELECT 1`` (a pool's ping) names nothing the catalog resolves: it runs on one shard, its
+    catalog unchecked; a statement naming a table or a function is checked as before."""
+    from parallel_connection.shards import ShardSet
+
+    checks = []
+    real = ShardSet.check_facts
+
+    def counted(self, facts, indexes=None):
+        checks.append(indexes)
+        return real(self, facts, indexes)
+
+    monkeypatch.setattr(ShardSet, "check_facts", counted)
+    pdb.autocommit = True
+    cur = pdb.cursor()
+    for sql, want in (("SELECT 1", [(1,)]), ("SELECT 'x' AS two, NULL AS none", [("x", None)])):
+        cur.execute(sql)
+        assert cur.fetchall() == want
+        assert sum(c.query is not None for c in cur.shard_cursors) == 1
+    assert checks == []
+    cur.execute("SELECT lower('X')")
+    assert cur.fetchall() == [("x",)]
+    cur.execute("SELECT count(*) FROM orders")
+    assert len(checks) == 2
