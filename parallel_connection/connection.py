@@ -221,8 +221,10 @@ class ParallelConnection:
             kwargs["cursor_factory"] = (
                 psycopg2.extensions.cursor
             )  # not the library's own (see _plain_internally)
-        with deadline.scope(self._deadline):
-            self.shard_set.heal()  # a cursor needs live connections: broken ones are replaced first
+        if any(map(_CLOSED, self._connections)):
+            # A closed connection makes no cursor: replace it first (execute() heals the others).
+            with deadline.scope(self._deadline):
+                self.shard_set.heal()
         shard_cursors = []
         try:
             for conn in self._connections:
