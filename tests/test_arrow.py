@@ -408,14 +408,30 @@ def test_refusals_are_the_row_paths(pdb):
 
 
 def test_without_the_driver_the_row_path_answers(sample, monkeypatch):
-    from parallel_connection.columnar import driver
+    from parallel_connection.columnar import driver, read  # read imported first: it binds available
 
     monkeypatch.setattr(driver, "available", lambda: False)
-    monkeypatch.setattr("parallel_connection.columnar.read.available", lambda: False)
+    monkeypatch.setattr(read, "available", lambda: False)
     with closing(_connect(sample.shard_dsns)) as pdb:
         table = pdb.read_arrow(ORDERS + " ORDER BY id LIMIT 5")
         with closing(_connect(sample.shard_dsns)) as other:
             assert table.equals(other.read_arrow(ORDERS + " ORDER BY id LIMIT 5"))
+
+
+@pytest.fixture
+def driver_reads(monkeypatch):
+    """The shard indexes the driver reads, in order (empty: the row path answered)."""
+    from parallel_connection.columnar.driver import Driver
+
+    reads: list[int] = []
+    real = Driver.read
+
+    def counted(self, index, *args, **kwargs):
+        reads.append(index)
+        yield from real(self, index, *args, **kwargs)
+
+    monkeypatch.setattr(Driver, "read", counted)
+    return reads
 
 
 @pytest.mark.parametrize(
@@ -428,17 +444,8 @@ def test_without_the_driver_the_row_path_answers(sample, monkeypatch):
         "SELECT id, amount * 2 AS twice FROM orders ORDER BY twice, id LIMIT 5",
     ],
 )
-def test_plain_reads_go_through_the_driver(pdb, ref, monkeypatch, sql):
-    from parallel_connection.columnar.driver import Driver
-
-    reads = []
-    real = Driver.read
-
-    def counted(self, index, *args, **kwargs):
-        reads.append(index)
-        yield from real(self, index, *args, **kwargs)
-
-    monkeypatch.setattr(Driver, "read", counted)
+def test_plain_reads_go_through_the_driver(pdb, ref, driver_reads, sql):
+    reads = driver_reads
     table = pdb.read_arrow(sql)
     assert reads, "the row path answered"
     with ref.cursor() as cur:
@@ -656,19 +663,10 @@ def test_a_dtype_backend_pandas_does_not_know_is_refused(pdb):
     pdb.rollback()
 
 
-def test_the_drivers_reads_are_read_committed_and_read_only(sample, monkeypatch):
+def test_the_drivers_reads_are_read_committed_and_read_only(sample, driver_reads):
     """Every read on the driver's own connections, the first and those after, runs READ COMMITTED
     and READ ONLY (set once per connection, for all its transactions), whatever the session's."""
-    from parallel_connection.columnar.driver import Driver
-
-    reads = []
-    real = Driver.read
-
-    def counted(self, index, *args, **kwargs):
-        reads.append(index)
-        yield from real(self, index, *args, **kwargs)
-
-    monkeypatch.setattr(Driver, "read", counted)
+    reads = driver_reads
     sql = (
         "SELECT current_setting('transaction_isolation') AS iso, "
         "current_setting('transaction_read_only') AS ro, count(*) AS n FROM orders"
