@@ -99,7 +99,8 @@ def shard_queries(shards: ShardSet, cursors: Sequence[Any], statement: Statement
     if (plan.staged is not None or plan.refusal is not None) and not one:
         return None
     shards.check_transaction()
-    text_order_c = shards.facts().text_order_c
+    facts = shards.facts()
+    text_order_c = facts.text_order_c
     if one:
         local = plan.local
         targets = targets or [0]
@@ -116,9 +117,8 @@ def shard_queries(shards: ShardSet, cursors: Sequence[Any], statement: Statement
     client = plan.client if plan.merge else None
     if client is not None and (client.aggregate is not None or client.distinct_on):
         return None
-    code_point_text = shards.facts().code_point_text
     return ShardQueries(
-        targets, [query] * len(targets), vars, client, plan.names, text_order_c, code_point_text
+        targets, [query] * len(targets), vars, client, plan.names, text_order_c, facts.code_point_text
     )
 
 

@@ -493,9 +493,8 @@ class ShardSet:
         pools = self.pools
         if pools is None or not self._between_transactions():
             return []
-        suspects = self._watch.suspects(
-            self.connections
-        )  # others' statements may be running: nothing is read yet
+        # Others' statements may be running on them: nothing is read, only looked at.
+        suspects = self._watch.suspects(self.connections)
         if not suspects:
             return []
         settings = self._peer_settings(suspects)

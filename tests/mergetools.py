@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -48,6 +48,26 @@ def load(
             cur.execute("TRUNCATE mt")
             if shard_rows:
                 psycopg2.extras.execute_values(cur, "INSERT INTO mt VALUES %s", shard_rows)
+        conn.commit()
+
+
+def spread_table(
+    pdb: Any, conns: tuple[Sequence[Any], Any], table: str, columns: str, parts: Sequence[Sequence[Any]]
+) -> Iterator[tuple[Sequence[Any], Any]]:
+    """For a fixture to ``yield from``: ``table (columns)`` made on every server, ``parts[i]`` its rows
+    on shard i, all of them on the reference; dropped after the test (its transaction rolled back)."""
+    shard_conns, reference = conns
+    every = [row for part in parts for row in part]
+    for conn, rows in [*zip(shard_conns, parts, strict=True), (reference, every)]:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} ({columns})")
+            psycopg2.extras.execute_values(cur, f"INSERT INTO {table} VALUES %s", rows)
+        conn.commit()
+    yield conns
+    pdb.rollback()  # a failed test's transaction would block DROP TABLE
+    for conn in [*shard_conns, reference]:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
         conn.commit()
 
 

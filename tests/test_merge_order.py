@@ -10,7 +10,7 @@ from decimal import Decimal
 import psycopg2
 import psycopg2.extras
 import pytest
-from mergetools import load, same_answer
+from mergetools import load, same_answer, spread_table
 
 from parallel_connection import NotSupportedError
 
@@ -132,20 +132,8 @@ def moments(pdb, conns):
         )
         for i in range(300)
     ]
-    for conn, part in [*zip(conns[0], (rows[0::3], rows[1::3], rows[2::3]), strict=True), (conns[1], rows)]:
-        with conn.cursor() as cur:
-            cur.execute(
-                "DROP TABLE IF EXISTS mt_when; "
-                "CREATE TABLE mt_when (id int PRIMARY KEY, at timestamptz, day date, k text)"
-            )
-            psycopg2.extras.execute_values(cur, "INSERT INTO mt_when VALUES %s", part)
-        conn.commit()
-    yield conns
-    pdb.rollback()  # a failed test's transaction would block DROP TABLE
-    for conn in [*conns[0], conns[1]]:
-        with conn.cursor() as cur:
-            cur.execute("DROP TABLE IF EXISTS mt_when")
-        conn.commit()
+    columns = "id int PRIMARY KEY, at timestamptz, day date, k text"
+    yield from spread_table(pdb, conns, "mt_when", columns, [rows[0::3], rows[1::3], rows[2::3]])
 
 
 @pytest.mark.parametrize("named", [False, True], ids=["client", "named"])
@@ -170,20 +158,8 @@ def test_timestamps_dates_and_text_with_nulls_order_like_one_database(pdb, momen
 def icu_words(pdb, conns):
     """A column under an ICU collation; each shard holds words whose ICU order is not code point order."""
     words = [["a", "B"], ["b", "C"], ["A", "c"]]
-    every = [w for part in words for w in part]
-    for conn, part in [*zip(conns[0], words, strict=True), (conns[1], every)]:
-        with conn.cursor() as cur:
-            cur.execute(
-                'DROP TABLE IF EXISTS mt_icu; CREATE TABLE mt_icu (id int, s text COLLATE "und-x-icu")'
-            )
-            psycopg2.extras.execute_values(cur, "INSERT INTO mt_icu VALUES %s", list(enumerate(part)))
-        conn.commit()
-    yield conns
-    pdb.rollback()  # a failed test's transaction would block DROP TABLE
-    for conn in [*conns[0], conns[1]]:
-        with conn.cursor() as cur:
-            cur.execute("DROP TABLE IF EXISTS mt_icu")
-        conn.commit()
+    parts = [list(enumerate(part)) for part in words]
+    yield from spread_table(pdb, conns, "mt_icu", 'id int, s text COLLATE "und-x-icu"', parts)
 
 
 # unnest() of an array of the column gives its elements the column's collation, under a new name.
@@ -236,20 +212,8 @@ def ends_of_time(pdb, conns):
         (5, 1, "2024-01-01 00:00", "2024-01-01", "2024-01-01 00:00+00"),
         (6, 2, None, None, None),
     ]
-    for conn, part in [*((c, rows[i::3]) for i, c in enumerate(conns[0])), (conns[1], rows)]:
-        with conn.cursor() as cur:
-            cur.execute(
-                "DROP TABLE IF EXISTS mt_ends; "
-                "CREATE TABLE mt_ends (id int, g int, ts timestamp, d date, tz timestamptz)"
-            )
-            psycopg2.extras.execute_values(cur, "INSERT INTO mt_ends VALUES %s", part)
-        conn.commit()
-    yield conns
-    pdb.rollback()  # a failed test's transaction would block DROP TABLE
-    for conn in [*conns[0], conns[1]]:
-        with conn.cursor() as cur:
-            cur.execute("DROP TABLE IF EXISTS mt_ends")
-        conn.commit()
+    columns = "id int, g int, ts timestamp, d date, tz timestamptz"
+    yield from spread_table(pdb, conns, "mt_ends", columns, [rows[i::3] for i in range(len(conns[0]))])
 
 
 @pytest.mark.parametrize("named", [False, True], ids=["client", "named"])

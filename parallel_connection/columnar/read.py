@@ -139,7 +139,7 @@ def pandas_frame(table: pa.Table, dtype_backend: str | None, options: dict[str, 
 
 def _nullable(pandas: Any) -> dict[pa.DataType, Any]:
     """Arrow types -> pandas' nullable dtypes (what ``dtype_backend="numpy_nullable"`` reads)."""
-    kinds = {
+    return {
         pa.int8(): pandas.Int8Dtype(), pa.int16(): pandas.Int16Dtype(), pa.int32(): pandas.Int32Dtype(),
         pa.int64(): pandas.Int64Dtype(), pa.uint8(): pandas.UInt8Dtype(), pa.uint16(): pandas.UInt16Dtype(),
         pa.uint32(): pandas.UInt32Dtype(), pa.uint64(): pandas.UInt64Dtype(),
@@ -147,7 +147,6 @@ def _nullable(pandas: Any) -> dict[pa.DataType, Any]:
         pa.float64(): pandas.Float64Dtype(), pa.string(): pandas.StringDtype(),
         pa.large_string(): pandas.StringDtype(),
     }  # fmt: skip
-    return kinds
 
 
 def polars_frame(table: pa.Table) -> Any:

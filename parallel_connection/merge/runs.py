@@ -209,14 +209,22 @@ def _merge_values(runs: list[list[Row]], keys: Keys, shapes: dict[int, _Shape]) 
         shape = shapes[len(keys)] = _shape(runs, keys[0])
     if len(keys) == 1 or (shape is not None and shape.groups > 1 / 8 and _same_direction(keys)):
         # Ties in many small groups: a tuple per row as the key costs less than sorting each group.
-        try:
-            rows.sort(key=itemgetter(*[k.column for k in keys]), reverse=keys[0].descending)
+        if _tuple_sorted(rows, keys):
             return rows
-        except TypeError:
-            if len(keys) == 1:
-                raise
-            rows = list(chain.from_iterable(runs))  # a NULL in a later key: by the first key, then ties
+        rows = list(chain.from_iterable(runs))  # the runs' order again: the next sort is stable
     return _by_first_key(rows, keys, search=shape is not None and shape.distinct < 1 / 64)
+
+
+def _tuple_sorted(rows: list[Row], keys: Keys) -> bool:
+    """Sort ``rows`` in place on the tuple of their keys (all in one direction); False when a NULL
+    in a later key stopped it, ``rows`` then in any order."""
+    try:
+        rows.sort(key=itemgetter(*[k.column for k in keys]), reverse=keys[0].descending)
+        return True
+    except TypeError:
+        if len(keys) == 1:
+            raise
+        return False
 
 
 _SAMPLES = 64
@@ -283,13 +291,8 @@ def _order(rows: list[Row], keys: Keys) -> list[Row]:
 
 def _order_values(rows: list[Row], keys: Keys) -> list[Row]:
     """Like :func:`_order`, no first key being NULL."""
-    if _same_direction(keys):
-        try:
-            rows.sort(key=itemgetter(*[k.column for k in keys]), reverse=keys[0].descending)
-            return rows
-        except TypeError:
-            if len(keys) == 1:
-                raise
+    if _same_direction(keys) and _tuple_sorted(rows, keys):
+        return rows
     return _by_first_key(rows, keys)
 
 
